@@ -1,0 +1,31 @@
+// The `specdec` operator library: schemas, plus the Python module that
+// carries build facts for specdec_kernels.info().
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#ifndef SPECDEC_CUDA_ARCHS
+#define SPECDEC_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(specdec, m) {
+  // k, v [N, H_kv, D]; caches [num_blocks, block_size, H_kv, D]; block_table int32 [B, max_blocks];
+  // prefix_lens int32 [B]; qo_indptr int32 [B + 1].
+  m.def(
+      "append_kv(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor block_table, "
+      "Tensor prefix_lens, Tensor qo_indptr) -> ()");
+  // caches: per-layer [num_blocks, block_size, H_kv, D] or stacked [layers, ...] tensors;
+  // accepted_nodes int32 [B, W]; num_accepted int32 [B].
+  m.def(
+      "compact_kv(Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, Tensor block_table, "
+      "Tensor prefix_lens, Tensor accepted_nodes, Tensor num_accepted) -> ()");
+}
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "specdec_kernels compiled operators (registered as torch.ops.specdec.*)";
+#ifdef SPECDEC_WITH_CUDA
+  module.attr("with_cuda") = true;
+#else
+  module.attr("with_cuda") = false;
+#endif
+  module.attr("cuda_archs") = SPECDEC_CUDA_ARCHS;
+}

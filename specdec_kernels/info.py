@@ -1,0 +1,70 @@
+"""What this installation can do: versions, devices, and which backend each op
+can use on each device (and why not)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+
+import torch
+
+from . import _extension, backends
+from ._version import __version__
+
+OPS = ("append_kv", "compact_kv")
+
+
+def _triton_version() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    import triton
+
+    return triton.__version__
+
+
+def info() -> dict:
+    """A dict of facts; ``python -m specdec_kernels info`` prints it."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    per_device = {}
+    for dev in devices:
+        device = torch.device(dev)
+        avail = {b: backends.unavailable_reason(b, device) or "available" for b in backends.BACKENDS}
+        auto = backends.auto_choice("info", device)
+        entry = {"auto": auto, "backends": avail}
+        if dev == "cpu" and auto == "reference":
+            entry["note"] = ("the compiled cpu backend is unavailable, so auto falls back to the slow "
+                             "pure-PyTorch reference on CPU tensors")
+        per_device[dev] = entry
+    return {
+        "specdec_kernels": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _triton_version(),
+        "triton_interpret": backends.triton_interpreted(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "extension": "loaded" if _extension.loaded() else _extension.load_error(),
+        "extension_cuda": _extension.with_cuda(),
+        "cuda_archs": _extension.cuda_archs(),
+        "backend_override": os.environ.get("SPECDEC_BACKEND") or None,
+        # Every op shares the same backend availability today; listed per op
+        # so later ops with narrower support can say so.
+        "ops": {op: per_device for op in OPS},
+    }
+
+
+def format_info(facts: dict) -> str:
+    lines = [f"specdec_kernels {facts['specdec_kernels']}"]
+    for key in ("python", "torch", "torch_cuda", "triton", "triton_interpret", "cuda_device",
+                "extension", "extension_cuda", "cuda_archs", "backend_override"):
+        lines.append(f"  {key:18} {facts[key]}")
+    for op, per_device in facts["ops"].items():
+        lines.append(f"  {op}:")
+        for dev, entry in per_device.items():
+            lines.append(f"    {dev:5} auto -> {entry['auto']}")
+            for b, state in entry["backends"].items():
+                lines.append(f"          {b:10} {state}")
+            if "note" in entry:
+                lines.append(f"          note: {entry['note']}")
+    return "\n".join(lines)
+
