@@ -47,7 +47,8 @@ def append_kv(
             inside the block table, block ids inside the pool). On CUDA this
             reads the index tensors back (a host-device sync); pass False in
             hot loops and CUDA graphs. Unvalidated out-of-range entries are
-            skipped by every kernel, never written out of bounds.
+            skipped by the triton and cuda kernels, never written out of
+            bounds; the cpu backend always checks (free on CPU) and raises.
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``
             (see :mod:`specdec_kernels.backends`).
     """
@@ -122,7 +123,8 @@ def compact_kv(
             counts in range, positions inside the block table, block ids inside
             the pool); on CUDA a host-device sync, so pass False in hot loops
             and CUDA graphs. Unvalidated out-of-range entries are skipped by
-            every kernel, never written out of bounds.
+            the triton and cuda kernels, never written out of bounds; the cpu
+            backend always checks (free on CPU) and raises.
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
     """
     op = "compact_kv"

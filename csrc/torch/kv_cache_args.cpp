@@ -156,6 +156,8 @@ void check_append_kv_values(const at::Tensor& k, const at::Tensor& k_cache,
   for (int64_t b = 0; b < batch; ++b) {
     TORCH_CHECK(indptr[b + 1] >= indptr[b], op, ": qo_indptr must be non-decreasing, but qo_indptr[",
                 b + 1, "] = ", indptr[b + 1], " < qo_indptr[", b, "] = ", indptr[b]);
+  }
+  for (int64_t b = 0; b < batch; ++b) {
     TORCH_CHECK(prefix[b] >= 0, op, ": prefix_lens[", b, "] = ", prefix[b], " is negative");
     check_positions(block_table.data_ptr<int32_t>(), block_table.stride(0), block_table.size(1),
                     k_cache.size(-3), k_cache.size(-4), b, prefix[b],
