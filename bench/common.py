@@ -51,10 +51,11 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup_ms: float,
         ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
         return {"median_us": ms * 1e3, "method": "triton.testing.do_bench(return_mode='median'), L2 cleared per call"}
 
-    fn()
-    start = time.perf_counter()
-    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+    if warmup_ms > 0:
         fn()
+        start = time.perf_counter()
+        while (time.perf_counter() - start) * 1e3 < warmup_ms:
+            fn()
     times = []
     start = time.perf_counter()
     while len(times) < max_reps and (len(times) < min_reps or (time.perf_counter() - start) * 1e3 < rep_ms):
@@ -264,7 +265,7 @@ def environment(device: torch.device) -> dict:
         "specdec_kernels": specdec_kernels.__version__,
         "specdec_kernels_info": specdec_kernels.info(),
         "env": {k: os.environ[k] for k in ("TRITON_INTERPRET", "SPECDEC_BACKEND", "CUDA_VISIBLE_DEVICES",
-                                           "OMP_NUM_THREADS") if k in os.environ},
+                                           "OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ},
         "git": _git_state(),
         "argv": list(sys.argv),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

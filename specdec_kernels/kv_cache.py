@@ -104,7 +104,8 @@ def compact_kv(
     Rows already in place (``accepted_nodes[b, j] == j``, e.g. a fully
     accepted chain) are not moved. Other positions, sequences and layers are
     left untouched; positions past the path are not cleared (truncate the
-    sequence length instead).
+    sequence length instead). Blocks holding a sequence's tree positions must
+    not be mapped by another sequence (share blocks for common prefixes only).
 
     Args:
         k_caches, v_caches: the caches of all layers: one stacked tensor

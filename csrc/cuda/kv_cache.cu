@@ -2,6 +2,7 @@
 // pointers and strides allow, size the grid, launch on the given stream.
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "specdec/kv_cache.cuh"
 #include "specdec/kv_cache_cuda.h"
@@ -77,8 +78,9 @@ template <typename Vec> struct CompactLaunch {
 }  // namespace
 
 cudaError_t append_kv_cuda(const AppendKVArgs& a, cudaStream_t stream) {
-  if (a.num_tokens == 0 || a.blocks.batch == 0 || a.layout.num_heads == 0) return cudaSuccess;
-  if (a.num_tokens > 0x7fffffff) return cudaErrorInvalidValue;
+  if (a.num_tokens < 0 || a.num_tokens > 0x7fffffff) return cudaErrorInvalidValue;
+  if (a.num_tokens == 0 || a.blocks.batch <= 0 || a.layout.num_heads <= 0 || a.layout.row_bytes <= 0)
+    return cudaSuccess;
   const int bytes = vector_bytes_for(
       a.layout, {int64_t(reinterpret_cast<uintptr_t>(a.k)), int64_t(reinterpret_cast<uintptr_t>(a.v)),
                  int64_t(reinterpret_cast<uintptr_t>(a.k_cache)),
@@ -88,7 +90,8 @@ cudaError_t append_kv_cuda(const AppendKVArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t compact_kv_cuda(const CompactKVArgs& a, cudaStream_t stream) {
-  if (a.num_layers == 0 || a.blocks.batch == 0 || a.path_width == 0 || a.layout.num_heads == 0)
+  if (a.num_layers <= 0 || a.blocks.batch <= 0 || a.path_width <= 0 || a.layout.num_heads <= 0 ||
+      a.layout.row_bytes <= 0)
     return cudaSuccess;
   if (a.path_width > kMaxPathWidth || a.blocks.batch > 0x7fffffff) return cudaErrorInvalidValue;
   int bytes = vector_bytes_for(a.layout, {});

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <numeric>
 #include <random>
 #include <string>
@@ -56,12 +57,12 @@ inline void fail(const char* file, int line, const std::string& what) {
   }
 }
 
-#define KV_EXPECT(cond)                                      \
-  do {                                                       \
-    if (!(cond)) ::kvtest::fail(__FILE__, __LINE__, #cond);  \
+#define KV_EXPECT(cond)                                     \
+  do {                                                      \
+    if (!(cond)) ::kvtest::fail(__FILE__, __LINE__, #cond); \
   } while (0)
-#define KV_EXPECT_MSG(cond, ...)                                              \
-  do {                                                                        \
+#define KV_EXPECT_MSG(cond, ...)                                                    \
+  do {                                                                              \
     if (!(cond)) ::kvtest::fail(__FILE__, __LINE__, ::kvtest::strf(__VA_ARGS__)); \
   } while (0)
 
@@ -237,8 +238,8 @@ inline AppendCase make_append_case(const AppendParams& p) {
   AppendCase c;
   const int64_t row_bytes = p.head_dim * p.esize;
   const int64_t batch = uniform(r, 1, p.max_batch);
-  std::vector<int32_t> prefix(size_t(batch));
-  std::vector<int64_t> ends(size_t(batch));
+  std::vector<int32_t> prefix(size_t(batch), 0);
+  std::vector<int64_t> ends(size_t(batch), 0);
   c.qo_indptr.assign(size_t(batch + 1), 0);
   if (p.inject && chance(r, 0.3)) c.qo_indptr[0] = int32_t(uniform(r, 1, 2));  // tokens before sequence 0
   for (int64_t b = 0; b < batch; ++b) {
@@ -300,17 +301,20 @@ struct CompactCase {
   PagedLayout layout{};
   Table t;
   int64_t num_layers = 0;
-  // Layer l of K lives at k_bufs[k_loc[l].first].data() + k_loc[l].second:
-  // one buffer per layer, or all layers stacked in one buffer.
+  // One buffer per layer, or (stacked, as a [L, num_blocks, ...] tensor) all
+  // layers in k_bufs[0] / v_bufs[0], layer_step bytes apart.
   std::vector<Guarded> k_bufs, v_bufs;
-  std::vector<std::pair<size_t, size_t>> loc;
+  bool stacked = false;
+  size_t layer_step = 0;
   std::vector<int32_t> accepted_nodes;  // [batch, accepted_stride]
   int64_t accepted_stride = 0;
   int64_t path_width = 0;
   std::vector<int32_t> num_accepted;
 
-  uint8_t* k_layer(int64_t l) { return k_bufs[loc[size_t(l)].first].data() + loc[size_t(l)].second; }
-  uint8_t* v_layer(int64_t l) { return v_bufs[loc[size_t(l)].first].data() + loc[size_t(l)].second; }
+  uint8_t* layer(bool is_k, int64_t l) {
+    std::vector<Guarded>& bufs = is_k ? k_bufs : v_bufs;
+    return stacked ? bufs[0].data() + size_t(l) * layer_step : bufs[size_t(l)].data();
+  }
 };
 
 struct CompactParams {
@@ -319,11 +323,10 @@ struct CompactParams {
   uint64_t seed;
   bool inject;
   int64_t layers = 2;
-  int64_t max_width = 6;   // path_width drawn from [1, max_width]
-  int64_t max_tree = 9;    // draft positions per sequence (root included)
+  bool stacked = false;
+  int64_t min_width = 1, max_width = 6;  // path_width
+  int64_t min_tree = 1, max_tree = 9;    // draft positions per sequence, root included
   int64_t max_batch = 5;
-  bool stacked = false;    // all layers in one buffer
-  int64_t max_misalign = 0;
 };
 
 inline CompactKVArgs compact_args(const CompactCase& c, void* const* k_layers, void* const* v_layers,
@@ -333,23 +336,22 @@ inline CompactKVArgs compact_args(const CompactCase& c, void* const* k_layers, v
                        accepted_nodes, c.accepted_stride, c.path_width, num_accepted};
 }
 
-// Fills the layer buffers for an already set layout and layer count.
-inline void make_layers(CompactCase& c, bool stacked, int64_t max_misalign, Rng& r) {
+// Fills the layer buffers once the table, layout and layer count are set.
+inline void make_layers(CompactCase& c, bool stacked, Rng& r) {
   const size_t bytes = layout_bytes(c.layout);
-  const size_t guard = size_t(c.layout.stride_block);
-  c.loc.clear();
+  const size_t guard = size_t(2 * c.layout.stride_block);
+  c.stacked = stacked;
   c.k_bufs.clear();
   c.v_bufs.clear();
   if (stacked) {
-    const size_t step = bytes + size_t(c.layout.row_bytes);  // a gap between layers no kernel may touch
-    c.k_bufs.push_back(make_guarded(step * size_t(c.num_layers), guard, size_t(uniform(r, 0, max_misalign)), r));
-    c.v_bufs.push_back(make_guarded(step * size_t(c.num_layers), guard, size_t(uniform(r, 0, max_misalign)), r));
-    for (int64_t l = 0; l < c.num_layers; ++l) c.loc.push_back({0, size_t(l) * step});
+    c.layer_step = bytes + size_t(c.layout.row_bytes);  // a gap between layers that no kernel may touch
+    c.k_bufs.push_back(make_guarded(c.layer_step * size_t(c.num_layers), guard, draw_misalign(r), r));
+    c.v_bufs.push_back(make_guarded(c.layer_step * size_t(c.num_layers), guard, draw_misalign(r), r));
   } else {
+    c.layer_step = 0;
     for (int64_t l = 0; l < c.num_layers; ++l) {
-      c.k_bufs.push_back(make_guarded(bytes, guard, size_t(uniform(r, 0, max_misalign)), r));
-      c.v_bufs.push_back(make_guarded(bytes, guard, size_t(uniform(r, 0, max_misalign)), r));
-      c.loc.push_back({size_t(l), 0});
+      c.k_bufs.push_back(make_guarded(bytes, guard, draw_misalign(r), r));
+      c.v_bufs.push_back(make_guarded(bytes, guard, draw_misalign(r), r));
     }
   }
 }
@@ -360,26 +362,26 @@ inline CompactCase make_compact_case(const CompactParams& p) {
   const int64_t row_bytes = p.head_dim * p.esize;
   const int64_t batch = uniform(r, 1, p.max_batch);
   c.num_layers = p.layers;
-  c.path_width = uniform(r, 1, p.max_width);
+  c.path_width = uniform(r, p.min_width, p.max_width);
   c.accepted_stride = c.path_width + (chance(r, 0.5) ? uniform(r, 1, 3) : 0);
-  std::vector<int32_t> prefix(size_t(batch));
-  std::vector<int64_t> ends(size_t(batch));
+  std::vector<int32_t> prefix(size_t(batch), 0);
+  std::vector<int64_t> ends(size_t(batch), 0);
   c.accepted_nodes.assign(size_t(batch * c.accepted_stride), 0);
   c.num_accepted.assign(size_t(batch), 0);
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t tree = uniform(r, 1, p.max_tree);
+    const int64_t tree = uniform(r, p.min_tree, p.max_tree);
     prefix[size_t(b)] = int32_t(uniform(r, 0, 2 * p.block_size + 3));
     ends[size_t(b)] = prefix[size_t(b)] + tree;
     int32_t* row = &c.accepted_nodes[size_t(b * c.accepted_stride)];
-    // Beyond the accepted path (and in the row padding): garbage the kernels
-    // must not follow, much of it pointing at perfectly valid positions.
+    // Past the accepted path and in the row padding: garbage the kernels must
+    // not follow, much of it naming perfectly valid positions.
     for (int64_t j = 0; j < c.accepted_stride; ++j) row[j] = int32_t(uniform(r, -3, tree + 3));
     const int64_t most = std::min(c.path_width - 1, tree - 1);
     const int64_t accepted = chance(r, 0.4) ? most : uniform(r, 0, most);
     std::vector<int32_t> nodes(size_t(tree - 1));
     std::iota(nodes.begin(), nodes.end(), 1);
     std::shuffle(nodes.begin(), nodes.end(), r);
-    std::sort(nodes.begin(), nodes.begin() + accepted);  // a root-first, strictly increasing path
+    std::sort(nodes.begin(), nodes.begin() + accepted);  // root first, strictly increasing
     row[0] = 0;
     for (int64_t j = 1; j <= accepted; ++j) row[j] = nodes[size_t(j - 1)];
     c.num_accepted[size_t(b)] = int32_t(accepted);
@@ -393,7 +395,7 @@ inline CompactCase make_compact_case(const CompactParams& p) {
   }
   c.t = make_table(prefix, ends, p.block_size, p.inject, r);
   c.layout = make_layout(c.t.num_blocks, p.block_size, p.heads, row_bytes, p.style, p.esize, r);
-  make_layers(c, p.stacked, p.max_misalign, r);
+  make_layers(c, p.stacked, r);
   c.name = strf("compact esize=%lld D=%lld H=%lld bs=%lld style=%d L=%lld B=%lld W=%lld stacked=%d "
                 "seed=%llu inject=%d",
                 (long long)p.esize, (long long)p.head_dim, (long long)p.heads, (long long)p.block_size,
@@ -402,15 +404,16 @@ inline CompactCase make_compact_case(const CompactParams& p) {
   return c;
 }
 
-// Row j of a path becomes the old row accepted_nodes[b, j], read from a
-// snapshot of the layer taken before the op: what an in-place compaction must
-// produce. Returns the rows written (per cache).
+// Row j of a path becomes the old row accepted_nodes[b, j], read from a copy
+// of the layer taken before the op: what an in-place compaction must produce.
+// Returns the rows written (per cache).
 inline int64_t reference_compact(CompactCase& c) {
   const PagedLayout& l = c.layout;
   const size_t bytes = layout_bytes(l);
   int64_t written = 0;
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
-    for (uint8_t* cache : {c.k_layer(layer), c.v_layer(layer)}) {
+    for (bool is_k : {true, false}) {
+      uint8_t* cache = c.layer(is_k, layer);
       const std::vector<uint8_t> old(cache, cache + bytes);
       for (int64_t b = 0; b < c.t.batch; ++b) {
         const int64_t prefix = c.t.prefix_lens[size_t(b)];
@@ -438,49 +441,57 @@ inline int64_t reference_compact(CompactCase& c) {
 
 // `actual` against `expected`, both grown from `initial`: the guards, then row
 // by row (saying whether the row should have been rewritten or left alone),
-// then the bytes between rows that strided layouts leave.
-inline void expect_buffer(const char* what, const Guarded& actual, const Guarded& expected,
-                          const Guarded& initial, const PagedLayout* layout) {
-  KV_EXPECT_MSG(actual.bytes.size() == expected.bytes.size(), "%s: buffer size changed", what);
-  if (actual.bytes.size() != expected.bytes.size()) return;
+// then the bytes between rows that strided layouts leave. The buffer holds
+// `layers` caches laid out `layer_step` bytes apart.
+inline void expect_buffer(const std::string& what, const Guarded& actual, const Guarded& expected,
+                          const Guarded& initial, const PagedLayout& l, int64_t layers = 1,
+                          size_t layer_step = 0) {
+  KV_EXPECT_MSG(actual.bytes.size() == expected.bytes.size() && actual.offset == expected.offset,
+                "%s: buffer shape changed", what.c_str());
+  if (actual.bytes.size() != expected.bytes.size() || actual.offset != expected.offset) return;
   const size_t end = actual.offset + actual.size;
   KV_EXPECT_MSG(std::memcmp(actual.bytes.data(), initial.bytes.data(), actual.offset) == 0,
-                "%s: guard bytes before the buffer were written", what);
+                "%s: guard bytes before the buffer were written", what.c_str());
   KV_EXPECT_MSG(std::memcmp(actual.bytes.data() + end, initial.bytes.data() + end,
                             actual.bytes.size() - end) == 0,
-                "%s: guard bytes after the buffer were written", what);
+                "%s: guard bytes after the buffer were written", what.c_str());
   int reported = 0;
-  if (layout != nullptr) {
-    const PagedLayout& l = *layout;
-    const size_t layers = l.num_blocks > 0 ? actual.size / layout_bytes(l) : 0;
-    const size_t layer_step = layers > 1 ? (actual.size - layout_bytes(l)) / (layers - 1) : 0;
-    for (size_t layer = 0; layer < std::max<size_t>(layers, 1) && l.num_blocks > 0; ++layer) {
-      for (int64_t blk = 0; blk < l.num_blocks; ++blk) {
-        for (int64_t s = 0; s < l.block_size; ++s) {
-          for (int64_t h = 0; h < l.num_heads; ++h) {
-            const size_t off = actual.offset + layer * layer_step +
-                               size_t(blk * l.stride_block + s * l.stride_token + h * l.stride_head);
-            if (std::memcmp(actual.bytes.data() + off, expected.bytes.data() + off, size_t(l.row_bytes)) == 0)
-              continue;
-            const bool stays = std::memcmp(expected.bytes.data() + off, initial.bytes.data() + off,
-                                           size_t(l.row_bytes)) == 0;
-            KV_EXPECT_MSG(false, "%s: layer slot %zu block %lld slot %lld head %lld differs (a row that %s)",
-                          what, layer, (long long)blk, (long long)s, (long long)h,
-                          stays ? "must stay unchanged" : "must be rewritten");
-            if (++reported == 5) return;
-          }
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    for (int64_t blk = 0; blk < l.num_blocks; ++blk) {
+      for (int64_t s = 0; s < l.block_size; ++s) {
+        for (int64_t h = 0; h < l.num_heads; ++h) {
+          const size_t off = actual.offset + size_t(layer) * layer_step +
+                             size_t(blk * l.stride_block + s * l.stride_token + h * l.stride_head);
+          const size_t n = size_t(l.row_bytes);
+          if (std::memcmp(actual.bytes.data() + off, expected.bytes.data() + off, n) == 0) continue;
+          const bool stays = std::memcmp(expected.bytes.data() + off, initial.bytes.data() + off, n) == 0;
+          KV_EXPECT_MSG(false, "%s: layer %lld block %lld slot %lld head %lld differs (a row that %s)",
+                        what.c_str(), (long long)layer, (long long)blk, (long long)s, (long long)h,
+                        stays ? "must stay unchanged" : "must be rewritten");
+          if (++reported == 4) return;
         }
       }
     }
   }
   if (reported == 0) {
     KV_EXPECT_MSG(std::memcmp(actual.data(), expected.data(), actual.size) == 0,
-                  "%s: bytes outside every row were written", what);
+                  "%s: bytes outside every row were written", what.c_str());
   }
 }
 
-inline void expect_untouched(const char* what, const Guarded& actual, const Guarded& initial) {
-  KV_EXPECT_MSG(actual.bytes == initial.bytes, "%s: an input buffer was modified", what);
+inline void expect_untouched(const std::string& what, const Guarded& actual, const Guarded& initial) {
+  KV_EXPECT_MSG(actual.bytes == initial.bytes, "%s: buffer was modified", what.c_str());
+}
+
+inline void expect_compact_buffers(const CompactCase& actual, const CompactCase& expected,
+                                   const CompactCase& initial, const char* against = "reference") {
+  const int64_t layers = actual.stacked ? actual.num_layers : 1;
+  for (size_t i = 0; i < actual.k_bufs.size(); ++i) {
+    expect_buffer(strf("K buffer %zu vs %s", i, against), actual.k_bufs[i], expected.k_bufs[i],
+                  initial.k_bufs[i], actual.layout, layers, actual.layer_step);
+    expect_buffer(strf("V buffer %zu vs %s", i, against), actual.v_bufs[i], expected.v_bufs[i],
+                  initial.v_bufs[i], actual.layout, layers, actual.layer_step);
+  }
 }
 
 // ---------------------------------------------------------------- backends
@@ -492,8 +503,8 @@ struct Backend {
   virtual void compact(CompactCase& c) = 0;
 };
 
-// The CPU kernels, each call split at a random work item so the begin/end
-// ranges are exercised too.
+// The CPU kernels, each op split at a random work item so that the
+// begin/end ranges are exercised too.
 struct CpuBackend : Backend {
   Rng split{12345};
 
@@ -508,8 +519,8 @@ struct CpuBackend : Backend {
   void compact(CompactCase& c) override {
     std::vector<void*> k, v;
     for (int64_t l = 0; l < c.num_layers; ++l) {
-      k.push_back(c.k_layer(l));
-      v.push_back(c.v_layer(l));
+      k.push_back(c.layer(true, l));
+      v.push_back(c.layer(false, l));
     }
     const CompactKVArgs a = compact_args(c, k.data(), v.data(), c.t.table.data(), c.t.prefix_lens.data(),
                                          c.accepted_nodes.data(), c.num_accepted.data());
@@ -525,8 +536,8 @@ struct CpuBackend : Backend {
 // ------------------------------------------------------------------ suite
 
 struct Totals {
-  int64_t rows_written = 0;
   int64_t cases = 0;
+  int64_t rows_written = 0;
 };
 
 inline void check_append(Backend& be, AppendCase c, Totals* totals) {
@@ -536,8 +547,8 @@ inline void check_append(Backend& be, AppendCase c, Totals* totals) {
   totals->rows_written += reference_append(expected);
   ++totals->cases;
   be.append(c);
-  expect_buffer("k_cache", c.k_cache, expected.k_cache, initial.k_cache, &c.layout);
-  expect_buffer("v_cache", c.v_cache, expected.v_cache, initial.v_cache, &c.layout);
+  expect_buffer("k_cache vs reference", c.k_cache, expected.k_cache, initial.k_cache, c.layout);
+  expect_buffer("v_cache vs reference", c.v_cache, expected.v_cache, initial.v_cache, c.layout);
   expect_untouched("k", c.k, initial.k);
   expect_untouched("v", c.v, initial.v);
 }
@@ -549,72 +560,69 @@ inline void check_compact(Backend& be, CompactCase c, Totals* totals) {
   totals->rows_written += reference_compact(expected);
   ++totals->cases;
   be.compact(c);
-  for (size_t i = 0; i < c.k_bufs.size(); ++i) {
-    expect_buffer(strf("k layer buffer %zu", i).c_str(), c.k_bufs[i], expected.k_bufs[i], initial.k_bufs[i], &c.layout);
-    expect_buffer(strf("v layer buffer %zu", i).c_str(), c.v_bufs[i], expected.v_bufs[i], initial.v_bufs[i], &c.layout);
-  }
-}
-
-// Row (b, pos, head h) of a layer, for the hand-written expectations.
-inline const uint8_t* row_at(CompactCase& c, bool is_k, int64_t layer, int64_t b, int64_t pos, int64_t h) {
-  const int64_t off = ref_row(c.layout, c.t, b, pos);
-  return off < 0 ? nullptr : (is_k ? c.k_layer(layer) : c.v_layer(layer)) + off + h * c.layout.stride_head;
+  expect_compact_buffers(c, expected, initial);
 }
 
 // The in-place case the kernels' ordering argument is about: path [0, 2, 3]
-// moves old rows 2 and 3 down to 1 and 2, and row 2 is both a source and a
-// destination.
+// moves old rows 2 and 3 down to 1 and 2, so row 2 is both a destination and
+// (earlier) a source. Checked against the old rows directly, not only against
+// the reference.
 inline void check_overlap(Backend& be, int64_t block_size, int style, bool stacked, Totals* totals) {
   Rng r(7 + uint64_t(block_size) * 31 + uint64_t(style));
   CompactCase c;
   c.num_layers = 3;
   c.path_width = 4;
   c.accepted_stride = 5;
-  // Sequence 0 starts mid-block so the path crosses a block boundary;
-  // sequence 1's path [0, 1, 3] leaves row 1 in place and moves only row 3.
-  c.accepted_nodes = {0, 2, 3, 9, 9, /**/ 0, 1, 3, 2, 7};
+  // Sequence 0's rows straddle a block boundary (rows 0-1 | 2-...); sequence
+  // 1's path [0, 1, 3] leaves row 1 in place and moves row 3 only. Entries past
+  // num_accepted are garbage.
+  c.accepted_nodes = {0, 2, 3, 4, 1, /**/ 0, 1, 3, 2, 5};
   c.num_accepted = {2, 2};
-  c.t = make_table({int32_t(block_size + block_size / 2), 0}, {2 * block_size + 6, 6}, block_size, false, r);
+  const int32_t p0 = int32_t(std::max<int64_t>(0, 2 * block_size - 2));
+  c.t = make_table({p0, 0}, {p0 + 6, 6}, block_size, false, r);
   c.layout = make_layout(c.t.num_blocks, block_size, 2, 64 * 2, style, 2, r);
-  make_layers(c, stacked, 0, r);
+  make_layers(c, stacked, r);
   c.name = strf("overlap [0,2,3] bs=%lld style=%d stacked=%d", (long long)block_size, style, int(stacked));
-  current_case() = c.name;
   CompactCase old = c;
-  check_compact(be, c, totals);  // against the reference first
-  current_case() = c.name;
-  be.compact(c);  // then the same input once more, read directly
-  const int64_t p0 = c.t.prefix_lens[0];
+  check_compact(be, c, totals);
+  be.compact(c);
   const size_t rb = size_t(c.layout.row_bytes);
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
     for (bool is_k : {true, false}) {
       for (int64_t h = 0; h < c.layout.num_heads; ++h) {
-        auto same = [&](int64_t b, int64_t new_pos, int64_t old_pos) {
-          return std::memcmp(row_at(c, is_k, layer, b, p0 * (1 - b) + new_pos, h),
-                             row_at(old, is_k, layer, b, p0 * (1 - b) + old_pos, h), rb) == 0;
+        auto same = [&](int64_t b, int64_t new_row, int64_t old_row) {
+          const int64_t p = c.t.prefix_lens[size_t(b)];
+          const int64_t now = ref_row(c.layout, c.t, b, p + new_row), was = ref_row(c.layout, c.t, b, p + old_row);
+          return now >= 0 && was >= 0 &&
+                 std::memcmp(c.layer(is_k, layer) + now + h * c.layout.stride_head,
+                             old.layer(is_k, layer) + was + h * c.layout.stride_head, rb) == 0;
         };
         KV_EXPECT_MSG(same(0, 0, 0) && same(0, 1, 2) && same(0, 2, 3) && same(0, 3, 3) && same(0, 4, 4),
-                      "sequence 0 layer %lld %s head %lld: rows 0..4 must be old rows 0, 2, 3, 3, 4",
+                      "sequence 0, layer %lld %s head %lld: rows 0..4 must be old rows 0, 2, 3, 3, 4",
                       (long long)layer, is_k ? "K" : "V", (long long)h);
         KV_EXPECT_MSG(same(1, 0, 0) && same(1, 1, 1) && same(1, 2, 3) && same(1, 3, 3),
-                      "sequence 1 layer %lld %s head %lld: rows 0..3 must be old rows 0, 1, 3, 3",
+                      "sequence 1, layer %lld %s head %lld: rows 0..3 must be old rows 0, 1, 3, 3",
                       (long long)layer, is_k ? "K" : "V", (long long)h);
       }
     }
   }
 }
 
-// Cases whose every entry is out of range in one way: the caches must come
-// back byte for byte as they went in.
+// Cases whose every entry is out of range in one way: caches and inputs must
+// come back byte for byte as they went in.
 inline void check_append_all_skipped(Backend& be) {
   Rng r(99);
   for (int kind = 0; kind < 5; ++kind) {
-    AppendCase c = make_append_case(AppendParams{2, 64, 2, 4, kNHD, uint64_t(500 + kind), false, 3, 0});
-    const int64_t batch = c.t.batch;
+    AppendCase c;
+    for (uint64_t seed = 500;; ++seed) {  // a case with tokens, or there is nothing to skip
+      c = make_append_case(AppendParams{2, 64, 2, 4, kNHD, seed, false, 3});
+      if (c.num_tokens > 0) break;
+    }
     const char* what = "";
     switch (kind) {
       case 0:
         what = "block ids outside the pool";
-        for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t b = 0; b < c.t.batch; ++b) {
           for (int64_t i = 0; i < c.t.max_blocks; ++i) {
             const int32_t nb = int32_t(c.t.num_blocks);
             c.t.table[size_t(b * c.t.stride + i)] = pick<int32_t>(r, {-1, nb, nb + 1, INT32_MAX, INT32_MIN});
@@ -628,11 +636,10 @@ inline void check_append_all_skipped(Backend& be) {
       case 2:
         what = "tokens past qo_indptr[B]";
         std::fill(c.qo_indptr.begin(), c.qo_indptr.end(), 0);
-        c.num_tokens = std::max<int64_t>(c.num_tokens, 1);
         break;
       case 3:
         what = "negative prefix_lens";
-        for (auto& p : c.t.prefix_lens) p = -1;
+        for (auto& p : c.t.prefix_lens) p = int32_t(-uniform(r, 1, 3));
         break;
       default:
         what = "tokens before qo_indptr[0]";
@@ -650,84 +657,78 @@ inline void check_append_all_skipped(Backend& be) {
 }
 
 inline void check_compact_all_skipped(Backend& be) {
-  Rng r(98);
-  for (int kind = 0; kind < 7; ++kind) {
-    CompactParams p{4, 64, 2, 4, kNHD, uint64_t(600 + kind), false};
-    p.max_tree = 8;
-    CompactCase c = make_compact_case(p);
-    const int64_t batch = c.t.batch;
-    const char* what = "";
-    auto nodes = [&](int64_t b) { return &c.accepted_nodes[size_t(b * c.accepted_stride)]; };
-    auto all_rows = [&](auto f) {
-      for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t j = 1; j < c.path_width; ++j) f(b, j);
-      }
+  for (int kind = 0; kind < 9; ++kind) {
+    Rng r(700 + uint64_t(kind));
+    // Two sequences, four logical blocks of 4 each, path width 4: rows 1..3
+    // live in logical block 0, nodes j + 4 in logical block 1.
+    CompactCase c;
+    c.num_layers = 2;
+    c.path_width = 4;
+    c.accepted_stride = 4;
+    c.t = make_table({0, 0}, {16, 16}, 4, false, r);
+    c.layout = make_layout(c.t.num_blocks, 4, 2, 64 * 4, kPadded, 4, r);
+    c.accepted_nodes = {0, 5, 6, 7, /**/ 0, 5, 6, 7};
+    c.num_accepted = {3, 3};
+    auto set_table = [&](int64_t logical, std::initializer_list<int32_t> ids) {
+      for (int64_t b = 0; b < c.t.batch; ++b) c.t.table[size_t(b * c.t.stride + logical)] = pick(r, ids);
     };
-    // Make every sequence's path as long as its width allows, so each kind of
-    // bad entry is actually reached.
-    for (int64_t b = 0; b < batch; ++b) c.num_accepted[size_t(b)] = int32_t(c.path_width - 1);
+    const int32_t nb = int32_t(c.t.num_blocks);
+    const char* what = "";
     switch (kind) {
       case 0:
-        what = "source positions past the block table";
-        all_rows([&](int64_t b, int64_t j) {
-          nodes(b)[j] = int32_t(c.t.max_blocks * c.layout.block_size - c.t.prefix_lens[size_t(b)] + j);
-        });
+        what = "sources past the block table";
+        c.accepted_nodes = {0, 17, 18, 19, /**/ 0, 16, 30, 1000};
         break;
       case 1:
-        what = "source and destination blocks outside the pool";
-        all_rows([&](int64_t b, int64_t j) { nodes(b)[j] = int32_t(j + 1); });
-        for (auto& id : c.t.table) id = pick<int32_t>(r, {-1, int32_t(c.t.num_blocks), INT32_MAX});
+        what = "source blocks outside the pool";
+        set_table(1, {-1, nb, nb + 1, INT32_MAX});
         break;
       case 2:
-        what = "nodes <= j";
-        all_rows([&](int64_t b, int64_t j) { nodes(b)[j] = int32_t(uniform(r, -3, j)); });
+        what = "destination blocks outside the pool";
+        set_table(0, {-1, nb, nb + 1, INT32_MIN});
         break;
       case 3:
-        what = "num_accepted 0 or negative";
-        all_rows([&](int64_t b, int64_t j) { nodes(b)[j] = int32_t(j + 1); });
-        for (auto& n : c.num_accepted) n = int32_t(uniform(r, -3, 0));
+        what = "nodes <= j";
+        c.accepted_nodes = {0, 1, 2, 3, /**/ 0, -1, 1, 0};
         break;
       case 4:
-        what = "negative prefix_lens";
-        all_rows([&](int64_t b, int64_t j) { nodes(b)[j] = int32_t(j + 1); });
-        for (auto& p : c.t.prefix_lens) p = int32_t(-uniform(r, 1, 3));
+        what = "num_accepted 0 or negative";
+        c.num_accepted = {0, -2};
         break;
       case 5:
-        what = "path_width 1 (only the root)";
-        all_rows([&](int64_t b, int64_t j) { nodes(b)[j] = int32_t(j + 1); });
+        what = "negative prefix_lens";
+        c.t.prefix_lens = {-1, -4};
+        break;
+      case 6:
+        what = "path_width 1 (the root alone)";
         c.path_width = 1;
         break;
+      case 7:
+        what = "valid nodes after num_accepted";
+        c.accepted_nodes = {0, 1, 6, 7, /**/ 0, 1, 2, 9};
+        c.num_accepted = {1, 2};
+        break;
       default:
-        what = "destination blocks outside the pool, sources valid";
-        // Sources sit in the last logical block, destinations in the first;
-        // only the first is broken.
-        all_rows([&](int64_t b, int64_t j) {
-          nodes(b)[j] = int32_t((c.t.max_blocks - 1) * c.layout.block_size - c.t.prefix_lens[size_t(b)] + j);
-        });
-        for (int64_t b = 0; b < batch; ++b) {
-          c.t.prefix_lens[size_t(b)] = 0;
-          c.t.table[size_t(b * c.t.stride)] = -1;
-        }
-        all_rows([&](int64_t b, int64_t j) {
-          nodes(b)[j] = int32_t(std::max<int64_t>(j + 1, (c.t.max_blocks - 1) * c.layout.block_size + j));
-          if (c.t.max_blocks == 1 || j >= c.layout.block_size) nodes(b)[j] = int32_t(j);  // keep the case honest
-        });
+        what = "valid nodes past path_width (num_accepted too large)";
+        c.path_width = 2;
+        c.accepted_nodes = {0, 1, 6, 7, /**/ 0, 1, 2, 9};
+        c.num_accepted = {3, 100};
     }
+    make_layers(c, kind % 2 == 1, r);
     c.name = strf("compact, all skipped: %s", what);
     current_case() = c.name;
     const CompactCase initial = c;
     be.compact(c);
     for (size_t i = 0; i < c.k_bufs.size(); ++i) {
-      expect_untouched("k layer", c.k_bufs[i], initial.k_bufs[i]);
-      expect_untouched("v layer", c.v_bufs[i], initial.v_bufs[i]);
+      expect_untouched(strf("K buffer %zu", i), c.k_bufs[i], initial.k_bufs[i]);
+      expect_untouched(strf("V buffer %zu", i), c.v_bufs[i], initial.v_bufs[i]);
     }
   }
 }
 
-// Everything above, on every element size, head dim and a spread of block
-// sizes, layouts and seeds. `max_misalign` > 0 lets the CUDA test reach every
-// vector width of its launchers.
-inline void run_suite(Backend& be, int64_t max_misalign) {
+// Everything above, over both element sizes, every head dim and a spread of
+// block sizes, layouts, batch shapes and seeds.
+inline void run_suite(Backend& be) {
   Totals append_totals, compact_totals;
   const int64_t block_sizes[] = {1, 5, 16, 64};
   uint64_t seed = 1;
@@ -739,60 +740,50 @@ inline void run_suite(Backend& be, int64_t max_misalign) {
           const int style = int((seed + uint64_t(rep)) % 3);
           const int64_t heads = 1 + int64_t(seed % 4);
           const bool inject = rep == 2;
-          check_append(be, make_append_case(AppendParams{esize, head_dim, heads, bs, style, seed, inject, 6,
-                                                         max_misalign}),
+          check_append(be, make_append_case(AppendParams{esize, head_dim, heads, bs, style, seed, inject}),
                        &append_totals);
           CompactParams p{esize, head_dim, heads, bs, style, seed, inject};
           p.layers = 1 + int64_t(seed % 3);
           p.stacked = rep == 1;
-          p.max_misalign = max_misalign;
           check_compact(be, make_compact_case(p), &compact_totals);
         }
       }
     }
   }
-  // Many short sequences: the token -> sequence search has depth.
+  // Many short sequences, so the token -> sequence search goes deep.
   for (uint64_t s = 0; s < 4; ++s) {
-    check_append(be, make_append_case(AppendParams{2, 64, 1, 16, kNHD, 900 + s, s % 2 == 1, 64, max_misalign}),
+    check_append(be, make_append_case(AppendParams{2, 64, 1, 16, kNHD, 900 + s, s % 2 == 1, 64}),
                  &append_totals);
   }
   // More layers than one CUDA launch carries.
-  {
-    CompactParams p{2, 64, 1, 4, kHND, 1000, false};
+  for (uint64_t s = 0; s < 2; ++s) {
+    CompactParams p{2, 64, 1, 4, int(s), 1000 + s, s == 1};
     p.layers = specdec::kMaxLayersPerLaunch + 5;
-    p.max_misalign = max_misalign;
-    check_compact(be, make_compact_case(p), &compact_totals);
-    p.stacked = true;
-    p.seed = 1001;
-    p.inject = true;
+    p.stacked = s == 1;
     check_compact(be, make_compact_case(p), &compact_totals);
   }
-  // The widest path the CUDA kernel stages in shared memory.
+  // The widest path the CUDA kernel stages in shared memory, taken in full.
   {
     CompactParams p{2, 64, 2, 16, kNHD, 1100, false};
-    p.layers = 2;
+    p.min_width = p.max_width = specdec::kMaxPathWidth;
+    p.min_tree = specdec::kMaxPathWidth + 1;
+    p.max_tree = specdec::kMaxPathWidth + 64;
     p.max_batch = 3;
-    p.max_tree = 2 * specdec::kMaxPathWidth;
-    p.max_misalign = max_misalign;
-    CompactCase c = make_compact_case(p);
-    c.path_width = specdec::kMaxPathWidth;
-    CompactCase wide = make_compact_case(p);
-    (void)c;
-    check_compact(be, wide, &compact_totals);
+    check_compact(be, make_compact_case(p), &compact_totals);
   }
   for (int64_t bs : block_sizes) {
     for (int style : {kNHD, kHND, kPadded}) check_overlap(be, bs, style, style == kHND, &compact_totals);
   }
   check_append_all_skipped(be);
   check_compact_all_skipped(be);
-  // Guards against a vacuous suite (a generator that skips everything).
+  // A generator that skipped everything would make the suite vacuous.
   current_case() = "suite";
   KV_EXPECT(append_totals.rows_written > 1000);
   KV_EXPECT(compact_totals.rows_written > 1000);
-  std::printf("append: %lld cases, %lld rows written by the reference\n", (long long)append_totals.cases,
-              (long long)append_totals.rows_written);
-  std::printf("compact: %lld cases, %lld rows written by the reference\n", (long long)compact_totals.cases,
-              (long long)compact_totals.rows_written);
+  std::printf("append_kv: %lld random cases, %lld rows written by the reference\n",
+              (long long)append_totals.cases, (long long)append_totals.rows_written);
+  std::printf("compact_kv: %lld random cases, %lld rows written by the reference\n",
+              (long long)compact_totals.cases, (long long)compact_totals.rows_written);
 }
 
 }  // namespace kvtest

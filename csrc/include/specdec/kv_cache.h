@@ -50,7 +50,9 @@ struct AppendKVArgs {
 // compact_kv: for every layer, row j of sequence b (0 <= j <= num_accepted[b])
 // moves from position prefix_lens[b] + accepted_nodes[b, j] to position
 // prefix_lens[b] + j. Valid paths are root first and strictly increasing, so
-// accepted_nodes[b, j] >= j.
+// accepted_nodes[b, j] >= j. The positions of a tree (from prefix_lens[b] on)
+// must lie in blocks that no other sequence maps (shared blocks are for
+// common prefixes only); otherwise two CTAs could move the same rows.
 struct CompactKVArgs {
   void* const* k_layers;      // host array of num_layers device pointers
   void* const* v_layers;

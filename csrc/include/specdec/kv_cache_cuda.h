@@ -1,6 +1,6 @@
 // Host-side declarations of the CUDA launchers (csrc/cuda/kv_cache.cu).
-// Include from plain C++; no CUDA header is needed to call them except for the
-// stream type.
+// Plain C++ can include it; it needs the CUDA toolkit's include path for
+// cudaError_t and cudaStream_t (the CMake target passes it on).
 #pragma once
 
 #include <cuda_runtime_api.h>

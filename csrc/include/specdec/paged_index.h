@@ -18,7 +18,7 @@ namespace specdec {
 // pos or the block id it maps to is out of range.
 SPECDEC_HD int64_t paged_row_offset(const PagedLayout& layout, const BlockTable& blocks,
                                     int64_t b, int64_t pos) {
-  if (pos < 0) return -1;
+  if (pos < 0 || layout.block_size <= 0) return -1;
   const int64_t logical = pos / layout.block_size;
   if (logical >= blocks.max_blocks) return -1;
   const int64_t block = blocks.table[b * blocks.stride + logical];
