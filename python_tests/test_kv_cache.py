@@ -147,3 +147,31 @@ def test_empty_batches_are_no_ops(device, backend):
     sk.compact_kv(cache, cache.clone(), empty_bt, empty, torch.zeros(0, 1, dtype=torch.int32, device=device),
                   empty, backend=backend)
     assert torch.equal(cache, before)
+
+
+@pytest.mark.parametrize("device,backend", backend_cases())
+def test_kv_ops_on_random_geometries(device, backend):
+    """Odd head dims (vector-width fallbacks), any block size, many layers:
+    append then compact, both exact against the reference."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=15, deadline=None, derandomize=True)
+    @given(seed=st.integers(0, 2**16), batch=st.integers(1, 4), heads=st.integers(1, 3),
+           head_dim=st.sampled_from([1, 3, 8, 20, 64, 96]), block_size=st.integers(1, 9),
+           layers=st.integers(1, 5), dtype=st.sampled_from(DTYPES))
+    def check(seed, batch, heads, head_dim, block_size, layers, dtype):
+        s = make_scenario(seed, batch=batch, num_heads=heads, head_dim=head_dim, dtype=dtype,
+                          block_size=block_size, device=device, layers=layers, min_new=1, max_new=10)
+        k_exp, v_exp = s.k_cache.clone(), s.v_cache.clone()
+        sk.reference.append_kv(s.k, s.v, k_exp[0], v_exp[0], s.block_table, s.prefix_lens, s.qo_indptr)
+        sk.append_kv(s.k, s.v, s.k_cache[0], s.v_cache[0], s.block_table, s.prefix_lens, s.qo_indptr,
+                     backend=backend)
+        nodes, counts = random_paths(seed, s.new_lens)
+        nodes, counts = nodes.to(device), counts.to(device)
+        sk.reference.compact_kv(list(k_exp), list(v_exp), s.block_table, s.prefix_lens, nodes, counts)
+        sk.compact_kv(s.k_cache, s.v_cache, s.block_table, s.prefix_lens, nodes, counts, backend=backend)
+        assert_bitwise_equal(s.k_cache, k_exp, "k caches")
+        assert_bitwise_equal(s.v_cache, v_exp, "v caches")
+
+    check()
