@@ -16,6 +16,10 @@ from ._checks import fail
 
 __all__ = ["append_kv", "compact_kv"]
 
+# Mirrors kMaxPathWidth in csrc/include/specdec/kv_cache.h: the CUDA kernel
+# stages a path's row offsets in shared memory.
+MAX_PATH_WIDTH = 2048
+
 
 def append_kv(
     k: torch.Tensor,
@@ -164,11 +168,6 @@ def compact_kv(
         triton_kv.compact_kv(k_list, v_list, block_table, prefix_lens, accepted_nodes, num_accepted)
     else:
         torch.ops.specdec.compact_kv(k_list, v_list, block_table, prefix_lens, accepted_nodes, num_accepted)
-
-
-# Mirrors kMaxPathWidth in csrc/include/specdec/kv_cache.h: the CUDA kernel
-# stages a path's row offsets in shared memory.
-MAX_PATH_WIDTH = 2048
 
 
 def _cache_list(op: str, name: str, caches: Caches) -> list[torch.Tensor]:
