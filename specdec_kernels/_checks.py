@@ -45,3 +45,70 @@ def check_index_vector(op: str, name: str, t, length: int, device):
     check_shape(op, name, t, (length,), f"[{length}]")
     check_last_dim_contiguous(op, name, t)
     return t
+
+
+def check_cache_pair(op, k_cache, v_cache, names, *, allow_stacked: bool) -> torch.device:
+    k_name, v_name = names
+    shapes = "[num_blocks, block_size, H_kv, D]" + (" or [layers, num_blocks, block_size, H_kv, D]" if allow_stacked else "")
+    for name, t in ((k_name, k_cache), (v_name, v_cache)):
+        check_tensor(op, name, t, dtype=CACHE_DTYPES)
+        if t.dim() not in ((4, 5) if allow_stacked else (4,)):
+            fail(op, f"{name} must be {shapes}, got shape {tuple(t.shape)}")
+        check_last_dim_contiguous(op, name, t)
+        if t.shape[-3] == 0:
+            fail(op, f"{name} has block_size 0")
+    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride() or v_cache.dtype != k_cache.dtype:
+        fail(op, f"{v_name} {tuple(v_cache.shape)} {v_cache.dtype} must have the shape, strides and dtype of "
+                 f"{k_name} {tuple(k_cache.shape)} {k_cache.dtype}")
+    if v_cache.device != k_cache.device:
+        fail(op, f"{v_name} is on {v_cache.device} but {k_name} is on {k_cache.device}")
+    return k_cache.device
+
+
+def check_block_table(op, block_table, prefix_lens, device) -> int:
+    check_tensor(op, "block_table", block_table, dim=2, dtype=torch.int32, device=device)
+    check_last_dim_contiguous(op, "block_table", block_table)
+    batch = block_table.shape[0]
+    check_index_vector(op, "prefix_lens", prefix_lens, batch, device)
+    return batch
+
+
+def check_positions(op, block_table, first, last, num_blocks: int, block_size: int) -> None:
+    """Positions first[b]..last[b] (CPU int64 tensors; empty where last < first)
+    must lie inside the block table, in blocks of the pool."""
+    max_blocks = block_table.shape[1]
+    used = last >= first
+    too_far = used & (last >= max_blocks * block_size)
+    if too_far.any():
+        b = int(too_far.nonzero()[0, 0])
+        fail(op, f"sequence {b} needs position {int(last[b])} but block_table holds only "
+                 f"{max_blocks} blocks of {block_size} positions")
+    cols = torch.arange(max_blocks)
+    touched = used[:, None] & (cols >= (first // block_size)[:, None]) & (cols <= (last // block_size)[:, None])
+    table = block_table.cpu().long()
+    bad = touched & ((table < 0) | (table >= num_blocks))
+    if bad.any():
+        b, blk = (int(x) for x in bad.nonzero()[0])
+        fail(op, f"block_table[{b}, {blk}] = {int(table[b, blk])} is outside the pool of {num_blocks} blocks")
+
+
+def check_prefix_lens_values(op, prefix: torch.Tensor) -> None:
+    if (prefix < 0).any():
+        b = int((prefix < 0).nonzero()[0, 0])
+        fail(op, f"prefix_lens[{b}] = {int(prefix[b])} is negative")
+
+
+def check_indptr_values(op, qo_indptr, num_tokens: int) -> torch.Tensor:
+    """qo_indptr starts at 0, ends at num_tokens, never decreases; returns the
+    per-sequence lengths (CPU int64)."""
+    indptr = qo_indptr.cpu().long()
+    if indptr[0] != 0:
+        fail(op, f"qo_indptr[0] must be 0, got {int(indptr[0])}")
+    if indptr[-1] != num_tokens:
+        fail(op, f"qo_indptr[B] must equal the number of tokens {num_tokens}, got {int(indptr[-1])}")
+    lengths = indptr[1:] - indptr[:-1]
+    if (lengths < 0).any():
+        b = int((lengths < 0).nonzero()[0, 0])
+        fail(op, f"qo_indptr must be non-decreasing, but qo_indptr[{b + 1}] = {int(indptr[b + 1])} "
+                 f"< qo_indptr[{b}] = {int(indptr[b])}")
+    return lengths

@@ -57,7 +57,7 @@ def append_kv(
             (see :mod:`specdec_kernels.backends`).
     """
     op = "append_kv"
-    device = _check_cache_pair(op, k_cache, v_cache, ("k_cache", "v_cache"), allow_stacked=False)
+    device = _checks.check_cache_pair(op, k_cache, v_cache, ("k_cache", "v_cache"), allow_stacked=False)
     num_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     for name, t in (("k", k), ("v", v)):
         _checks.check_tensor(op, name, t, dim=3, device=device)
@@ -67,7 +67,7 @@ def append_kv(
         _checks.check_last_dim_contiguous(op, name, t)
     if v.shape != k.shape:
         fail(op, f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
-    batch = _check_block_table(op, block_table, prefix_lens, device)
+    batch = _checks.check_block_table(op, block_table, prefix_lens, device)
     _checks.check_index_vector(op, "qo_indptr", qo_indptr, batch + 1, device)
     if validate:
         _validate_append(op, k.shape[0], k_cache, block_table, prefix_lens, qo_indptr)
@@ -139,13 +139,13 @@ def compact_kv(
     first = k_list[0]
     device = first.device
     for i, (kc, vc) in enumerate(zip(k_list, v_list)):
-        _check_cache_pair(op, kc, vc, (f"k_caches[{i}]", f"v_caches[{i}]"), allow_stacked=True)
+        _checks.check_cache_pair(op, kc, vc, (f"k_caches[{i}]", f"v_caches[{i}]"), allow_stacked=True)
         if kc.device != device:
             fail(op, f"k_caches[{i}] is on {kc.device} but k_caches[0] is on {device}")
         if kc.dtype != first.dtype or kc.shape[-4:] != first.shape[-4:] or kc.stride()[-4:] != first.stride()[-4:]:
             fail(op, f"every layer must have the dtype, [num_blocks, block_size, H_kv, D] shape and strides "
                      f"of k_caches[0] {tuple(first.shape)}; k_caches[{i}] is {tuple(kc.shape)} {kc.dtype}")
-    batch = _check_block_table(op, block_table, prefix_lens, device)
+    batch = _checks.check_block_table(op, block_table, prefix_lens, device)
     _checks.check_tensor(op, "accepted_nodes", accepted_nodes, dim=2, dtype=torch.int32, device=device)
     _checks.check_shape(op, "accepted_nodes", accepted_nodes, (batch, None), f"[B={batch}, max_depth + 1]")
     _checks.check_last_dim_contiguous(op, "accepted_nodes", accepted_nodes)
@@ -182,71 +182,19 @@ def _per_layer(cache: torch.Tensor) -> list[torch.Tensor]:
     return list(cache.unbind(0)) if cache.dim() == 5 else [cache]
 
 
-def _check_cache_pair(op, k_cache, v_cache, names, *, allow_stacked: bool) -> torch.device:
-    k_name, v_name = names
-    shapes = "[num_blocks, block_size, H_kv, D]" + (" or [layers, num_blocks, block_size, H_kv, D]" if allow_stacked else "")
-    for name, t in ((k_name, k_cache), (v_name, v_cache)):
-        _checks.check_tensor(op, name, t, dtype=_checks.CACHE_DTYPES)
-        if t.dim() not in ((4, 5) if allow_stacked else (4,)):
-            fail(op, f"{name} must be {shapes}, got shape {tuple(t.shape)}")
-        _checks.check_last_dim_contiguous(op, name, t)
-        if t.shape[-3] == 0:
-            fail(op, f"{name} has block_size 0")
-    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride() or v_cache.dtype != k_cache.dtype:
-        fail(op, f"{v_name} {tuple(v_cache.shape)} {v_cache.dtype} must have the shape, strides and dtype of "
-                 f"{k_name} {tuple(k_cache.shape)} {k_cache.dtype}")
-    if v_cache.device != k_cache.device:
-        fail(op, f"{v_name} is on {v_cache.device} but {k_name} is on {k_cache.device}")
-    return k_cache.device
 
 
-def _check_block_table(op, block_table, prefix_lens, device) -> int:
-    _checks.check_tensor(op, "block_table", block_table, dim=2, dtype=torch.int32, device=device)
-    _checks.check_last_dim_contiguous(op, "block_table", block_table)
-    batch = block_table.shape[0]
-    _checks.check_index_vector(op, "prefix_lens", prefix_lens, batch, device)
-    return batch
 
 
-def _check_positions(op, block_table, first, last, num_blocks: int, block_size: int) -> None:
-    """Positions first[b]..last[b] (CPU int64 tensors; empty where last < first)
-    must lie inside the block table, in blocks of the pool."""
-    max_blocks = block_table.shape[1]
-    used = last >= first
-    too_far = used & (last >= max_blocks * block_size)
-    if too_far.any():
-        b = int(too_far.nonzero()[0, 0])
-        fail(op, f"sequence {b} needs position {int(last[b])} but block_table holds only "
-                 f"{max_blocks} blocks of {block_size} positions")
-    cols = torch.arange(max_blocks)
-    touched = used[:, None] & (cols >= (first // block_size)[:, None]) & (cols <= (last // block_size)[:, None])
-    table = block_table.cpu().long()
-    bad = touched & ((table < 0) | (table >= num_blocks))
-    if bad.any():
-        b, blk = (int(x) for x in bad.nonzero()[0])
-        fail(op, f"block_table[{b}, {blk}] = {int(table[b, blk])} is outside the pool of {num_blocks} blocks")
 
 
-def _check_prefix_lens(op, prefix: torch.Tensor) -> None:
-    if (prefix < 0).any():
-        b = int((prefix < 0).nonzero()[0, 0])
-        fail(op, f"prefix_lens[{b}] = {int(prefix[b])} is negative")
 
 
 def _validate_append(op, num_tokens, k_cache, block_table, prefix_lens, qo_indptr) -> None:
-    indptr = qo_indptr.cpu().long()
+    lengths = _checks.check_indptr_values(op, qo_indptr, num_tokens)
     prefix = prefix_lens.cpu().long()
-    if indptr[0] != 0:
-        fail(op, f"qo_indptr[0] must be 0, got {int(indptr[0])}")
-    if indptr[-1] != num_tokens:
-        fail(op, f"qo_indptr[B] must equal the number of tokens {num_tokens}, got {int(indptr[-1])}")
-    lengths = indptr[1:] - indptr[:-1]
-    if (lengths < 0).any():
-        b = int((lengths < 0).nonzero()[0, 0])
-        fail(op, f"qo_indptr must be non-decreasing, but qo_indptr[{b + 1}] = {int(indptr[b + 1])} "
-                 f"< qo_indptr[{b}] = {int(indptr[b])}")
-    _check_prefix_lens(op, prefix)
-    _check_positions(op, block_table, prefix, prefix + lengths - 1, k_cache.shape[-4], k_cache.shape[-3])
+    _checks.check_prefix_lens_values(op, prefix)
+    _checks.check_positions(op, block_table, prefix, prefix + lengths - 1, k_cache.shape[-4], k_cache.shape[-3])
 
 
 def _validate_compact(op, cache, block_table, prefix_lens, accepted_nodes, num_accepted) -> None:
@@ -254,7 +202,7 @@ def _validate_compact(op, cache, block_table, prefix_lens, accepted_nodes, num_a
     counts = num_accepted.cpu().long()
     nodes = accepted_nodes.cpu().long()
     width = nodes.shape[1]
-    _check_prefix_lens(op, prefix)
+    _checks.check_prefix_lens_values(op, prefix)
     bad = (counts < 0) | (counts >= width)
     if bad.any():
         b = int(bad.nonzero()[0, 0])
@@ -271,4 +219,4 @@ def _validate_compact(op, cache, block_table, prefix_lens, accepted_nodes, num_a
         fail(op, f"accepted_nodes[{b}] must be strictly increasing over its first num_accepted + 1 entries, "
                  f"but entry {j + 1} is {int(nodes[b, j + 1])} after {int(nodes[b, j])}")
     last = prefix + nodes.gather(1, counts[:, None]).squeeze(1)
-    _check_positions(op, block_table, prefix, last, cache.shape[-4], cache.shape[-3])
+    _checks.check_positions(op, block_table, prefix, last, cache.shape[-4], cache.shape[-3])
