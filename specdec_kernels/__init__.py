@@ -2,12 +2,14 @@
 
 Ops (each with ``reference``, ``triton``, ``cuda`` and ``cpu`` backends):
     append_kv, compact_kv           KV-cache writes and rollback (kv_cache.py)
+    tree_attention                  attention of tree tokens over a paged prefix (attention.py)
 Helpers:
     BlockAllocator                  paged-cache block allocator (block_allocator.py)
     info()                          versions, devices, available backends
 """
 from . import _extension
 from ._version import __version__
+from .attention import tree_attention
 from .backends import BackendUnavailableError
 from .block_allocator import BlockAllocator, OutOfBlocksError
 from .info import info
@@ -20,6 +22,7 @@ __all__ = [
     "__version__",
     "append_kv",
     "compact_kv",
+    "tree_attention",
     "BlockAllocator",
     "OutOfBlocksError",
     "BackendUnavailableError",

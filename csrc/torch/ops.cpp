@@ -18,6 +18,11 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "compact_kv(Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, Tensor block_table, "
       "Tensor prefix_lens, Tensor accepted_nodes, Tensor num_accepted) -> ()");
+  // q [N, Hq, D]; caches [num_blocks, block_size, Hkv, D]; tree_mask int32 [N, W] or None (causal).
+  // Returns out [N, Hq, D] (q's dtype) and lse [N, Hq] float32.
+  m.def(
+      "tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor prefix_lens, "
+      "Tensor qo_indptr, Tensor? tree_mask, float sm_scale) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, module) {
