@@ -29,11 +29,12 @@ def random_values(shape, dtype, device, gen: torch.Generator) -> torch.Tensor:
 
 def make_scenario(seed: int, *, batch: int, num_heads: int, head_dim: int, dtype, block_size: int,
                   device="cpu", layers: int = 1, max_prefix: int = 40, max_new: int = 9,
-                  min_new: int = 0) -> Scenario:
+                  min_new: int = 0, new_lens=None) -> Scenario:
+    """``new_lens`` (per sequence) overrides the random new-token counts."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     prefix = rng.integers(0, max_prefix + 1, batch)
-    new = rng.integers(min_new, max_new + 1, batch)
+    new = rng.integers(min_new, max_new + 1, batch) if new_lens is None else np.asarray(new_lens, dtype=np.int64)
     need = -(-(prefix + new) // block_size)
     num_blocks = int(need.sum()) + 3  # spare blocks nobody owns must stay untouched
     width = int(need.max(initial=0)) + int(rng.integers(0, 3))

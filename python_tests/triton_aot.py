@@ -10,13 +10,15 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from specdec_kernels.triton import kv_cache
+import triton.language as tl
+
+from specdec_kernels.triton import attention, kv_cache
 
 BITS = {1: "*i8", 2: "*i16", 4: "*i32"}
 
 
 def compile_kernel(fn, pointers: dict, constexprs: dict, arch: int):
-    """Arguments not named in `pointers` or `constexprs` are i32 scalars."""
+    """Arguments not named in `pointers` (or other typed args) or `constexprs` are i32 scalars."""
     names = fn.arg_names
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
     src = ASTSource(fn, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
@@ -35,13 +37,33 @@ def kernels():
                dict(k_layers="*i64", v_layers="*i64", block_table="*i32", prefix_lens="*i32",
                     accepted_nodes="*i32", num_accepted="*i32"),
                dict(ELEM_BYTES=elem_bytes, CHUNK=8, BLOCK_H=2, BLOCK_D=128))
+    # Representative variants only: each compile takes ~10 s on 2 cores.
+    dtypes = {"fp16": ("*fp16", tl.float16), "bf16": ("*bf16", tl.bfloat16), "fp32": ("*fp32", tl.float32)}
+    for name, head_dim, has_mask, split in (("fp16", 64, True, True), ("bf16", 128, True, False),
+                                            ("fp32", 128, False, True), ("bf16", 256, True, True)):
+        t, tl_dtype = dtypes[name]
+        yield (f"tree_attention/{name}/D{head_dim}/mask={has_mask}/split={split}",
+               attention._tree_attention_kernel,
+               dict(q=t, k_cache=t, v_cache=t, block_table="*i32", prefix_lens="*i32", qo_indptr="*i32",
+                    tree_mask="*i32", out=t, lse="*fp32", part_out="*fp32", part_lse="*fp32", scale_log2="fp32"),
+               dict(HAS_MASK=has_mask, SPLIT=split, OUT_DTYPE=tl_dtype,
+                    DOT_PRECISION="ieee" if name == "fp32" else "tf32", UPCAST=False,
+                    BLOCK_M=64, BLOCK_N=64 if head_dim <= 128 else 32, HEAD_DIM=head_dim))
+    yield ("merge_splits/bf16", attention._merge_splits_kernel,
+           dict(part_out="*fp32", part_lse="*fp32", out="*bf16", lse="*fp32"),
+           dict(OUT_DTYPE=tl.bfloat16, BLOCK_S=16, HEAD_DIM=128))
 
 
 def main(archs):
+    count = 0
     for arch in archs:
         for name, fn, pointers, constexprs in kernels():
             compile_kernel(fn, pointers, constexprs, arch)
             print(f"ok {name} sm_{arch}")
+            count += 1
+    if count == 0:
+        raise SystemExit("no kernels compiled")
+    print(f"compiled {count} kernels")
 
 
 if __name__ == "__main__":
