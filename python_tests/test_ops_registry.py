@@ -116,3 +116,17 @@ def test_info_command_line():
     text = subprocess.run([sys.executable, "-m", "specdec_kernels", "info"], capture_output=True, text=True,
                           check=True).stdout
     assert "compact_kv:" in text and "auto ->" in text
+
+
+def test_tree_attention_opcheck_and_compile():
+    from attention_scenarios import make_case
+
+    case = make_case(3, kind="tree", batch=2, hq=4, hkv=2, head_dim=64, dtype=torch.float32, block_size=4,
+                     max_prefix=10)
+    args = case.args() + (0.125,)
+    torch.library.opcheck(torch.ops.specdec.tree_attention, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    eager = torch.ops.specdec.tree_attention(*args)
+    compiled = torch.compile(lambda *a: torch.ops.specdec.tree_attention(*a), backend="aot_eager", fullgraph=True)
+    for got, want in zip(compiled(*args), eager):
+        assert torch.equal(got, want)

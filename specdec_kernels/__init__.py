@@ -3,6 +3,8 @@
 Ops (each with ``reference``, ``triton``, ``cuda`` and ``cpu`` backends):
     append_kv, compact_kv           KV-cache writes and rollback (kv_cache.py)
     tree_attention                  attention of tree tokens over a paged prefix (attention.py)
+Trees (trees.py):
+    Tree, MC_SIM_7B_63, batch_trees, lookahead_mask   draft trees, packed masks, RoPE offsets
 Helpers:
     BlockAllocator                  paged-cache block allocator (block_allocator.py)
     info()                          versions, devices, available backends
@@ -14,6 +16,7 @@ from .backends import BackendUnavailableError
 from .block_allocator import BlockAllocator, OutOfBlocksError
 from .info import info
 from .kv_cache import append_kv, compact_kv
+from .trees import MC_SIM_7B_63, Tree, TreeBatch, batch_trees, lookahead_mask
 
 # Importing the package registers torch.ops.specdec.* when the extension is built.
 _extension.loaded()
@@ -23,6 +26,11 @@ __all__ = [
     "append_kv",
     "compact_kv",
     "tree_attention",
+    "Tree",
+    "TreeBatch",
+    "MC_SIM_7B_63",
+    "batch_trees",
+    "lookahead_mask",
     "BlockAllocator",
     "OutOfBlocksError",
     "BackendUnavailableError",
