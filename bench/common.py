@@ -120,6 +120,21 @@ def measure_peak_bandwidth(device: torch.device, mib: int, *, warmup_ms: float, 
             "median_us": timing["median_us"], "method": timing["method"]}
 
 
+def measure_peak_flops(device: torch.device, n: int, dtype: torch.dtype, *, warmup_ms: float, rep_ms: float) -> dict:
+    """Achievable matmul throughput: one ``n x n @ n x n`` ``torch.matmul`` in
+    ``dtype`` (2 n^3 FLOPs), the compute roofline. Random inputs (not zeros),
+    so no data-dependent shortcut can flatter it."""
+    gen = device_generator(device, 0)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    timing = time_fn(lambda: torch.matmul(a, b, out=out), device, warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=3)
+    flops = 2 * n ** 3
+    del a, b, out
+    return {"tflops": flops / (timing["median_us"] * 1e-6) / 1e12, "flops": flops, "n": n, "dtype": str(dtype),
+            "median_us": timing["median_us"], "method": timing["method"]}
+
+
 # ---------------------------------------------------------------- scenarios
 
 
@@ -139,7 +154,17 @@ class PagedCache:
 
 def make_paged_cache(rng: np.random.Generator, *, batch: int, max_prefix: int, new_tokens: int,
                      block_size: int, device: torch.device, spare_blocks: int = 3) -> PagedCache:
+    """Prefix lengths drawn uniformly from [0, max_prefix]."""
     prefix = rng.integers(0, max_prefix + 1, batch)
+    return paged_cache_for(rng, prefix, new_tokens=new_tokens, block_size=block_size, device=device,
+                           spare_blocks=spare_blocks)
+
+
+def paged_cache_for(rng: np.random.Generator, prefix_lens, *, new_tokens: int, block_size: int,
+                    device: torch.device, spare_blocks: int = 3) -> PagedCache:
+    """As ``make_paged_cache``, for given prefix lengths (one per sequence)."""
+    prefix = np.asarray(prefix_lens, dtype=np.int64)
+    batch = len(prefix)
     need = -(-(prefix + new_tokens) // block_size)
     num_blocks = int(need.sum()) + spare_blocks
     owners = rng.permutation(num_blocks)
@@ -187,6 +212,12 @@ def as_bits(t: torch.Tensor) -> torch.Tensor:
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(as_bits(a), as_bits(b))
+
+
+def relative_l2_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float32 (0-norm reference guarded)."""
+    ref = ref.float()
+    return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def device_generator(device: torch.device, seed: int) -> torch.Generator:
