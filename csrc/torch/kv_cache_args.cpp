@@ -2,11 +2,11 @@
 
 #include <string>
 
+#include "glue_util.h"
+
 namespace specdec {
 namespace glue {
 namespace {
-
-std::string shape_of(const at::Tensor& t) { return c10::str(t.sizes()); }
 
 void check_index_tensor(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
   TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());

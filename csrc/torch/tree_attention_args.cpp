@@ -2,26 +2,13 @@
 
 #include <string>
 
+#include "glue_util.h"
+
 namespace specdec {
 namespace glue {
 namespace {
 
 constexpr const char* kOp = "specdec::tree_attention";
-
-std::string shape_of(const at::Tensor& t) { return c10::str(t.sizes()); }
-
-// The names the Python layer prints (torch.float16, not Half).
-std::string dtype_name(at::ScalarType s) {
-  switch (s) {
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kInt: return "int32";
-    case at::kLong: return "int64";
-    default: return c10::toString(s);
-  }
-}
 
 void check_last_dim_contiguous(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, kOp, ": ", name,
@@ -55,13 +42,6 @@ void check_cache(const at::Tensor& c, const char* name) {
               shape_of(c));
   check_last_dim_contiguous(c, name);
   TORCH_CHECK(c.size(1) > 0, kOp, ": ", name, " has block_size 0");
-}
-
-DType dtype_of(const at::Tensor& t) {
-  const auto s = t.scalar_type();
-  TORCH_CHECK(s == at::kHalf || s == at::kBFloat16 || s == at::kFloat, kOp, ": unsupported dtype ",
-              dtype_name(s));
-  return s == at::kHalf ? DType::kFloat16 : s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
 }
 
 }  // namespace
@@ -182,7 +162,7 @@ TreeAttentionArgs tree_attention_args(const at::Tensor& q, const at::Tensor& k_c
   TORCH_CHECK(out.is_contiguous() && lse.is_contiguous() && lse.scalar_type() == at::kFloat, kOp,
               ": out and lse must be contiguous, lse float32");
   TreeAttentionArgs a{};
-  a.dtype = dtype_of(q);
+  a.dtype = dtype_of(kOp, q);
   a.q = q.data_ptr();
   a.q_stride_token = q.stride(0);
   a.q_stride_head = q.stride(1);

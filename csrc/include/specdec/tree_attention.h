@@ -5,11 +5,10 @@
 
 #include <cstdint>
 
+#include "specdec/dtype.h"
 #include "specdec/kv_cache.h"
 
 namespace specdec {
-
-enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
 
 // Tree tokens per sequence the op is specified for (a mask row spans at most
 // kMaxTreeWords int32 words). Longer trees are rejected by the callers.

@@ -1,0 +1,248 @@
+"""Reference verification: per request, a plain Python walk down the tree with
+float32 PyTorch maths. It is the contract every kernel is tested against, so
+each rule below is written out step by step (see specdec_kernels/sampling.py
+for the public semantics).
+
+Modes: 0 greedy, 1 rejection (chain or tree, with or without draft
+probabilities), 2 typical acceptance. In modes 1 and 2 a request whose
+temperature is 0 follows the greedy rule.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+GREEDY, REJECTION, TYPICAL = 0, 1, 2
+# Medusa's entropy uses log(p + 1e-5); kept for parity with its acceptance.
+TYPICAL_LOG_EPS = 1e-5
+
+_PHILOX_M0, _PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_PHILOX_W0, _PHILOX_W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def philox_uniforms(seed: int, offset: int, n: int) -> torch.Tensor:
+    """float32 [n]: draw i is Philox4x32-10 with key (seed lo, seed hi) and
+    counter (offset + i lo, hi, 0, 0); its first word w gives (w >> 8) / 2^24,
+    in [0, 1). Same stream as Triton's ``tl.randint(seed, offset + i)``."""
+    ctr = (np.arange(n, dtype=np.uint64) + np.uint64(offset % 2**64))
+    c0, c1 = ctr & _MASK32, ctr >> np.uint64(32)
+    c2 = np.zeros(n, dtype=np.uint64)
+    c3 = np.zeros(n, dtype=np.uint64)
+    s = seed % 2**64
+    k0, k1 = np.uint64(s & 0xFFFFFFFF), np.uint64(s >> 32)
+    for _ in range(10):
+        p0, p1 = _PHILOX_M0 * c0, _PHILOX_M1 * c2  # exact: 32 x 32 bits fit 64
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & _MASK32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & _MASK32)
+        k0, k1 = (k0 + _PHILOX_W0) & _MASK32, (k1 + _PHILOX_W1) & _MASK32
+    return torch.from_numpy(((c0 >> np.uint64(8)).astype(np.float32)) * np.float32(2.0 ** -24))
+
+
+def row_is_valid(logits: torch.Tensor) -> bool:
+    """A row can define a distribution: no NaN, largest logit finite."""
+    row = logits.float()
+    return not bool(torch.isnan(row).any()) and bool(torch.isfinite(row.max()))
+
+
+def argmax_lowest(logits: torch.Tensor) -> int:
+    row = logits.float()
+    return int((row == row.max()).nonzero()[0, 0])
+
+
+def target_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """p = softmax over the kept tokens of z = logits / temperature, float32.
+
+    top_k (0 < k < V): keep z >= the k-th largest z (ties at the threshold all kept).
+    top_p (< 1): over the top-k survivors, keep x iff the mass of tokens with a
+    strictly larger z is < top_p (ties kept together; at least the argmax).
+    """
+    z = logits.float() / torch.tensor(temperature, dtype=torch.float32)
+    vocab = z.numel()
+    keep = torch.ones_like(z, dtype=torch.bool)
+    if 0 < top_k < vocab:
+        keep = z >= torch.topk(z, top_k).values[-1]
+    e = torch.where(keep, torch.exp(z - z[keep].max()), torch.zeros_like(z))
+    if top_p < 1.0:
+        order = torch.argsort(z, descending=True, stable=True)
+        zs, es = z[order], e[order]
+        mass_before = torch.cumsum(es, 0) - es
+        first_of_tie = torch.searchsorted(-zs, -zs, side="left")
+        mass_above = torch.empty_like(z)
+        mass_above[order] = mass_before[first_of_tie]
+        keep = keep & (mass_above < torch.tensor(top_p, dtype=torch.float32) * e.sum())
+        e = torch.where(keep, e, torch.zeros_like(e))
+    return e / e.sum()
+
+
+def typical_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = logits.float() / torch.tensor(temperature, dtype=torch.float32)
+    return torch.softmax(z, 0)
+
+
+def typical_threshold(p: torch.Tensor, eps: float, alpha: float) -> float:
+    """min(eps, alpha * exp(-H(p))), H with Medusa's log(p + 1e-5)."""
+    entropy = -(p * torch.log(p + TYPICAL_LOG_EPS)).sum()
+    return float(torch.minimum(torch.tensor(eps, dtype=torch.float32),
+                               torch.tensor(alpha, dtype=torch.float32) * torch.exp(-entropy)))
+
+
+def sample_index(weights: torch.Tensor, u: float) -> int:
+    """Inverse CDF: the first index whose running sum exceeds u * total; if
+    rounding leaves none, the last index with weight."""
+    cum = torch.cumsum(weights.float(), 0)
+    hit = (cum > torch.tensor(u, dtype=torch.float32) * cum[-1]).nonzero()
+    if hit.numel():
+        return int(hit[0, 0])
+    return int((weights > 0).nonzero()[-1, 0])
+
+
+def _children(parents: list[int], node: int) -> list[int]:
+    return [c for c in range(node + 1, len(parents)) if parents[c] == node]
+
+
+def _walk_greedy(rows, tokens, parents, width):
+    """Accept the first child whose token is the argmax; bonus = argmax at the end."""
+    path, node = [0], 0
+    while True:
+        if not row_is_valid(rows[node]):
+            return None
+        best = argmax_lowest(rows[node])
+        nxt = None
+        if len(path) < width:
+            nxt = next((c for c in _children(parents, node) if tokens[c] == best), None)
+        if nxt is None:
+            return path, best
+        path.append(nxt)
+        node = nxt
+
+
+def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k, top_p):
+    """Children tried in order against the running residual r (r = p at first):
+    with q, accept x iff u * q(x) < r(x), else r = norm(max(0, r - q)); without
+    q (point-mass proposals), accept x iff u < r(x), else r(x) = 0, renormalised.
+    A rejection that would leave r without mass leaves r unchanged. Bonus
+    (or the correction) is drawn from the final r with the root's uniform."""
+    vocab = rows.shape[1]
+    path, node = [0], 0
+    while True:
+        if not row_is_valid(rows[node]):
+            return None
+        r = target_probs(rows[node], temperature, top_k, top_p)
+        nxt = None
+        kids = _children(parents, node) if len(path) < width else []
+        for c in kids:
+            x = tokens[c]
+            rx = float(r[x]) if 0 <= x < vocab else 0.0
+            if q_rows is not None:
+                qx = float(q_rows[node][x]) if 0 <= x < vocab else 0.0
+                accept = np.float32(u[c]) * np.float32(qx) < np.float32(rx)
+            else:
+                accept = u[c] < rx
+            if accept:
+                nxt = c
+                break
+            if q_rows is not None:
+                nr = torch.clamp(r - q_rows[node].float(), min=0.0)
+            else:
+                nr = r.clone()
+                if 0 <= x < vocab:
+                    nr[x] = 0.0
+            mass = nr.sum()
+            if mass > 0:
+                r = nr / mass
+        if nxt is None:
+            return path, sample_index(r, u[0])
+        path.append(nxt)
+        node = nxt
+
+
+def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha):
+    """Medusa: child c of an accepted node n is acceptable iff p_n(token c) >
+    min(eps, alpha * exp(-H(p_n))). The answer is the deepest node whose whole
+    path is acceptable; ties go to the larger sum of log p along the path, then
+    the lower node index. The bonus is drawn from p at that node restricted to
+    tokens with p >= its threshold."""
+    t = len(parents)
+    ok = [False] * t
+    depth = [0] * t
+    score = [0.0] * t
+    ok[0] = True
+    stats = {}
+
+    def node_stats(n):
+        if n not in stats:
+            if not row_is_valid(rows[n]):
+                stats[n] = None
+            else:
+                p = typical_probs(rows[n], temperature)
+                stats[n] = (p, typical_threshold(p, eps, alpha))
+        return stats[n]
+
+    best = 0
+    for c in range(1, t):
+        par = parents[c]
+        if not (0 <= par < c) or not ok[par] or depth[par] + 1 >= width:
+            continue
+        st = node_stats(par)
+        if st is None:
+            return None
+        p, thr = st
+        x = tokens[c]
+        px = float(p[x]) if 0 <= x < p.numel() else 0.0
+        if not px > thr:
+            continue
+        ok[c], depth[c] = True, depth[par] + 1
+        score[c] = float(np.float32(score[par]) + np.float32(np.log(np.float32(px))))
+        if depth[c] > depth[best] or (depth[c] == depth[best] and score[c] > score[best]):
+            best = c
+    path = [best]
+    while path[-1] != 0:
+        path.append(parents[path[-1]])
+    path.reverse()
+    st = node_stats(best)
+    if st is None:
+        return None
+    p, thr = st
+    return path, sample_index(torch.where(p >= thr, p, torch.zeros_like(p)), u[0])
+
+
+def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
+           posterior_threshold, posterior_alpha, uniforms, mode, width):
+    """Returns (num_accepted int32 [B], accepted_nodes int32 [B, width],
+    tokens int64 [B, width]) on the logits' device; uniforms float32 [N]."""
+    device = target_logits.device
+    batch = qo_indptr.numel() - 1
+    num_accepted = torch.zeros(batch, dtype=torch.int32)
+    nodes_out = torch.full((batch, width), -1, dtype=torch.int32)
+    tokens_out = torch.full((batch, width), -1, dtype=torch.int64)
+    indptr = qo_indptr.tolist()
+    all_tokens = draft_tokens.tolist()
+    all_parents = parents.tolist()
+    u_all = uniforms.cpu().tolist() if uniforms is not None else None
+    for b in range(batch):
+        s, e = indptr[b], indptr[b + 1]
+        if e == s:
+            continue
+        rows = target_logits[s:e].cpu()
+        tokens, par = all_tokens[s:e], all_parents[s:e]
+        temp = 0.0 if mode == GREEDY else float(temperature[b])
+        u = u_all[s:e] if u_all is not None else None
+        if temp == 0.0:
+            result = _walk_greedy(rows, tokens, par, width)
+        elif mode == REJECTION:
+            q_rows = draft_probs[s:e].cpu() if draft_probs is not None else None
+            result = _walk_rejection(rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]))
+        else:
+            result = _walk_typical(rows, tokens, par, width, u, temp, float(posterior_threshold[b]),
+                                   float(posterior_alpha[b]))
+        if result is None:  # a row the rule reads cannot define a distribution
+            num_accepted[b] = -1
+            continue
+        path, bonus = result
+        num_accepted[b] = len(path) - 1
+        nodes_out[b, :len(path)] = torch.tensor(path, dtype=torch.int32)
+        for j, n in enumerate(path[1:]):
+            tokens_out[b, j] = tokens[n]
+        tokens_out[b, len(path) - 1] = bonus
+    return num_accepted.to(device), nodes_out.to(device), tokens_out.to(device)
