@@ -3,6 +3,8 @@
 Ops (each with ``reference``, ``triton``, ``cuda`` and ``cpu`` backends):
     append_kv, compact_kv           KV-cache writes and rollback (kv_cache.py)
     tree_attention                  attention of tree tokens over a paged prefix (attention.py)
+    verify_greedy, verify_rejection, verify_typical
+                                    accepted path + bonus token for a ragged batch (sampling.py)
 Trees (trees.py):
     Tree, MC_SIM_7B_63, batch_trees, lookahead_mask   draft trees, packed masks, RoPE offsets
 Helpers:
@@ -16,6 +18,7 @@ from .backends import BackendUnavailableError
 from .block_allocator import BlockAllocator, OutOfBlocksError
 from .info import info
 from .kv_cache import append_kv, compact_kv
+from .sampling import VerifyResult, philox_uniforms, verify_greedy, verify_rejection, verify_typical
 from .trees import MC_SIM_7B_63, Tree, TreeBatch, batch_trees, lookahead_mask
 
 # Importing the package registers torch.ops.specdec.* when the extension is built.
@@ -26,6 +29,11 @@ __all__ = [
     "append_kv",
     "compact_kv",
     "tree_attention",
+    "verify_greedy",
+    "verify_rejection",
+    "verify_typical",
+    "VerifyResult",
+    "philox_uniforms",
     "Tree",
     "TreeBatch",
     "MC_SIM_7B_63",

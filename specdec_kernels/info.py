@@ -11,7 +11,7 @@ import torch
 from . import _extension, backends
 from ._version import __version__
 
-OPS = ("append_kv", "compact_kv", "tree_attention")
+OPS = ("append_kv", "compact_kv", "tree_attention", "verify_greedy", "verify_rejection", "verify_typical")
 
 
 def _triton_version() -> str | None:

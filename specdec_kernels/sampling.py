@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks, backends, reference
+from . import _checks, backends
 from ._checks import fail
 from .reference import sampling as ref_sampling
 
@@ -188,6 +188,7 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, draft_pro
     philox = None
     if mode != ref_sampling.GREEDY:
         uniforms, philox = _randomness(op, uniforms, seed, offset, generator, num_tokens, device)
+    lengths = _checks.check_indptr_values(op, qo_indptr, num_tokens) if validate else None
     if max_depth is None:
         max_depth = _deepest(parents, qo_indptr)
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
@@ -196,7 +197,7 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, draft_pro
         fail(op, f"max_depth + 1 = {max_depth + 1} exceeds the supported {MAX_TREE_LEN}")
     width = max_depth + 1
     if validate:
-        _validate(op, mode, draft_tokens, parents, qo_indptr, vocab, max_depth, draft_probs, params)
+        _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, draft_probs, params)
     draft_tokens = draft_tokens.long()
     chosen = backends.choose(op, backend, device)
     args = (draft_tokens, parents, qo_indptr, target_logits, draft_probs, params.get("temperature"),
@@ -260,7 +261,7 @@ def _deepest(parents, qo_indptr) -> int:
     indptr = qo_indptr.cpu().tolist()
     deepest = 0
     for b in range(len(indptr) - 1):
-        s, e = indptr[b], indptr[b + 1]
+        s, e = max(0, indptr[b]), min(len(par), indptr[b + 1])  # unvalidated indptr must not raise here
         depth = [0] * (e - s)
         for i in range(1, e - s):
             p = par[s + i]
@@ -269,8 +270,7 @@ def _deepest(parents, qo_indptr) -> int:
     return deepest
 
 
-def _validate(op, mode, draft_tokens, parents, qo_indptr, vocab, max_depth, draft_probs, params) -> None:
-    lengths = _checks.check_indptr_values(op, qo_indptr, draft_tokens.shape[0])
+def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, draft_probs, params) -> None:
     if (lengths > MAX_TREE_LEN).any():
         b = int((lengths > MAX_TREE_LEN).nonzero()[0, 0])
         fail(op, f"request {b} has {int(lengths[b])} nodes (qo_indptr); at most {MAX_TREE_LEN} are supported")

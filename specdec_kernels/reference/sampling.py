@@ -117,6 +117,24 @@ def _walk_greedy(rows, tokens, parents, width):
         node = nxt
 
 
+def _accepts(u: float, qx: float, rx: float) -> bool:
+    """Accept with probability min(1, r(x) / q(x)); q(x) = 1 for a point mass."""
+    return bool(np.float32(u) * np.float32(qx) < np.float32(rx))
+
+
+def _residual_after_rejection(r: torch.Tensor, q_row: torch.Tensor | None, x: int) -> torch.Tensor:
+    """norm(max(0, r - q)); for a point mass at x that is r with x zeroed.
+    Unchanged when nothing would be left (only rounding can get there)."""
+    if q_row is not None:
+        nr = torch.clamp(r - q_row, min=0.0)
+    else:
+        nr = r.clone()
+        if 0 <= x < r.numel():
+            nr[x] = 0.0
+    mass = nr.sum()
+    return nr / mass if mass > 0 else r
+
+
 def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k, top_p):
     """Children tried in order against the running residual r (r = p at first):
     with q, accept x iff u * q(x) < r(x), else r = norm(max(0, r - q)); without
@@ -134,23 +152,12 @@ def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k,
         for c in kids:
             x = tokens[c]
             rx = float(r[x]) if 0 <= x < vocab else 0.0
-            if q_rows is not None:
-                qx = float(q_rows[node][x]) if 0 <= x < vocab else 0.0
-                accept = np.float32(u[c]) * np.float32(qx) < np.float32(rx)
-            else:
-                accept = u[c] < rx
-            if accept:
+            q_row = q_rows[node].float() if q_rows is not None else None
+            qx = float(q_row[x]) if q_row is not None and 0 <= x < vocab else (0.0 if q_row is not None else 1.0)
+            if _accepts(u[c], qx, rx):
                 nxt = c
                 break
-            if q_rows is not None:
-                nr = torch.clamp(r - q_rows[node].float(), min=0.0)
-            else:
-                nr = r.clone()
-                if 0 <= x < vocab:
-                    nr[x] = 0.0
-            mass = nr.sum()
-            if mass > 0:
-                r = nr / mass
+            r = _residual_after_rejection(r, q_row, x)
         if nxt is None:
             return path, sample_index(r, u[0])
         path.append(nxt)
