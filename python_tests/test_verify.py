@@ -376,3 +376,30 @@ def test_int32_draft_tokens_and_generator():
     assert_same(a, sk.verify_greedy(*case.args()))
     draws = [sk.verify_rejection(*case.args(), generator=torch.Generator().manual_seed(9)) for _ in range(2)]
     assert_same(draws[0], draws[1], "same generator seed: ")
+
+
+def _op_inputs(mode):
+    case = make_case(8, [4, 3], vocab=9, kind="tree", with_q=(mode == 1))
+    b = case.batch
+    temperature = torch.full((b,), 0.9) if mode else None
+    per_mode = {0: (None, None, None, None, None, None),
+                1: (case.draft_probs, temperature, torch.full((b,), 3, dtype=torch.int32), torch.full((b,), 0.9),
+                    None, None),
+                2: (None, temperature, None, None, torch.full((b,), 0.09), torch.full((b,), 0.3))}[mode]
+    randomness = (None, None) if mode == 0 else (None, torch.tensor([7, 0], dtype=torch.int64))
+    return (*case.args(), *per_mode, *randomness, mode, 3)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["greedy", "rejection", "typical"])
+def test_opcheck(mode):
+    torch.library.opcheck(torch.ops.specdec.verify_tree, _op_inputs(mode),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_meta_kernel_checks_shapes():
+    args = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in _op_inputs(1)]
+    n, nodes, t = torch.ops.specdec.verify_tree(*args)
+    assert (n.shape, nodes.shape, t.shape) == ((2,), (2, 3), (2, 3)) and t.dtype == torch.int64
+    args[4] = args[4][:, :2]
+    with pytest.raises(RuntimeError, match="draft_probs must be"):
+        torch.ops.specdec.verify_tree(*args)
