@@ -403,3 +403,26 @@ def test_meta_kernel_checks_shapes():
     args[4] = args[4][:, :2]
     with pytest.raises(RuntimeError, match="draft_probs must be"):
         torch.ops.specdec.verify_tree(*args)
+
+
+@pytest.mark.parametrize("backend", ["cpu"])
+def test_random_batches_hypothesis(backend):
+    """Odd geometries: many tiny requests, V from 1, quantised logits (ties
+    everywhere), every rule; greedy exact, sampled within the boundary budget."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
+    @hypothesis.given(seed=st.integers(0, 2**31 - 1), sizes=st.lists(st.integers(0, 12), min_size=1, max_size=6),
+                      vocab=st.integers(1, 40), kind=st.sampled_from(["chain", "tree"]), ties=st.booleans(),
+                      with_q=st.booleans(), top_k=st.integers(0, 6), top_p=st.sampled_from([1.0, 0.8, 0.3]))
+    def check(seed, sizes, vocab, kind, ties, with_q, top_k, top_p):
+        case = make_case(seed, sizes, vocab=vocab, kind=kind, ties=ties, with_q=with_q, follow=0.7)
+        assert_same(run(sk.verify_greedy, case, backend), sk.verify_greedy(*case.args(), backend="reference"))
+        kwargs = dict(temperature=0.9, top_k=top_k, top_p=top_p, uniforms=case.uniforms)
+        expected = sk.verify_rejection(*case.args(), case.draft_probs, backend="reference", **kwargs)
+        result = run(sk.verify_rejection, case, backend, draft_probs=case.draft_probs, **kwargs)
+        assert mismatched_requests(result, expected) <= max(0, case.batch // 50)
+        check_path_consistency(result, case)
+
+    check()

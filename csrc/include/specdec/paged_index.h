@@ -4,13 +4,8 @@
 
 #include <cstdint>
 
+#include "specdec/hd.h"
 #include "specdec/kv_cache.h"
-
-#if defined(__CUDACC__)
-#define SPECDEC_HD __host__ __device__ __forceinline__
-#else
-#define SPECDEC_HD inline
-#endif
 
 namespace specdec {
 

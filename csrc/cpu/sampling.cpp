@@ -1,0 +1,349 @@
+// CPU verification: each request walks its tree as specdec_kernels/reference/
+// sampling.py does, in float32, touching only the rows the rule reads. Rows
+// are converted to float once per visit.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "float_convert.h"
+#include "specdec/philox.h"
+#include "specdec/sampling.h"
+
+namespace specdec {
+namespace {
+
+using namespace cpu;  // float_convert.h
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// One request's view of the inputs.
+struct Request {
+  const VerifyArgs& a;
+  int64_t b, start, size;
+
+  int64_t token(int64_t node) const { return a.draft_tokens[start + node]; }
+  bool in_vocab(int64_t x) const { return x >= 0 && x < a.vocab; }
+
+  float uniform(int64_t node) const {
+    const int64_t row = start + node;
+    if (a.uniforms != nullptr) return a.uniforms[row];
+    return philox_uniform(uint64_t(a.philox[0]), uint64_t(a.philox[1]) + uint64_t(row));
+  }
+
+  // Children of `node` in increasing index: later nodes naming it as parent.
+  template <typename F>
+  bool first_child(int64_t node, F&& accept) const {
+    for (int64_t c = node + 1; c < size; ++c) {
+      if (a.parents[start + c] == node && accept(c)) return true;
+    }
+    return false;
+  }
+};
+
+void load_row(const void* base, DType dtype, int64_t stride, int64_t row, int64_t vocab, std::vector<float>& out) {
+  out.resize(vocab);
+  const int64_t offset = row * stride;
+  switch (dtype) {
+    case DType::kFloat32: {
+      const float* p = static_cast<const float*>(base) + offset;
+      std::copy(p, p + vocab, out.begin());
+      break;
+    }
+    case DType::kFloat16: {
+      const uint16_t* p = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < vocab; ++i) out[i] = half_to_float(p[i]);
+      break;
+    }
+    case DType::kBFloat16: {
+      const uint16_t* p = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < vocab; ++i) out[i] = bf16_to_float(p[i]);
+      break;
+    }
+  }
+}
+
+float load_one(const void* base, DType dtype, int64_t stride, int64_t row, int64_t x) {
+  const int64_t i = row * stride + x;
+  switch (dtype) {
+    case DType::kFloat16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
+    case DType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+    default: return static_cast<const float*>(base)[i];
+  }
+}
+
+// No NaN and a finite maximum: the row defines a distribution.
+bool row_valid(const std::vector<float>& x) {
+  float best = -kInf;
+  for (float v : x) {
+    if (std::isnan(v)) return false;
+    best = std::max(best, v);
+  }
+  return std::isfinite(best);
+}
+
+int64_t argmax_lowest(const std::vector<float>& x) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < int64_t(x.size()); ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
+float sum_of(const std::vector<float>& x) {
+  float s = 0.f;
+  for (float v : x) s += v;
+  return s;
+}
+
+// p = softmax(z) over the tokens kept by top-k then top-p, z = logits / t.
+void target_probs(const std::vector<float>& logits, float temperature, int64_t top_k, float top_p,
+                  std::vector<float>& p) {
+  const int64_t vocab = int64_t(logits.size());
+  std::vector<float> z(vocab);
+  for (int64_t i = 0; i < vocab; ++i) z[i] = logits[i] / temperature;
+  float threshold = -kInf;  // keep z >= threshold (all of them: -inf >= -inf)
+  if (top_k > 0 && top_k < vocab) {
+    std::vector<float> sorted = z;
+    std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
+    threshold = sorted[top_k - 1];
+  }
+  float m = -kInf;
+  for (float v : z) {
+    if (v >= threshold) m = std::max(m, v);
+  }
+  p.assign(vocab, 0.f);
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (z[i] >= threshold) p[i] = std::exp(z[i] - m);
+  }
+  if (top_p < 1.f) {
+    // Kept iff the mass of strictly larger z is < top_p * total: walk tokens
+    // by decreasing z, a run of equal z sharing the mass above it.
+    const float limit = top_p * sum_of(p);
+    std::vector<int64_t> order(vocab);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return z[x] > z[y]; });
+    float before = 0.f;
+    for (int64_t i = 0; i < vocab;) {
+      int64_t j = i;
+      float run = 0.f;
+      const bool keep = before < limit;
+      for (; j < vocab && z[order[j]] == z[order[i]]; ++j) {
+        run += p[order[j]];
+        if (!keep) p[order[j]] = 0.f;
+      }
+      before += run;
+      i = j;
+    }
+  }
+  const float total = sum_of(p);
+  for (float& v : p) v /= total;
+}
+
+// Inverse CDF: the first index whose running sum exceeds u * total; if
+// rounding leaves none, the last index with weight.
+int64_t sample_index(const std::vector<float>& w, float u) {
+  const float threshold = u * sum_of(w);
+  float running = 0.f;
+  int64_t last = 0;
+  for (int64_t i = 0; i < int64_t(w.size()); ++i) {
+    running += w[i];
+    if (w[i] > 0.f) last = i;
+    if (running > threshold) return i;
+  }
+  return last;
+}
+
+// r = norm(max(0, r - q)), or r with x zeroed for a point mass; unchanged if
+// nothing would be left.
+void reject(std::vector<float>& r, const std::vector<float>* q, int64_t x, std::vector<float>& scratch) {
+  scratch = r;
+  if (q != nullptr) {
+    for (size_t i = 0; i < r.size(); ++i) scratch[i] = std::max(0.f, r[i] - (*q)[i]);
+  } else if (x >= 0 && x < int64_t(r.size())) {
+    scratch[x] = 0.f;
+  }
+  const float mass = sum_of(scratch);
+  if (!(mass > 0.f)) return;
+  for (size_t i = 0; i < r.size(); ++i) r[i] = scratch[i] / mass;
+}
+
+struct Outcome {
+  bool valid = true;
+  std::vector<int64_t> path{0};
+  int64_t bonus = -1;
+};
+
+Outcome walk_greedy(const Request& req, std::vector<float>& row) {
+  const VerifyArgs& a = req.a;
+  Outcome out;
+  int64_t node = 0;
+  while (true) {
+    load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + node, a.vocab, row);
+    if (!row_valid(row)) return Outcome{false, {}, -1};
+    const int64_t best = argmax_lowest(row);
+    int64_t next = -1;
+    if (int64_t(out.path.size()) < a.width) {
+      req.first_child(node, [&](int64_t c) { return req.token(c) == best ? (next = c, true) : false; });
+    }
+    if (next < 0) {
+      out.bonus = best;
+      return out;
+    }
+    out.path.push_back(next);
+    node = next;
+  }
+}
+
+Outcome walk_rejection(const Request& req, std::vector<float>& row) {
+  const VerifyArgs& a = req.a;
+  const float temperature = a.temperature[req.b];
+  const int64_t top_k = a.top_k[req.b];
+  const float top_p = a.top_p[req.b];
+  Outcome out;
+  std::vector<float> r, q, scratch;
+  int64_t node = 0;
+  while (true) {
+    load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + node, a.vocab, row);
+    if (!row_valid(row)) return Outcome{false, {}, -1};
+    target_probs(row, temperature, top_k, top_p, r);
+    const bool with_q = a.draft_probs != nullptr;
+    if (with_q) load_row(a.draft_probs, a.probs_dtype, a.probs_stride, req.start + node, a.vocab, q);
+    int64_t next = -1;
+    if (int64_t(out.path.size()) < a.width) {
+      req.first_child(node, [&](int64_t c) {
+        const int64_t x = req.token(c);
+        const bool in = req.in_vocab(x);
+        const float rx = in ? r[x] : 0.f;
+        const float qx = with_q ? (in ? q[x] : 0.f) : 1.f;
+        if (req.uniform(c) * qx < rx) {
+          next = c;
+          return true;
+        }
+        reject(r, with_q ? &q : nullptr, x, scratch);
+        return false;
+      });
+    }
+    if (next < 0) {
+      out.bonus = sample_index(r, req.uniform(0));
+      return out;
+    }
+    out.path.push_back(next);
+    node = next;
+  }
+}
+
+// Per node: softmax max and normaliser of z and the acceptance threshold.
+struct TypicalStats {
+  bool computed = false, valid = false;
+  float m = 0.f, total = 0.f, threshold = 0.f;
+};
+
+Outcome walk_typical(const Request& req, std::vector<float>& row) {
+  const VerifyArgs& a = req.a;
+  const float temperature = a.temperature[req.b];
+  const float eps = a.posterior_threshold[req.b];
+  const float alpha = a.posterior_alpha[req.b];
+  std::vector<TypicalStats> stats(req.size);
+  std::vector<float> z(a.vocab);
+  auto stats_of = [&](int64_t n) -> const TypicalStats& {
+    TypicalStats& s = stats[n];
+    if (s.computed) return s;
+    s.computed = true;
+    load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + n, a.vocab, row);
+    s.valid = row_valid(row);
+    if (!s.valid) return s;
+    for (int64_t i = 0; i < a.vocab; ++i) z[i] = row[i] / temperature;
+    s.m = *std::max_element(z.begin(), z.end());
+    for (int64_t i = 0; i < a.vocab; ++i) s.total += std::exp(z[i] - s.m);
+    float entropy = 0.f;
+    for (int64_t i = 0; i < a.vocab; ++i) {
+      const float p = std::exp(z[i] - s.m) / s.total;
+      entropy -= p * std::log(p + kTypicalLogEps);
+    }
+    s.threshold = std::min(eps, alpha * std::exp(-entropy));
+    return s;
+  };
+  auto prob = [&](const TypicalStats& s, int64_t n, int64_t x) {
+    return std::exp(load_one(a.logits, a.logits_dtype, a.logits_stride, req.start + n, x) / temperature - s.m) /
+           s.total;
+  };
+
+  std::vector<char> ok(req.size, 0);
+  std::vector<int64_t> depth(req.size, 0);
+  std::vector<float> score(req.size, 0.f);
+  ok[0] = 1;
+  int64_t best = 0;
+  for (int64_t c = 1; c < req.size; ++c) {
+    const int64_t par = a.parents[req.start + c];
+    if (par < 0 || par >= c || !ok[par] || depth[par] + 1 >= a.width) continue;
+    const TypicalStats& s = stats_of(par);
+    if (!s.valid) return Outcome{false, {}, -1};
+    const int64_t x = req.token(c);
+    const float px = req.in_vocab(x) ? prob(s, par, x) : 0.f;
+    if (!(px > s.threshold)) continue;
+    ok[c] = 1;
+    depth[c] = depth[par] + 1;
+    score[c] = score[par] + std::log(px);
+    if (depth[c] > depth[best] || (depth[c] == depth[best] && score[c] > score[best])) best = c;
+  }
+  Outcome out;
+  out.path.clear();
+  for (int64_t n = best; n != 0; n = a.parents[req.start + n]) out.path.push_back(n);
+  out.path.push_back(0);
+  std::reverse(out.path.begin(), out.path.end());
+  const TypicalStats& s = stats_of(best);
+  if (!s.valid) return Outcome{false, {}, -1};
+  load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + best, a.vocab, row);
+  std::vector<float> w(a.vocab);
+  for (int64_t i = 0; i < a.vocab; ++i) {
+    const float p = std::exp(row[i] / temperature - s.m) / s.total;
+    w[i] = p >= s.threshold ? p : 0.f;
+  }
+  out.bonus = sample_index(w, req.uniform(0));
+  return out;
+}
+
+void write(const VerifyArgs& a, int64_t b, const Request* req, const Outcome& out) {
+  int32_t* nodes = a.accepted_nodes + b * a.width;
+  int64_t* tokens = a.tokens + b * a.width;
+  std::fill(nodes, nodes + a.width, -1);
+  std::fill(tokens, tokens + a.width, int64_t(-1));
+  if (req == nullptr) {  // empty request
+    a.num_accepted[b] = 0;
+    return;
+  }
+  if (!out.valid) {
+    a.num_accepted[b] = -1;
+    return;
+  }
+  const int64_t accepted = int64_t(out.path.size()) - 1;
+  a.num_accepted[b] = int32_t(accepted);
+  for (int64_t j = 0; j <= accepted; ++j) nodes[j] = int32_t(out.path[j]);
+  for (int64_t j = 1; j <= accepted; ++j) tokens[j - 1] = req->token(out.path[j]);
+  tokens[accepted] = out.bonus;
+}
+
+}  // namespace
+
+void verify_cpu(const VerifyArgs& args, int64_t begin, int64_t end) {
+  std::vector<float> row;
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t start = args.qo_indptr[b];
+    const int64_t size = std::min<int64_t>(int64_t(args.qo_indptr[b + 1]) - start, kMaxVerifyNodes);
+    if (size <= 0) {
+      write(args, b, nullptr, Outcome{});
+      continue;
+    }
+    const Request req{args, b, start, size};
+    const bool greedy = args.mode == VerifyMode::kGreedy || args.temperature[b] == 0.f;
+    const Outcome out = greedy ? walk_greedy(req, row)
+                        : args.mode == VerifyMode::kRejection ? walk_rejection(req, row)
+                                                               : walk_typical(req, row);
+    write(args, b, &req, out);
+  }
+}
+
+}  // namespace specdec
