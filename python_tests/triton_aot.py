@@ -12,7 +12,7 @@ from triton.compiler import ASTSource
 
 import triton.language as tl
 
-from specdec_kernels.triton import attention, kv_cache
+from specdec_kernels.triton import attention, kv_cache, sampling
 
 BITS = {1: "*i8", 2: "*i16", 4: "*i32"}
 
@@ -49,6 +49,16 @@ def kernels():
                dict(HAS_MASK=has_mask, SPLIT=split, OUT_DTYPE=tl_dtype,
                     DOT_PRECISION="ieee" if name == "fp32" else "tf32", UPCAST=False,
                     BLOCK_M=64, BLOCK_N=64 if head_dim <= 128 else 32, HEAD_DIM=head_dim))
+    for mode, has_q, has_uniforms, logits in ((0, False, False, "*bf16"), (1, True, False, "*bf16"),
+                                              (1, False, True, "*fp32"), (2, False, True, "*fp16")):
+        yield (f"verify_tree/mode={mode}/q={has_q}/uniforms={has_uniforms}/{logits[1:]}", sampling._verify_kernel,
+               dict(tokens_ptr="*i64", parents_ptr="*i32", indptr_ptr="*i32", logits_ptr=logits, q_ptr=logits,
+                    temp_ptr="*fp32", topk_ptr="*i32", topp_ptr="*fp32", eps_ptr="*fp32", alpha_ptr="*fp32",
+                    unif_ptr="*fp32", philox_ptr="*i64", res_ptr="*fp32", state_ptr="*i32", stats_ptr="*fp32",
+                    num_acc_ptr="*i32", nodes_ptr="*i32", out_tok_ptr="*i64", logits_stride="i64",
+                    q_stride="i64"),
+               dict(MODE=mode, HAS_Q=has_q, HAS_UNIFORMS=has_uniforms, BLOCK_V=1024, BLOCK_W=16,
+                    MAX_T=sampling.MAX_NODES))
     yield ("merge_splits/bf16", attention._merge_splits_kernel,
            dict(part_out="*fp32", part_lse="*fp32", out="*bf16", lse="*fp32"),
            dict(OUT_DTYPE=tl.bfloat16, BLOCK_S=16, HEAD_DIM=128))

@@ -17,7 +17,7 @@ import triton.language as tl
 
 MAX_NODES = 256  # kMaxVerifyNodes
 GREEDY, REJECTION, TYPICAL = 0, 1, 2
-_BIG = 1 << 30
+_BIG = tl.constexpr(1 << 30)
 
 
 @triton.jit
