@@ -211,7 +211,8 @@ def _typical_stats(row_ptr, V, temperature, eps, alpha, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, out_row, V, width, nodes_ptr, out_tok_ptr, BLOCK_V: tl.constexpr):
+def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, out_row, V, width, nodes_ptr,
+                 out_tok_ptr, BLOCK_V: tl.constexpr):
     """Accept the first child equal to the argmax; the bonus is the last argmax."""
     valid = tl.full([], 1, tl.int32)
     accepted = tl.full([], 0, tl.int32)
@@ -241,7 +242,8 @@ def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size
 
 
 @triton.jit
-def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, out_row, V, width, nodes_ptr, out_tok_ptr, q_ptr, q_stride, temperature, top_k, top_p,
+def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, out_row, V, width, nodes_ptr,
+                    out_tok_ptr, q_ptr, q_stride, temperature, top_k, top_p,
                     unif_ptr, philox_ptr, res_ptr, HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr,
                     BLOCK_V: tl.constexpr):
     """Children tried in order against the running residual (module docstring)."""
@@ -337,7 +339,8 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
 
 
 @triton.jit
-def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, out_row, V, width, nodes_ptr, out_tok_ptr, temperature, eps, alpha, unif_ptr, philox_ptr,
+def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, out_row, V, width, nodes_ptr,
+                  out_tok_ptr, temperature, eps, alpha, unif_ptr, philox_ptr,
                   state_ptr, stats_ptr, res_ptr, HAS_UNIFORMS: tl.constexpr, BLOCK_V: tl.constexpr,
                   MAX_T: tl.constexpr):
     """Deepest node whose path passes Medusa's typical test; bonus from p >= threshold."""
