@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import specdec_kernels as sk
-from conftest import backend_cases
+from conftest import HAS_CUDA, backend_cases
 from specdec_kernels.reference import sampling as ref
 from verify_scenarios import make_case
 
@@ -431,3 +431,27 @@ def test_random_batches_hypothesis(backend):
         check_path_consistency(result, case)
 
     check()
+
+
+LARGE_VOCAB_CASES = [pytest.param("cpu", "cpu", id="cpu-cpu")] + [
+    pytest.param("cuda", b, id=f"cuda-{b}",
+                 marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")])
+    for b in ("cuda", "triton")]
+
+
+@pytest.mark.parametrize("device,backend", LARGE_VOCAB_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_large_vocab_draws_match_reference(device, backend, dtype):
+    """A real vocabulary: a float running sum over 50K tokens drifts enough to
+    move an inverse-CDF draw, so the kernels must sum as exactly as the
+    reference (the interpreter is too slow for this size)."""
+    compared = mismatched = 0
+    for seed, with_q in ((0, False), (1, True)):
+        case = make_case(200 + seed, [3, 1, 4, 2] * 5, vocab=50_000, kind="tree", dtype=dtype, device=device,
+                         with_q=with_q, follow=0.3, scale=1.0)
+        kwargs = dict(temperature=1.0, uniforms=case.uniforms)
+        expected = sk.verify_rejection(*case.args(), case.draft_probs, backend="reference", **kwargs)
+        result = run(sk.verify_rejection, case, backend, draft_probs=case.draft_probs, **kwargs)
+        compared += case.batch
+        mismatched += mismatched_requests(result, expected)
+    assert mismatched <= MAX_BOUNDARY_MISMATCHES * compared, f"{mismatched} of {compared} requests differ"

@@ -92,10 +92,13 @@ int64_t argmax_lowest(const std::vector<float>& x) {
   return best;
 }
 
+// Sums accumulate in double (as torch's CPU reductions and scans do): over
+// 100K-token rows a float running sum drifts by ~1e-3, enough to move an
+// inverse-CDF draw by a few tokens.
 float sum_of(const std::vector<float>& x) {
-  float s = 0.f;
+  double s = 0.0;
   for (float v : x) s += v;
-  return s;
+  return float(s);
 }
 
 // p = softmax(z) over the tokens kept by top-k then top-p, z = logits / t.
@@ -125,11 +128,11 @@ void target_probs(const std::vector<float>& logits, float temperature, int64_t t
     std::vector<int64_t> order(vocab);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return z[x] > z[y]; });
-    float before = 0.f;
+    double before = 0.0;
     for (int64_t i = 0; i < vocab;) {
       int64_t j = i;
-      float run = 0.f;
-      const bool keep = before < limit;
+      double run = 0.0;
+      const bool keep = float(before) < limit;
       for (; j < vocab && z[order[j]] == z[order[i]]; ++j) {
         run += p[order[j]];
         if (!keep) p[order[j]] = 0.f;
@@ -146,12 +149,12 @@ void target_probs(const std::vector<float>& logits, float temperature, int64_t t
 // rounding leaves none, the last index with weight.
 int64_t sample_index(const std::vector<float>& w, float u) {
   const float threshold = u * sum_of(w);
-  float running = 0.f;
+  double running = 0.0;
   int64_t last = 0;
   for (int64_t i = 0; i < int64_t(w.size()); ++i) {
     running += w[i];
     if (w[i] > 0.f) last = i;
-    if (running > threshold) return i;
+    if (float(running) > threshold) return i;
   }
   return last;
 }
@@ -257,13 +260,14 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     if (!s.valid) return s;
     for (int64_t i = 0; i < a.vocab; ++i) z[i] = row[i] / temperature;
     s.m = *std::max_element(z.begin(), z.end());
-    for (int64_t i = 0; i < a.vocab; ++i) s.total += std::exp(z[i] - s.m);
-    float entropy = 0.f;
+    double total = 0.0, entropy = 0.0;
+    for (int64_t i = 0; i < a.vocab; ++i) total += std::exp(z[i] - s.m);
+    s.total = float(total);
     for (int64_t i = 0; i < a.vocab; ++i) {
       const float p = std::exp(z[i] - s.m) / s.total;
       entropy -= p * std::log(p + kTypicalLogEps);
     }
-    s.threshold = std::min(eps, alpha * std::exp(-entropy));
+    s.threshold = std::min(eps, alpha * std::exp(-float(entropy)));
     return s;
   };
   auto prob = [&](const TypicalStats& s, int64_t n, int64_t x) {

@@ -41,7 +41,7 @@ __device__ __forceinline__ float load(const void* base, DType dtype, int64_t i) 
 struct Scratch {
   float f[kWarps];
   int64_t i[kWarps];
-  float seg[kThreads];
+  double seg[kThreads];
 };
 
 // Reductions return the same value to every thread: warps combine by xor
@@ -193,7 +193,7 @@ __device__ int64_t sample(int64_t vocab, float u, W weight, Scratch& s) {
   const int64_t per = (vocab + kThreads - 1) / kThreads;
   const int64_t lo = threadIdx.x * per;
   const int64_t hi = lo + per < vocab ? lo + per : vocab;
-  float mine = 0.f;
+  double mine = 0.0;  // double: a float running sum over 100K tokens drifts by ~1e-3
   int64_t last = -1;
   for (int64_t x = lo; x < hi; ++x) {
     const float w = weight(x);
@@ -203,18 +203,18 @@ __device__ int64_t sample(int64_t vocab, float u, W weight, Scratch& s) {
   __syncthreads();
   s.seg[threadIdx.x] = mine;
   __syncthreads();
-  float before = 0.f, total = 0.f;
+  double before = 0.0, total = 0.0;
   for (int i = 0; i < kThreads; ++i) {
     if (i == int(threadIdx.x)) before = total;
     total += s.seg[i];
   }
-  const float target = u * total;
+  const float target = u * float(total);
   int64_t found = vocab;
-  if (before + mine > target && mine > 0.f) {
-    float running = before;
+  if (float(before + mine) > target && mine > 0.0) {
+    double running = before;
     for (int64_t x = lo; x < hi; ++x) {
       running += weight(x);
-      if (running > target) {
+      if (float(running) > target) {
         found = x;
         break;
       }
