@@ -16,6 +16,10 @@ chains of K = 4 and 8 drafted tokens and the 64-node Medusa tree
 Drafted tokens follow the target's argmax with probability 0.7, so paths go
 deep and the walk does real work.
 
+"% peak" follows the issue's accounting (all N rows of logits once), so a rule
+that reads only the accepted path's rows (greedy and point-mass rejection on a
+64-node tree) can show more than 100%.
+
 Each of our results is checked against the reference first where the
 reference runs (greedy exactly; sampled with the same uniforms, all requests
 but rare rounding ties equal); a mismatch gets no time and exit status 1.
