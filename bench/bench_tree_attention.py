@@ -118,13 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON path (default bench/results/tree_attention-<device>-<timestamp>.json)")
     p.add_argument("--no-json", action="store_true", help="print the table only")
     args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch sees no CUDA device")
-    for key, value in DEFAULTS[(args.device, args.quick)].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    common.resolve_device_defaults(p, args, DEFAULTS)
     if args.q_heads % args.kv_heads:
         p.error(f"--q-heads {args.q_heads} must be a multiple of --kv-heads {args.kv_heads}")
     if args.head_dim not in sk.attention.HEAD_DIMS:

@@ -135,6 +135,19 @@ def measure_peak_flops(device: torch.device, n: int, dtype: torch.dtype, *, warm
             "median_us": timing["median_us"], "method": timing["method"]}
 
 
+def resolve_device_defaults(parser, args, defaults: dict):
+    """--device auto -> cuda when torch sees one; then fill every option left
+    unset from ``defaults[(device, args.quick)]``."""
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    for key, value in defaults[(args.device, args.quick)].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
 # ---------------------------------------------------------------- scenarios
 
 
