@@ -70,10 +70,12 @@ setup(
     packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"]),
     python_requires=">=3.10",
     # No upper bound and no CUDA pin: a torch already installed satisfies this.
-    install_requires=["torch>=2.4", "numpy"],
+    # safetensors: the runtime loads Hugging Face checkpoints.
+    install_requires=["torch>=2.4", "numpy", "safetensors"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest", "hypothesis", "triton>=3.0"],
+        # transformers: the runtime's logits are checked against LlamaForCausalLM.
+        "test": ["pytest", "hypothesis", "triton>=3.0", "transformers"],
     },
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

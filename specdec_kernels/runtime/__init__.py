@@ -1,0 +1,6 @@
+"""The minimal decoder runtime: a Llama-family model over a paged KV cache
+whose every decode and verify step runs on this library's kernels."""
+from .config import ModelConfig, UnsupportedConfigError
+from .model import LlamaModel, PagedKVCache
+
+__all__ = ["ModelConfig", "UnsupportedConfigError", "LlamaModel", "PagedKVCache"]
