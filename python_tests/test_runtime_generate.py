@@ -49,6 +49,18 @@ def test_eos_stops_each_sequence(models):
         assert got == cut
 
 
+def test_cache_holds_only_accepted_tokens(models):
+    """Many rejections (an unrelated drafter, K = 8): after every rollback the
+    target cache holds no more blocks than the committed tokens need, and
+    everything is freed at the end (generate checks that itself)."""
+    target, unrelated = models
+    out = generate(target, PROMPTS, method="draft", draft_model=unrelated, num_draft_tokens=8, max_new_tokens=20,
+                   block_size=4)
+    need = sum(-(-(len(p) + 20) // 4) for p in PROMPTS)
+    assert out.stats.target_passes > 15  # mostly rejected steps
+    assert out.stats.peak_cache_blocks <= need
+
+
 def exact_two_token_distribution(model, prompt, vocab, temperature):
     from specdec_kernels.reference.sampling import target_probs
     from specdec_kernels.runtime.generate import CachedModel

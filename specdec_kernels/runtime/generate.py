@@ -32,6 +32,7 @@ class GenerationStats:
                                                          "verify_sampling": 0.0, "kv_rollback": 0.0})
     step_tokens: int = 0  # tokens emitted by verify steps, summed over sequences
     step_sequences: int = 0  # (sequence, step) pairs
+    peak_cache_blocks: int = 0  # most target-cache blocks held after a step's rollback
 
     @property
     def tau(self) -> float:
@@ -219,6 +220,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
             tgt.free(s)
             drafter.finish(s)
         active = [s for s in active if s not in finished]
+        stats.peak_cache_blocks = max(stats.peak_cache_blocks, num_blocks - tgt.cache.allocator.num_free_blocks)
         stats.verify_steps += 1
         t4 = time.perf_counter()
         ph = stats.phase_seconds

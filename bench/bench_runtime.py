@@ -1,0 +1,145 @@
+"""Per-step cost of the runtime: an autoregressive step (T = 1) against a
+verify step over T tree tokens (T = 4 and 8 chains, the 64-node Medusa tree),
+each one target forward (append_kv + tree_attention in every layer) plus one
+verify_greedy launch, on random models shaped like Llama 3.2 1B and Llama 3
+8B on GPU (a tiny one on CPU). Also one draft-model generate() run, for tau
+and the share of each phase.
+
+    python bench/bench_runtime.py                 # CUDA if present, else CPU (tiny model)
+    python bench/bench_runtime.py --quick
+
+Goal on GPU: verify/AR <= 1.15 at T = 64, batch 1. JSON to
+bench/results/runtime-<device>-<timestamp>.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import specdec_kernels as sk
+from specdec_kernels.runtime import LlamaModel, ModelConfig, PagedKVCache, generate
+
+import common
+
+SHAPES = {
+    "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=512, num_layers=4, num_heads=4,
+                 num_kv_heads=2, head_dim=64),
+    "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+                     num_kv_heads=8, head_dim=64),
+    "llama-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                     num_kv_heads=8, head_dim=128),
+}
+DEFAULTS = {
+    ("cuda", False): dict(models=["llama-1b", "llama-8b"], batches=[1, 8], trees=[4, 8, 64], prefix=1024,
+                          warmup_ms=25, rep_ms=200),
+    ("cuda", True): dict(models=["llama-1b"], batches=[1], trees=[8, 64], prefix=512, warmup_ms=5, rep_ms=50),
+    ("cpu", False): dict(models=["tiny"], batches=[1, 8], trees=[4, 8, 64], prefix=128, warmup_ms=10, rep_ms=200),
+    ("cpu", True): dict(models=["tiny"], batches=[1], trees=[8, 64], prefix=64, warmup_ms=2, rep_ms=30),
+}
+TARGET_RATIO = 1.15
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--models", nargs="+", choices=sorted(SHAPES))
+    p.add_argument("--batches", type=int, nargs="+")
+    p.add_argument("--trees", type=int, nargs="+", help="T: 64 = Medusa mc_sim_7b_63, else a chain of T nodes")
+    p.add_argument("--prefix", type=int, help="cached tokens per sequence before the step")
+    p.add_argument("--warmup-ms", type=float)
+    p.add_argument("--rep-ms", type=float)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--no-json", action="store_true")
+    args = p.parse_args(argv)
+    return common.resolve_device_defaults(p, args, DEFAULTS)
+
+
+def tree_of(t: int) -> sk.Tree:
+    return sk.Tree.from_choices(sk.MC_SIM_7B_63) if t == 64 else sk.Tree.chain(t - 1)
+
+
+def step_runner(model, batch, tree, prefix, device):
+    """One verify step over ``tree`` for ``batch`` sequences holding ``prefix`` tokens."""
+    cfg = model.config
+    cache = PagedKVCache(cfg, num_blocks=batch * (-(-(prefix + tree.size) // 16)) + 1, block_size=16,
+                         dtype=next(model.parameters()).dtype, device=device)
+    for b in range(batch):
+        cache.allocator.add(b, prefix + tree.size)
+    table = cache.allocator.block_table(list(range(batch)), device=device)
+    prefix_lens = torch.full((batch,), prefix, dtype=torch.int32, device=device)
+    trees = sk.batch_trees([tree] * batch).to(device)
+    indptr = trees.qo_indptr
+    mask = None if tree.is_chain else trees.tree_mask
+    positions = (trees.positions + prefix).long()
+    parents = trees.parents
+    tokens = torch.randint(0, cfg.vocab_size, (batch * tree.size,), device=device)
+
+    def run():
+        logits, _ = model(tokens, positions, cache, table, prefix_lens, indptr, mask, validate=False)
+        return sk.verify_greedy(tokens, parents, indptr, logits, max_depth=tree.max_depth, validate=False)
+
+    return run
+
+
+def main(argv=None) -> int:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    env = common.environment(device)
+    rows, generate_rows = [], []
+    for name in args.models:
+        cfg = ModelConfig(**SHAPES[name])
+        model = LlamaModel.random(cfg, seed=0, std=0.02, dtype=dtype, device=device)
+        for batch in args.batches:
+            ar_us = None
+            for t in [1] + args.trees:
+                fn = step_runner(model, batch, tree_of(t), args.prefix, device)
+                us = common.time_fn(fn, device, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)["median_us"]
+                ar_us = us if t == 1 else ar_us
+                rows.append(dict(model=name, batch=batch, tree=t, step="ar" if t == 1 else "verify", median_us=us,
+                                 ratio_vs_ar=us / ar_us))
+                print(f"  {name} B={batch} T={t}: {us:.0f} us ({us / ar_us:.2f}x AR)", flush=True)
+        draft_cfg = ModelConfig(**dict(SHAPES[name], num_layers=1))
+        drafter = LlamaModel.random(draft_cfg, seed=1, std=0.02, dtype=dtype, device=device)
+        prompts = [[int(x) for x in torch.randint(0, cfg.vocab_size, (32,))] for _ in range(max(args.batches))]
+        out = generate(model, prompts, method="draft", draft_model=drafter, num_draft_tokens=4, max_new_tokens=16)
+        total = sum(out.stats.phase_seconds.values())
+        generate_rows.append(dict(model=name, batch=len(prompts), tau=out.stats.tau,
+                                  tokens_per_s=out.stats.tokens_per_s, target_passes=out.stats.target_passes,
+                                  phase_share={k: v / total for k, v in out.stats.phase_seconds.items()}))
+    columns = [("model", "model", str), ("batch", "B", str), ("tree", "T", str), ("step", "step", str),
+               ("median_us", "us", lambda x: f"{x:.0f}"), ("ratio_vs_ar", "vs AR", lambda x: f"{x:.2f}x")]
+    print()
+    print(common.format_table(rows, columns))
+    for g in generate_rows:
+        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in g["phase_share"].items())
+        print(f"generate {g['model']} B={g['batch']} (random drafter, K=4): tau {g['tau']:.2f}, "
+              f"{g['tokens_per_s']:.1f} tok/s; phases: {shares}")
+    if device.type == "cpu":
+        print("CPU: a tiny model, not representative of a GPU")
+    at64 = [r for r in rows if r["tree"] == 64 and r["batch"] == 1]
+    payload = {"benchmark": "runtime", "command": " ".join(shlex.quote(a) for a in sys.argv), "environment": env,
+               "rows": rows, "generate": generate_rows,
+               "target": {"verify_over_ar_at_T64_B1": TARGET_RATIO,
+                          "measured": {r["model"]: r["ratio_vs_ar"] for r in at64}},
+               "runtime_s": time.perf_counter() - started}
+    if not args.no_json:
+        file_name = f"runtime-{common.device_kind(device)}-{common.timestamp()}.json"
+        out_path = args.out or Path(__file__).parent / "results" / file_name
+        common.write_json(out_path, payload)
+        print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
