@@ -54,10 +54,9 @@ def kernels():
         yield (f"verify_tree/mode={mode}/q={has_q}/uniforms={has_uniforms}/{logits[1:]}", sampling._verify_kernel,
                dict(tokens_ptr="*i64", parents_ptr="*i32", indptr_ptr="*i32", logits_ptr=logits, q_ptr=logits,
                     temp_ptr="*fp32", topk_ptr="*i32", topp_ptr="*fp32", eps_ptr="*fp32", alpha_ptr="*fp32",
-                    unif_ptr="*fp32", philox_ptr="*i64", res_ptr="*fp32", state_ptr="*i32", stats_ptr="*fp32",
-                    num_acc_ptr="*i32", nodes_ptr="*i32", out_tok_ptr="*i64", logits_stride="i64",
-                    q_stride="i64"),
-               dict(MODE=mode, HAS_Q=has_q, HAS_UNIFORMS=has_uniforms, BLOCK_V=1024, BLOCK_W=16,
+                    unif_ptr="*fp32", philox_ptr="*i64", res_ptr="*fp32", num_acc_ptr="*i32", nodes_ptr="*i32",
+                    out_tok_ptr="*i64", logits_stride="i64", q_stride="i64"),
+               dict(MODE=mode, HAS_Q=has_q, HAS_UNIFORMS=has_uniforms, LIBDEVICE=True, BLOCK_V=1024, BLOCK_W=16,
                     MAX_T=sampling.MAX_NODES))
     yield ("merge_splits/bf16", attention._merge_splits_kernel,
            dict(part_out="*fp32", part_lse="*fp32", out="*bf16", lse="*fp32"),

@@ -160,11 +160,12 @@ int64_t sample_index(const std::vector<float>& w, float u) {
 }
 
 // r = norm(max(0, r - q)), or r with x zeroed for a point mass; unchanged if
-// nothing would be left.
+// nothing would be left. A NaN in q stays NaN (as torch.clamp keeps it), so
+// the mass is NaN and r is left unchanged, as in the reference.
 void reject(std::vector<float>& r, const std::vector<float>* q, int64_t x, std::vector<float>& scratch) {
   scratch = r;
   if (q != nullptr) {
-    for (size_t i = 0; i < r.size(); ++i) scratch[i] = std::max(0.f, r[i] - (*q)[i]);
+    for (size_t i = 0; i < r.size(); ++i) scratch[i] = std::max(r[i] - (*q)[i], 0.f);
   } else if (x >= 0 && x < int64_t(r.size())) {
     scratch[x] = 0.f;
   }
