@@ -147,6 +147,82 @@ def test_typical_matches_reference(device, backend, dtype):
     assert mismatched <= MAX_BOUNDARY_MISMATCHES * compared, f"{mismatched} of {compared} requests differ"
 
 
+def with_inert_rows(case, seed):
+    """The case with inert rows (parent -1, token -1, NaN logits, zero q)
+    inserted after random nodes of each request; returns (case, old->new row map
+    per request)."""
+    gen = torch.Generator().manual_seed(seed)
+    indptr = case.qo_indptr.cpu().tolist()
+    rows, parents, tokens, maps, sizes = [], [], [], [], []
+    for b in range(case.batch):
+        s, e = indptr[b], indptr[b + 1]
+        local, new_index = [], {}
+        for i in range(e - s):
+            new_index[i] = len(local)
+            local.append(("node", s + i))
+            for _ in range(int(torch.randint(0, 3, (1,), generator=gen))):
+                local.append(("inert", None))
+        for kind, row in local:
+            rows.append(row)
+            if kind == "node":
+                p = int(case.parents[row])
+                parents.append(-1 if p < 0 else new_index[p])
+                tokens.append(int(case.draft_tokens[row]))
+            else:
+                parents.append(-1)
+                tokens.append(-1)
+        maps.append({**new_index, -1: -1})  # -1: an empty request's padding
+        sizes.append(len(local))
+    device = case.target_logits.device
+    vocab = case.target_logits.shape[1]
+    logits = torch.full((len(rows), vocab), float("nan"), dtype=case.target_logits.dtype, device=device)
+    q = None if case.draft_probs is None else torch.zeros(len(rows), vocab, dtype=case.draft_probs.dtype,
+                                                          device=device)
+    uniforms = torch.rand(len(rows), generator=gen).to(device)
+    for r, src in enumerate(rows):
+        if src is not None:
+            logits[r] = case.target_logits[src]
+            uniforms[r] = case.uniforms[src]
+            if q is not None:
+                q[r] = case.draft_probs[src]
+    indptr = torch.tensor([0] + torch.tensor(sizes).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    padded = type(case)(torch.tensor(tokens, device=device), torch.tensor(parents, dtype=torch.int32, device=device),
+                        indptr, logits, q, uniforms, sizes)
+    return padded, maps
+
+
+@pytest.mark.parametrize("device,backend", backend_cases())
+@pytest.mark.parametrize("mode", ["greedy", "rejection_q", "rejection", "typical"])
+def test_inert_rows_change_nothing(device, backend, mode):
+    """Non-root rows with parent -1 (lookahead window cells, CUDA-graph
+    padding) are never candidates and their token and logits are never read."""
+    light = backend == "triton" and device == "cpu"
+    for seed, (sizes, kind, vocab) in enumerate(SHAPES[:2] if light else SHAPES):
+        case = make_case(300 + seed, sizes, vocab=vocab, kind=kind, device=device, follow=0.8,
+                         with_q=mode == "rejection_q")
+        padded, maps = with_inert_rows(case, seed)
+        kwargs = {"rejection_q": dict(temperature=0.9, top_k=4),
+                  "rejection": dict(temperature=0.9, top_p=0.8),
+                  "typical": dict(temperature=0.8, posterior_threshold=0.09, posterior_alpha=0.3)}.get(mode, {})
+        op = {"greedy": sk.verify_greedy, "typical": sk.verify_typical}.get(mode, sk.verify_rejection)
+        depth = ref_depth(case)
+        plain_kwargs, padded_kwargs = dict(kwargs), dict(kwargs)
+        if mode != "greedy":
+            plain_kwargs["uniforms"], padded_kwargs["uniforms"] = case.uniforms, padded.uniforms
+        if mode == "rejection_q":
+            plain_kwargs["draft_probs"], padded_kwargs["draft_probs"] = case.draft_probs, padded.draft_probs
+        expected = op(*case.args(), max_depth=depth, backend=backend, **plain_kwargs)
+        result = run(op, padded, backend, max_depth=depth, validate=False, **padded_kwargs)
+        for b in range(case.batch):
+            n = int(expected.num_accepted[b])
+            assert int(result.num_accepted[b]) == n, f"case {seed} request {b}"
+            want_nodes = [maps[b][v] for v in expected.accepted_nodes[b, :n + 1].tolist()]
+            assert result.accepted_nodes[b, :n + 1].tolist() == want_nodes
+            assert torch.equal(result.tokens[b].cpu(), expected.tokens[b].cpu())
+        # validate=True accepts inert rows too.
+        op(*padded.args(), max_depth=depth, backend="reference", **padded_kwargs)
+
+
 @pytest.mark.parametrize("device,backend", backend_cases())
 def test_zero_temperature_requests_are_greedy(device, backend):
     """Mixed batches: requests with temperature 0 get exactly the greedy result."""

@@ -8,6 +8,13 @@ node 0 is the root (the last accepted token; its own token is not re-checked).
 and ``target_logits[i]`` the target's logits after node i, so a node's
 children are judged against their parent's row.
 
+A non-root row whose parent is ``-1`` is *inert*: it belongs to the request's
+forward (a lookahead window cell, or padding up to a CUDA-graph shape) but is
+never a candidate, its token is never read (any value, -1 included) and its
+logits row is only read if it were an accepted node, which it cannot be. So a
+runtime can verify the rows of one forward in place, without gathering the
+candidate rows first.
+
 Rules (DESIGN.md, "Verification semantics"):
 
 * greedy: the first child (lowest index) whose token is the argmax of its
@@ -275,23 +282,24 @@ def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, d
         b = int((lengths > MAX_TREE_LEN).nonzero()[0, 0])
         fail(op, f"request {b} has {int(lengths[b])} nodes (qo_indptr); at most {MAX_TREE_LEN} are supported")
     tokens = draft_tokens.cpu().long()
-    bad = (tokens < 0) | (tokens >= vocab)
-    if bad.any():
-        i = int(bad.nonzero()[0, 0])
-        fail(op, f"draft_tokens[{i}] = {int(tokens[i])} is outside the vocabulary [0, {vocab})")
     par = parents.cpu().long()
     starts = torch.repeat_interleave(qo_indptr.cpu().long()[:-1], lengths)
     local = torch.arange(par.numel()) - starts
     is_root = local == 0
+    inert = ~is_root & (par == -1)
+    bad = ~inert & ((tokens < 0) | (tokens >= vocab))
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        fail(op, f"draft_tokens[{i}] = {int(tokens[i])} is outside the vocabulary [0, {vocab})")
     bad_root = is_root & (par != -1)
     if bad_root.any():
         i = int(bad_root.nonzero()[0, 0])
         fail(op, f"parents[{i}] = {int(par[i])}: row {i} is a root (local node 0) and its parent must be -1")
-    bad_parent = ~is_root & ((par < 0) | (par >= local))
+    bad_parent = ~is_root & ~inert & ((par < 0) | (par >= local))
     if bad_parent.any():
         i = int(bad_parent.nonzero()[0, 0])
         fail(op, f"parents[{i}] = {int(par[i])}: node {int(local[i])} of its request needs a parent in "
-                 f"[0, {int(local[i])})")
+                 f"[0, {int(local[i])}) (or -1 for an inert row)")
     deepest = _deepest(parents, qo_indptr)
     if deepest > max_depth:
         fail(op, f"a tree is {deepest} deep but max_depth = {max_depth}; pass max_depth >= {deepest} "
