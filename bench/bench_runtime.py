@@ -1,7 +1,8 @@
 """Per-step cost of the runtime: an autoregressive step (T = 1) against a
 verify step over T tree tokens (T = 4 and 8 chains, the 64-node Medusa tree),
-each one target forward (append_kv + tree_attention in every layer) plus one
-verify_greedy launch, on random models shaped like Llama 3.2 1B and Llama 3
+each one runtime verify step (target forward with append_kv + tree_attention
+in every layer, one verify_greedy launch, compact_kv; a replayed CUDA graph on
+CUDA, including the inputs' host-to-device copies and the read-back), on random models shaped like Llama 3.2 1B and Llama 3
 8B on GPU (a tiny one on CPU). Also one draft-model generate() run, for tau
 and the share of each phase.
 
@@ -23,6 +24,7 @@ import torch
 
 import specdec_kernels as sk
 from specdec_kernels.runtime import LlamaModel, ModelConfig, PagedKVCache, generate
+from specdec_kernels.runtime.step import Draft, VerifyStep
 
 import common
 
@@ -66,24 +68,27 @@ def tree_of(t: int) -> sk.Tree:
 
 
 def step_runner(model, batch, tree, prefix, device):
-    """One verify step over ``tree`` for ``batch`` sequences holding ``prefix`` tokens."""
+    """One verify step (runtime.step.VerifyStep: target forward + verify_greedy
+    + compact_kv, replayed as a CUDA graph on CUDA) over ``tree`` for ``batch``
+    sequences holding ``prefix`` tokens; each call rolls the caches back."""
     cfg = model.config
-    cache = PagedKVCache(cfg, num_blocks=batch * (-(-(prefix + tree.size) // 16)) + 1, block_size=16,
+    rows = 1 << max(0, tree.size - 1).bit_length()
+    blocks = -(-(prefix + rows) // 16)
+    cache = PagedKVCache(cfg, num_blocks=2 * batch * blocks + 1, block_size=16,
                          dtype=next(model.parameters()).dtype, device=device)
-    for b in range(batch):
-        cache.allocator.add(b, prefix + tree.size)
-    table = cache.allocator.block_table(list(range(batch)), device=device)
-    prefix_lens = torch.full((batch,), prefix, dtype=torch.int32, device=device)
-    trees = sk.batch_trees([tree] * batch).to(device)
-    indptr = trees.qo_indptr
-    mask = None if tree.is_chain else trees.tree_mask
-    positions = (trees.positions + prefix).long()
-    parents = trees.parents
-    tokens = torch.randint(0, cfg.vocab_size, (batch * tree.size,), device=device)
+    seqs = list(range(batch))
+    for b in seqs:
+        cache.allocator.add(b, prefix)
+    step = VerifyStep(model, cache, max_blocks=blocks, cuda_graph=device.type == "cuda")
+    gen = torch.Generator().manual_seed(0)
+    drafts = [Draft(tokens=torch.randint(0, cfg.vocab_size, (tree.size - 1,), generator=gen).tolist(),
+                    parents=list(tree.parents[1:])) for _ in seqs]
+    roots = [1] * batch
 
     def run():
-        logits, _ = model(tokens, positions, cache, table, prefix_lens, indptr, mask, validate=False)
-        return sk.verify_greedy(tokens, parents, indptr, logits, max_depth=tree.max_depth, validate=False)
+        step(seqs, roots, drafts)
+        for b in seqs:
+            cache.allocator.truncate(b, prefix)
 
     return run
 

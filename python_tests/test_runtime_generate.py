@@ -77,9 +77,11 @@ def exact_two_token_distribution(model, prompt, vocab, temperature):
 
 
 def _uniform_q(original):
-    def wrong(self, chains, device):
-        q = original(self, chains, device)
-        return None if q is None else torch.full_like(q, 1.0 / q.shape[1])
+    def wrong(tokens, q_rows, vocab):
+        draft = original(tokens, q_rows, vocab)
+        if draft.q is not None:
+            draft.q[:len(q_rows)] = 1.0 / vocab
+        return draft
     return wrong
 
 
@@ -93,7 +95,7 @@ def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
     if broken:
         from specdec_kernels.runtime import drafters
 
-        monkeypatch.setattr(drafters.ChainProposal, "draft_probs", _uniform_q(drafters.ChainProposal.draft_probs))
+        monkeypatch.setattr(drafters, "chain_draft", _uniform_q(drafters.chain_draft))
         method = "draft"
     vocab, temperature = 6, 1.0
     target = tiny(vocab=vocab, seed=5, std=0.4)

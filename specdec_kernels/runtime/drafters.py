@@ -1,14 +1,27 @@
-"""Drafters: what proposes each step's tokens. The generate loop asks a
-drafter to ``propose`` a chain per active sequence and tells it, through
-``accepted``, how much of it the target kept, so it can roll its own state
-back; Medusa heads, lookahead and prompt lookup plug in the same way."""
-from __future__ import annotations
+"""Drafters: what proposes each step's tokens.
 
-from dataclasses import dataclass
+The generate loop calls, per drafter:
+
+* ``start(seqs, history)`` once, after the target's prefill;
+* ``propose(seqs, history, ks) -> (drafts, passes)``: a ``Draft`` (a tree,
+  optionally with inert rows and draft probabilities) per active sequence,
+  ``ks`` being the schedule's token budget per sequence, and the drafter's
+  forward passes spent;
+* ``accepted(seqs, old_lengths, result)`` after the verify step
+  (``step.StepResult``: accepted paths, bonus tokens, the target's hidden
+  state at each last accepted node, every row's argmax), to roll its state
+  back or learn from the target;
+* ``finish(seq)`` when a sequence stops.
+
+``max_rows(k)`` bounds ``1 + len(draft.tokens)`` for a budget ``k`` (cache
+sizing). Medusa heads, lookahead and prompt lookup plug in the same way.
+"""
+from __future__ import annotations
 
 import torch
 
 from ..reference.sampling import target_probs
+from .step import Draft
 
 
 def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -17,25 +30,14 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: 
     return target_probs(logits.float().cpu(), temperature, top_k, top_p)
 
 
-@dataclass
-class ChainProposal:
-    tokens: list[list[int]]  # drafted tokens per active sequence (may be empty)
-    q_rows: list[torch.Tensor | None]  # per sequence: float32 [len(tokens), V], row j drew token j; None = greedy
-    passes: int  # drafter forward passes spent
-
-    def draft_probs(self, chains, device) -> torch.Tensor | None:
-        """[N, V] rows aligned with the chains (root first): node j's row is the
-        distribution node j+1 was drawn from; leaves get an unused uniform row."""
-        known = [q for q in self.q_rows if q is not None]
-        if not known:
-            return None
-        vocab = known[0].shape[1]
-        rows = []
-        for chain, q in zip(chains, self.q_rows):
-            if q is not None:
-                rows.append(q)
-            rows.append(torch.full((len(chain) - (q.shape[0] if q is not None else 0), vocab), 1.0 / vocab))
-        return torch.cat(rows).to(device)
+def chain_draft(tokens: list[int], q_rows: list[torch.Tensor], vocab: int) -> Draft:
+    """A drafted chain; ``q_rows[j]``: the distribution token j was sampled
+    from (empty: greedy). The leaf's row is zeros: it has no children."""
+    if not q_rows:
+        return Draft(tokens=list(tokens))
+    q = torch.zeros(len(tokens) + 1, vocab, dtype=torch.float32)
+    q[:len(q_rows)] = torch.stack([r.float().cpu() for r in q_rows])
+    return Draft(tokens=list(tokens), q=q)
 
 
 class NoDrafter:
@@ -44,10 +46,13 @@ class NoDrafter:
     def start(self, seqs, history):
         pass
 
-    def propose(self, seqs, history, ks) -> ChainProposal:
-        return ChainProposal([[] for _ in seqs], [None for _ in seqs], 0)
+    def max_rows(self, k):
+        return 1
 
-    def accepted(self, seq, old_len, num_accepted):
+    def propose(self, seqs, history, ks):
+        return [Draft() for _ in seqs], 0
+
+    def accepted(self, seqs, old_lengths, result):
         pass
 
     def finish(self, seq):
@@ -74,7 +79,10 @@ class DraftModelDrafter:
         if pre:
             self.model.run(pre, [history[s][:-1] for s in pre], prefill=True)
 
-    def propose(self, seqs, history, ks) -> ChainProposal:
+    def max_rows(self, k):
+        return k + 1
+
+    def propose(self, seqs, history, ks):
         greedy = self.sampling["temperature"] == 0
         drafts = {s: [] for s in seqs}
         qs = {s: [] for s in seqs}
@@ -86,30 +94,34 @@ class DraftModelDrafter:
             logits, _, indptr = self.model.run(drafting, [chains[s] for s in drafting])
             passes += 1
             last = logits[(indptr[1:] - 1).long()].float()
+            # One device-to-host copy per draft pass for the whole batch.
+            if greedy:
+                top = torch.softmax(last, -1).max(-1)
+                picked, confidence = top.indices.tolist(), top.values.tolist()
+                rows = [None] * len(drafting)
+            else:
+                rows = [filtered_probs(r, **self.sampling) for r in last.cpu()]
+                picked = [int(torch.multinomial(r, 1, generator=self.generator)) for r in rows]
+                confidence = [float(r.max()) for r in rows]
             still = []
             for i, s in enumerate(drafting):
-                if greedy:
-                    probs = torch.softmax(last[i], 0)
-                    token = int(last[i].argmax())
-                else:
-                    probs = filtered_probs(last[i], **self.sampling)
-                    token = int(torch.multinomial(probs, 1, generator=self.generator))
-                if self.dynamic_threshold is not None and drafts[s] and float(probs.max()) < self.dynamic_threshold:
+                if self.dynamic_threshold is not None and drafts[s] and confidence[i] < self.dynamic_threshold:
                     continue
-                drafts[s].append(token)
+                drafts[s].append(picked[i])
                 if not greedy:
-                    qs[s].append(probs)
+                    qs[s].append(rows[i])
                 if len(drafts[s]) < want[s]:
-                    chains[s] = [token]
+                    chains[s] = [picked[i]]
                     still.append(s)
             drafting = still
-        q_rows = [torch.stack(qs[s]) if qs[s] else None for s in seqs]
-        return ChainProposal([drafts[s] for s in seqs], q_rows, passes)
+        vocab = self.model.model.config.vocab_size
+        return [chain_draft(drafts[s], qs[s], vocab) for s in seqs], passes
 
-    def accepted(self, seq, old_len, num_accepted):
+    def accepted(self, seqs, old_lengths, result):
         # The cache holds the old history plus the drafts it was fed; keep
         # those the target accepted.
-        self.model.set_length(seq, min(self.model.length(seq), old_len + num_accepted))
+        for s, old, a in zip(seqs, old_lengths, result.num_accepted):
+            self.model.set_length(s, min(self.model.length(s), old + a))
 
     def finish(self, seq):
         self.model.free(seq)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..sampling import verify_greedy, verify_rejection
-from .drafters import ChainProposal, DraftModelDrafter, NoDrafter, filtered_probs
+from .drafters import DraftModelDrafter, NoDrafter, filtered_probs
 from .model import LlamaModel, PagedKVCache
+from .step import VerifyStep
 
 METHODS = ("ar", "draft")
 SCHEDULES = ("constant", "heuristic", "dynamic")
@@ -28,8 +28,12 @@ class GenerationStats:
     verify_steps: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
+    # draft; verify_forward, verify_sampling, kv_compaction (eager steps; on
+    # CUDA each is synchronised); verify_graph (replayed graphs instead);
+    # host (building step inputs, bookkeeping).
     phase_seconds: dict = field(default_factory=lambda: {"draft": 0.0, "verify_forward": 0.0,
-                                                         "verify_sampling": 0.0, "kv_rollback": 0.0})
+                                                         "verify_sampling": 0.0, "kv_compaction": 0.0,
+                                                         "host": 0.0})
     step_tokens: int = 0  # tokens emitted by verify steps, summed over sequences
     step_sequences: int = 0  # (sequence, step) pairs
     peak_cache_blocks: int = 0  # most target-cache blocks held after a step's rollback
@@ -123,11 +127,16 @@ def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedu
             raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
 
 
+def _bucket_rows(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 @torch.no_grad()
 def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: LlamaModel | None = None,
              num_draft_tokens: int = 5, schedule: str = "constant", confidence_threshold: float = 0.4,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int | None = None, eos_token_id: int | None = None, block_size: int = 16) -> GenerationOutput:
+             seed: int | None = None, eos_token_id: int | None = None, block_size: int = 16,
+             cuda_graph: bool | None = None) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens for each prompt (lists of ids).
 
     ``method="ar"`` decodes one token per target pass; ``"draft"`` lets
@@ -137,24 +146,36 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     below ``confidence_threshold``). Greedy (temperature 0) output equals
     ``"ar"`` exactly; sampled output is distributed as ``"ar"``'s (exact
     rejection sampling). Sequences stop at ``eos_token_id`` or the length limit
-    and free their cache blocks.
+    and free their cache blocks. ``cuda_graph`` (default: when the target is
+    on CUDA) captures the verify step per (batch, tree) bucket and replays it.
     """
     _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens)
     prompts = [[int(t) for t in p] for p in prompts]
+    device = next(target.parameters()).device
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
     stats = GenerationStats()
     started = time.perf_counter()
     k_cap = min(255, 4 * num_draft_tokens)
-    per_seq = [-(-(len(p) + max_new_tokens + k_cap + 2) // block_size) for p in prompts]
-    num_blocks = sum(per_seq) + 1
-    tgt = CachedModel(target, num_blocks, block_size)
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     verify_seed = int(torch.randint(2**62, (1,), generator=gen))
     sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    drafter = NoDrafter()
     if method == "draft":
-        drafter = DraftModelDrafter(CachedModel(draft_model, num_blocks, block_size), sampling, gen,
+        drafter = DraftModelDrafter(None, sampling, gen,
                                     dynamic_threshold=confidence_threshold if schedule == "dynamic" else None)
-    else:
-        drafter = NoDrafter()
+    # Sized for the bucketed step (trees padded to a power of two, the batch
+    # with dummy requests) whether or not it is used: at most 2x the rows.
+    rows = _bucket_rows(drafter.max_rows(k_cap))
+    per_seq = [-(-(len(p) + max_new_tokens + rows + 1) // block_size) for p in prompts]
+    padding = (_bucket_rows(len(prompts)) - len(prompts)) * -(-rows // block_size)
+    num_blocks = sum(per_seq) + padding + 1
+    tgt = CachedModel(target, num_blocks, block_size)
+    if method == "draft":
+        drafter.model = CachedModel(draft_model, num_blocks, block_size)
+    step = VerifyStep(target, tgt.cache, mode="greedy" if temperature == 0 else "rejection",
+                      sampling=None if temperature == 0 else sampling, generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
+                      cuda_graph=cuda_graph)
     seqs = list(range(len(prompts)))
     history = {s: list(p) for s, p in zip(seqs, prompts)}
     produced = {s: [] for s in seqs}
@@ -167,67 +188,49 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
         tgt.run(pre, [history[s][:-1] for s in pre], prefill=True)
         stats.target_passes += 1
     drafter.start(seqs, history)
-    offset = 0
     active = list(seqs)
+    ph = stats.phase_seconds
     while active:
         t0 = time.perf_counter()
-        proposal: ChainProposal = drafter.propose(active, history, [k[s] for s in active])
-        stats.draft_passes += proposal.passes
-        t1 = time.perf_counter()
-        chains = [[history[s][-1]] + proposal.tokens[i] for i, s in enumerate(active)]
-        # The target may lag only by its root: feed the root and the drafts.
-        logits, _, indptr = tgt.run(active, chains)
+        drafts, passes = drafter.propose(active, history, [k[s] for s in active])
+        stats.draft_passes += passes
+        ph["draft"] += time.perf_counter() - t0
+        old_lengths = [len(history[s]) for s in active]
+        result = step(active, [history[s][-1] for s in active], drafts)
         stats.target_passes += 1
-        t2 = time.perf_counter()
-        tokens = torch.tensor([t for ch in chains for t in ch], dtype=torch.int64, device=tgt.device)
-        parents = torch.tensor([i - 1 for ch in chains for i in range(len(ch))], dtype=torch.int32,
-                               device=tgt.device)
-        max_depth = max(len(ch) for ch in chains) - 1
-        if temperature == 0:
-            result = verify_greedy(tokens, parents, indptr, logits, max_depth=max_depth, validate=False)
-        else:
-            q = proposal.draft_probs(chains, tgt.device)
-            result = verify_rejection(tokens, parents, indptr, logits, q, seed=verify_seed, offset=offset,
-                                      max_depth=max_depth, validate=False, **sampling)
-            offset += tokens.numel()
-        accepted = result.num_accepted.tolist()
-        out_tokens = result.tokens.tolist()
-        t3 = time.perf_counter()
-        if min(accepted) < 0:
+        t1 = time.perf_counter()
+        if min(result.num_accepted) < 0:
             raise RuntimeError("the target produced logits with NaN or no finite value; cannot continue")
+        drafter.accepted(active, old_lengths, result)
         finished = []
         for i, s in enumerate(active):
-            a = accepted[i]
-            new = out_tokens[i][:a + 1]
+            a = result.num_accepted[i]
             stats.step_tokens += a + 1
             stats.step_sequences += 1
-            old_len = len(history[s])
-            # Target KV now covers the old history plus the accepted drafts.
-            tgt.set_length(s, old_len + a)
-            drafter.accepted(s, old_len, a)
             room = max_new_tokens - len(produced[s])
-            new = new[:room]
+            new = result.tokens[i][:room]
             if eos_token_id is not None and eos_token_id in new:
                 new = new[:new.index(eos_token_id) + 1]
                 room = 0
             produced[s] += new
             history[s] += new
             if schedule == "heuristic" and method == "draft":
-                k[s] = min(k_cap, k[s] + 2) if a == len(proposal.tokens[i]) else max(1, k[s] - 1)
+                k[s] = min(k_cap, k[s] + 2) if a == len(drafts[i].tokens) else max(1, k[s] - 1)
             if len(new) >= room:
                 finished.append(s)
         for s in finished:
             tgt.free(s)
             drafter.finish(s)
         active = [s for s in active if s not in finished]
-        stats.peak_cache_blocks = max(stats.peak_cache_blocks, num_blocks - tgt.cache.allocator.num_free_blocks)
+        stats.peak_cache_blocks = max(stats.peak_cache_blocks,
+                                      num_blocks - padding - tgt.cache.allocator.num_free_blocks)
         stats.verify_steps += 1
-        t4 = time.perf_counter()
-        ph = stats.phase_seconds
-        ph["draft"] += t1 - t0
-        ph["verify_forward"] += t2 - t1
-        ph["verify_sampling"] += t3 - t2
-        ph["kv_rollback"] += t4 - t3
+        ph["host"] += time.perf_counter() - t1
+    step.release()
+    for name, seconds in (step.phase_seconds or {}).items():
+        ph[name] += seconds
+    if cuda_graph:
+        ph["verify_graph"] = step.graph_seconds
     stats.seconds = time.perf_counter() - started
     stats.new_tokens = sum(len(v) for v in produced.values())
     tgt.cache.allocator.check_invariants()

@@ -1,0 +1,335 @@
+"""The target's verify step: one forward over every sequence's draft (its tree
+plus any inert rows, e.g. a lookahead window) with ``tree_attention``, one
+``verify_*`` launch, ``compact_kv`` of the accepted paths, and the gathers the
+drafters need (hidden state of each last accepted node, argmax of every row).
+
+Everything between building the inputs and reading the accepted counts stays
+on the device. On CUDA the step is captured in a CUDA graph per (batch bucket,
+tree bucket, draft-probs or not) and replayed: sequences are padded to the
+bucket's tree size with inert rows (parent -1, never candidates) and the batch
+with dummy requests that own scratch blocks; their results are dropped.
+``bucketed=True`` without capture runs the same padded path eagerly, which is
+how CPU tests cover it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import time
+
+import torch
+
+from ..kv_cache import compact_kv
+from ..sampling import verify_greedy, verify_rejection, verify_typical
+from ..trees import _pack_rows, num_words
+
+MODES = ("greedy", "rejection", "typical")
+
+
+@dataclass
+class Draft:
+    """What a drafter proposes for one sequence; local node 0 is the root (the
+    sequence's last token, added by the loop), ``tokens[i]`` is node ``i + 1``.
+
+    Attributes:
+        tokens: drafted tokens, in topological order.
+        parents: per node its parent's local index (0 = the root); -1 marks an
+            inert row (fed to the target, never verified). None: a chain.
+        q: float32 ``[1 + len(tokens), V]`` or None: row ``n`` is the
+            distribution node ``n``'s children were sampled from (exact
+            rejection sampling); None: point-mass proposals (or greedy).
+        positions: RoPE offsets after the root per node; None: tree depths.
+        visible: per node a bitset of the local rows it attends to (itself
+            included); None: its ancestors (inert rows: only itself).
+    """
+
+    tokens: list = field(default_factory=list)
+    parents: list | None = None
+    q: torch.Tensor | None = None
+    positions: list | None = None
+    visible: list | None = None
+
+    def layout(self):
+        """-> (parents, positions, visible) for all ``1 + len(tokens)`` rows."""
+        n = 1 + len(self.tokens)
+        parents = [-1] + (list(self.parents) if self.parents is not None else list(range(n - 1)))
+        if len(parents) != n:
+            raise ValueError(f"Draft.parents has {len(parents) - 1} entries for {n - 1} tokens")
+        depth, anc = [0] * n, [1] * n
+        for i in range(1, n):
+            p = parents[i]
+            if p == -1:
+                anc[i] = 1 << i
+                continue
+            if not 0 <= p < i:
+                raise ValueError(f"Draft.parents[{i - 1}] = {p}: node {i} needs a parent in [0, {i}) or -1")
+            depth[i], anc[i] = depth[p] + 1, anc[p] | (1 << i)
+        positions = [0] + list(self.positions) if self.positions is not None else depth
+        visible = [1] + list(self.visible) if self.visible is not None else anc
+        if len(positions) != n or len(visible) != n:
+            raise ValueError(f"Draft.positions and Draft.visible need {n - 1} entries, one per token")
+        return parents, positions, visible, depth
+
+
+@dataclass
+class StepResult:
+    """Host copies of the verify outcome plus device tensors for drafters.
+
+    num_accepted, paths (accepted local nodes, root first), tokens (accepted
+    drafts then the bonus): one list per sequence. ``last_hidden`` ``[B, H]``:
+    the target's final hidden state at each last accepted node (Medusa heads
+    read it). ``argmax`` int64 ``[N]`` and ``row_start`` (list): every row's
+    argmax and where each sequence's rows start (lookahead reads its window's).
+    """
+
+    num_accepted: list
+    paths: list
+    tokens: list
+    last_hidden: torch.Tensor
+    argmax: torch.Tensor
+    row_start: list
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class _Buffers:
+    """Inputs of one step, as tensors on the device (static under capture)."""
+
+    def __init__(self, batch, rows, words, max_blocks, vocab, with_q, device):
+        i32, i64 = torch.int32, torch.int64
+        self.tokens = torch.zeros(rows, dtype=i64, device=device)  # what the model embeds
+        self.draft_tokens = torch.zeros(rows, dtype=i64, device=device)  # -1 on inert rows
+        self.positions = torch.zeros(rows, dtype=i64, device=device)
+        self.parents = torch.zeros(rows, dtype=i32, device=device)
+        self.mask = torch.zeros(rows, words, dtype=i32, device=device)
+        self.qo_indptr = torch.zeros(batch + 1, dtype=i32, device=device)
+        self.prefix_lens = torch.zeros(batch, dtype=i32, device=device)
+        self.block_table = torch.zeros(batch, max_blocks, dtype=i32, device=device)
+        self.q = torch.zeros(rows, vocab, dtype=torch.float32, device=device) if with_q else None
+        self.uniforms = torch.zeros(rows, dtype=torch.float32, device=device)
+
+    def fill(self, host: dict):
+        for name, value in host.items():
+            getattr(self, name).copy_(value, non_blocking=True)
+
+
+class VerifyStep:
+    """Runs verify steps for one target model and its paged cache.
+
+    Args:
+        model: the target ``LlamaModel``.
+        cache: its ``PagedKVCache``; the allocator must already hold every
+            sequence's blocks for ``prefix + rows`` positions (``reserve``).
+        mode: ``"greedy"``, ``"rejection"`` (exact; uses ``Draft.q`` when
+            given) or ``"typical"`` (Medusa's lossy rule).
+        sampling: keyword arguments of the verify op (temperature, top_k,
+            top_p, posterior_threshold, posterior_alpha).
+        generator: CPU ``torch.Generator`` of the verify draws (sampled
+            modes). Draws are made per (sequence, node) on the host and copied
+            in with the inputs, so padding, bucketing and graph replay never
+            change them: a padded step draws exactly what an unpadded one does.
+        max_blocks: block-table width (the most blocks a sequence may hold).
+        cuda_graph: capture and replay (CUDA only).
+        bucketed: pad to (batch, tree) buckets even without capture.
+    """
+
+    def __init__(self, model, cache, *, mode="greedy", sampling=None, generator=None, max_blocks,
+                 cuda_graph=False, bucketed=None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        param = next(model.parameters())
+        self.device = param.device
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on CUDA, it is on {self.device}")
+        self.model, self.cache, self.mode = model, cache, mode
+        self.sampling = dict(sampling or {})
+        self.max_blocks = max_blocks
+        self.cuda_graph = cuda_graph
+        self.bucketed = cuda_graph if bucketed is None else bucketed
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self._graphs = {}  # bucket -> (graph, buffers, outputs)
+        self._pool = None
+        self._pad_seqs = []  # allocator ids of dummy requests
+        # Per-phase seconds of eager steps (None under capture): host input
+        # building, verify_forward, verify_sampling, kv_compaction; replayed
+        # graphs count as verify_graph.
+        self.phase_seconds = None if cuda_graph else {}
+        self.graph_seconds = 0.0
+        self._last_lap = 0.0
+
+    # -- host side ---------------------------------------------------------------------------
+    def _host_inputs(self, roots, prefix_lens, tables, drafts, rows_per_seq=None, batch=None):
+        """Flatten the drafts; with ``rows_per_seq``/``batch``, pad to them."""
+        real = len(drafts)
+        layouts = [d.layout() for d in drafts]
+        sizes = [len(lay[0]) for lay in layouts]
+        rows_per = [rows_per_seq] * (batch or real) if rows_per_seq else sizes
+        words = num_words(max(rows_per))
+        tokens, draft_tokens, positions, parents, masks, uniforms = [], [], [], [], [], []
+        for b in range(batch or real):
+            if b < real:
+                par, pos, vis, _ = layouts[b]
+                toks = [roots[b]] + list(drafts[b].tokens)
+                start = prefix_lens[b]
+            else:
+                par, pos, vis, toks, start = [-1], [0], [1], [0], 0
+            pad = rows_per[b] - len(par)
+            if self.mode != "greedy":
+                uniforms.append(torch.rand(len(par), generator=self.generator))
+                uniforms.append(torch.zeros(pad))
+            tokens += toks + [0] * pad
+            draft_tokens += [t if p != -1 or i == 0 else -1 for i, (t, p) in enumerate(zip(toks, par))] + [-1] * pad
+            positions += [start + o for o in pos] + [start] * pad
+            parents += par + [-1] * pad
+            masks += vis + [1 << (len(par) + j) for j in range(pad)]
+        prefix = list(prefix_lens) + [0] * ((batch or real) - real)
+        table = [list(t) for t in tables] + [self._pad_table(b - real, rows_per[b])
+                                             for b in range(real, batch or real)]
+        longest = max(len(t) for t in table)
+        if longest > self.max_blocks:
+            raise ValueError(f"a sequence needs {longest} cache blocks, more than max_blocks={self.max_blocks}")
+        table = [t + [0] * (self.max_blocks - len(t)) for t in table]
+        indptr = [0]
+        for r in rows_per:
+            indptr.append(indptr[-1] + r)
+        host = dict(
+            tokens=torch.tensor(tokens, dtype=torch.int64), draft_tokens=torch.tensor(draft_tokens, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64), parents=torch.tensor(parents, dtype=torch.int32),
+            mask=_pack_rows(masks, words), qo_indptr=torch.tensor(indptr, dtype=torch.int32),
+            prefix_lens=torch.tensor(prefix, dtype=torch.int32), block_table=torch.tensor(table, dtype=torch.int32))
+        if uniforms:
+            host["uniforms"] = torch.cat(uniforms)
+        if any(d.q is not None for d in drafts):
+            vocab = self.model.config.vocab_size
+            q = torch.zeros(indptr[-1], vocab, dtype=torch.float32)
+            for b, d in enumerate(drafts):
+                if d.q is None and d.tokens:
+                    raise ValueError(f"drafts[{b}] has no q but others do; exact rejection sampling needs every "
+                                     "sampled draft's q (point-mass and sampled drafts cannot share a step)")
+                if d.q is not None and tuple(d.q.shape) != (1 + len(d.tokens), vocab):
+                    raise ValueError(f"drafts[{b}].q must be [1 + {len(d.tokens)}, V={vocab}], got "
+                                     f"{tuple(d.q.shape)}")
+                if d.q is not None:
+                    q[indptr[b]:indptr[b] + d.q.shape[0]] = d.q.float().cpu()
+            host["q"] = q
+        max_depth = max((max(lay[3]) for lay in layouts), default=0)
+        return host, words, max_depth
+
+    def _pad_table(self, b, rows):
+        """Block-table row of dummy request ``b``: its own scratch blocks."""
+        alloc = self.cache.allocator
+        while len(self._pad_seqs) <= b:
+            sid = ("verify-step-padding", len(self._pad_seqs))
+            alloc.add(sid, 0)
+            self._pad_seqs.append(sid)
+        sid = self._pad_seqs[b]
+        alloc.reserve(sid, rows)
+        return alloc.blocks(sid)
+
+    def release(self):
+        """Free the dummy requests' scratch blocks."""
+        for sid in self._pad_seqs:
+            self.cache.allocator.free(sid)
+        self._pad_seqs = []
+
+    # -- device side -------------------------------------------------------------------------
+    def _lap(self, phase):
+        """Charge the time since the last lap to ``phase`` (eager steps only:
+        on CUDA it synchronises, which a captured graph cannot)."""
+        if self.phase_seconds is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + now - self._last_lap
+        self._last_lap = now
+
+    def _body(self, buf: _Buffers, width: int):
+        self._lap("host")
+        logits, hidden = self.model(buf.tokens, buf.positions, self.cache, buf.block_table, buf.prefix_lens,
+                                    buf.qo_indptr, buf.mask, validate=False)
+        self._lap("verify_forward")
+        common = dict(max_depth=width - 1, validate=False)
+        args = (buf.draft_tokens, buf.parents, buf.qo_indptr, logits)
+        if self.mode == "greedy":
+            res = verify_greedy(*args, **common)
+        else:
+            op = verify_rejection if self.mode == "rejection" else verify_typical
+            extra = dict(draft_probs=buf.q) if self.mode == "rejection" else {}
+            res = op(*args, uniforms=buf.uniforms, **extra, **self.sampling, **common)
+        self._lap("verify_sampling")
+        compact_kv(self.cache.k, self.cache.v, buf.block_table, buf.prefix_lens, res.accepted_nodes,
+                   res.num_accepted, validate=False)
+        last = res.accepted_nodes.gather(1, res.num_accepted.clamp(min=0).long()[:, None]).squeeze(1).long()
+        last_rows = buf.qo_indptr[:-1].long() + last.clamp(min=0)
+        packed = torch.cat([res.num_accepted[:, None].long(), res.accepted_nodes.long(), res.tokens], dim=1)
+        out = packed, hidden[last_rows], logits.argmax(-1)
+        self._lap("kv_compaction")
+        return out
+
+    def __call__(self, seqs, roots, drafts) -> StepResult:
+        """One step for the sequences ``seqs`` (allocator ids), each with its
+        root token (last token, not yet in the cache) and its draft. Reserves
+        the rows' cache slots, and afterwards leaves each cache holding its old
+        tokens, the root and the accepted nodes (blocks past them freed)."""
+        alloc = self.cache.allocator
+        self._last_lap = time.perf_counter()
+        real = len(drafts)
+        sizes = [1 + len(d.tokens) for d in drafts]
+        rows, batch = (_bucket(max(sizes)), _bucket(real)) if self.bucketed else (None, real)
+        prefix_lens = [alloc.length(s) for s in seqs]
+        for s, p, size in zip(seqs, prefix_lens, sizes):
+            alloc.reserve(s, p + (rows or size))
+        tables = [alloc.blocks(s) for s in seqs]
+        host, words, max_depth = self._host_inputs(roots, prefix_lens, tables, drafts, rows, batch)
+        width = rows if self.bucketed else max_depth + 1
+        with_q = "q" in host
+        if self.cuda_graph:
+            began = time.perf_counter()
+            packed, hidden, argmax = self._replay((batch, rows, with_q), host, words, width)
+            packed = packed[:real].cpu()
+            self.graph_seconds += time.perf_counter() - began
+        else:
+            buf = _Buffers(batch, host["tokens"].numel(), words, self.max_blocks, self.model.config.vocab_size,
+                           with_q, self.device)
+            buf.fill(host)
+            packed, hidden, argmax = self._body(buf, width)
+        packed = packed[:real].cpu().tolist()  # the step's one host sync (done above under a graph)
+        counts = [p[0] for p in packed]
+        for s, p, c in zip(seqs, prefix_lens, counts):
+            keep = p + 1 + max(c, 0)
+            alloc.append(s, keep - p)
+            alloc.truncate(s, keep)  # also frees the reserved blocks past it
+        indptr = host["qo_indptr"].tolist()
+        return StepResult(num_accepted=counts,
+                          paths=[p[1:2 + max(c, 0)] for p, c in zip(packed, counts)],
+                          tokens=[p[1 + width:2 + width + max(c, 0)] for p, c in zip(packed, counts)],
+                          last_hidden=hidden[:real], argmax=argmax, row_start=indptr[:real])
+
+    def _replay(self, key, host, words, width):
+        entry = self._graphs.get(key)
+        if entry is None:
+            batch, rows, with_q = key
+            buf = _Buffers(batch, batch * rows, words, self.max_blocks, self.model.config.vocab_size, with_q,
+                           self.device)
+            buf.fill(host)
+            # Warm up (compiles Triton kernels, sets up cuBLAS) off the capture
+            # stream; the body is idempotent for fixed inputs (append_kv
+            # rewrites the tree's K/V before compact_kv moves it).
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._body(buf, width)
+            torch.cuda.current_stream().wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                outputs = self._body(buf, width)
+            entry = self._graphs[key] = (graph, buf, outputs)
+        graph, buf, outputs = entry
+        buf.fill(host)
+        graph.replay()
+        return outputs
