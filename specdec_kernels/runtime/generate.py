@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..trees import MC_SIM_7B_63
 from .drafters import DraftModelDrafter, NoDrafter, filtered_probs
+from .lookahead import LookaheadDrafter
+from .medusa import MedusaDrafter
 from .model import LlamaModel, PagedKVCache
+from .prompt_lookup import PromptLookupDrafter
 from .step import VerifyStep
 
-METHODS = ("ar", "draft")
+METHODS = ("ar", "draft", "medusa", "lookahead", "prompt_lookup")
+ACCEPTANCE = ("rejection", "typical")
 SCHEDULES = ("constant", "heuristic", "dynamic")
 
 
@@ -101,7 +106,8 @@ class CachedModel:
         return logits, hidden, indptr
 
 
-def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens):
+def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
+                  acceptance):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if schedule not in SCHEDULES:
@@ -123,8 +129,18 @@ def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedu
         if draft_model.config.vocab_size != vocab:
             raise ValueError(f"draft_model's vocabulary ({draft_model.config.vocab_size}) differs from the "
                              f"target's ({vocab}); both must share one tokenizer")
-        if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-            raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    if method in ("draft", "prompt_lookup") and (not isinstance(num_draft_tokens, int) or num_draft_tokens < 1):
+        raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    if acceptance not in ACCEPTANCE:
+        raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {acceptance!r}")
+    if acceptance == "typical" and method != "medusa":
+        raise ValueError("acceptance='typical' (Medusa's lossy rule) applies to method='medusa' only")
+    if method == "medusa":
+        if medusa_heads is None:
+            raise ValueError("method='medusa' needs medusa_heads (a runtime.medusa.MedusaHeads)")
+        if (medusa_heads.hidden, medusa_heads.vocab) != (target.config.hidden_size, vocab):
+            raise ValueError(f"medusa_heads are for hidden size {medusa_heads.hidden} and vocabulary "
+                             f"{medusa_heads.vocab}; the target has {target.config.hidden_size} and {vocab}")
 
 
 def _bucket_rows(n: int) -> int:
@@ -134,22 +150,41 @@ def _bucket_rows(n: int) -> int:
 @torch.no_grad()
 def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: LlamaModel | None = None,
              num_draft_tokens: int = 5, schedule: str = "constant", confidence_threshold: float = 0.4,
+             medusa_heads=None, medusa_choices=None, acceptance: str = "rejection",
+             posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+             lookahead_window: int = 7, lookahead_ngram: int = 5, lookahead_guesses: int = 7, max_ngram: int = 3,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, eos_token_id: int | None = None, block_size: int = 16,
              cuda_graph: bool | None = None) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens for each prompt (lists of ids).
 
-    ``method="ar"`` decodes one token per target pass; ``"draft"`` lets
-    ``draft_model`` propose ``num_draft_tokens`` tokens per step (``schedule``:
-    ``constant``; ``heuristic``, K += 2 after a fully accepted step else K -= 1,
-    at least 1; ``dynamic``, the drafter stops when its top probability falls
-    below ``confidence_threshold``). Greedy (temperature 0) output equals
-    ``"ar"`` exactly; sampled output is distributed as ``"ar"``'s (exact
-    rejection sampling). Sequences stop at ``eos_token_id`` or the length limit
-    and free their cache blocks. ``cuda_graph`` (default: when the target is
-    on CUDA) captures the verify step per (batch, tree) bucket and replays it.
+    Methods (each a drafter feeding the same verify step):
+
+    * ``"ar"``: one token per target pass.
+    * ``"draft"``: ``draft_model`` proposes ``num_draft_tokens`` tokens per
+      step (``schedule``: ``constant``; ``heuristic``, K += 2 after a fully
+      accepted step else K -= 1, at least 1; ``dynamic``, the drafter stops
+      when its top probability falls below ``confidence_threshold``).
+    * ``"medusa"``: ``medusa_heads`` (``runtime.medusa.MedusaHeads``) fill the
+      tree of ``medusa_choices`` (default ``MC_SIM_7B_63``) from the target's
+      hidden state at the last accepted node.
+    * ``"lookahead"``: Jacobi window ``lookahead_window`` (W) x
+      ``lookahead_ngram - 1`` (N - 1) levels, up to ``lookahead_guesses`` (G)
+      pool n-grams verified per step.
+    * ``"prompt_lookup"``: ``num_draft_tokens`` tokens copied from after the
+      latest earlier match of the last n-gram (``max_ngram`` down to 1).
+
+    Greedy (``temperature`` 0) output equals ``"ar"``'s token for token for
+    every method. Sampled output (``temperature``, ``top_k``, ``top_p``,
+    ``seed``) is exact rejection sampling, distributed as ``"ar"``'s, except
+    with ``acceptance="typical"`` (Medusa only: its lossy typical acceptance,
+    ``posterior_threshold``, ``posterior_alpha``; top-k/top-p unused).
+    Sequences stop at ``eos_token_id`` or the length limit and free their cache
+    blocks. ``cuda_graph`` (default: when the target is on CUDA) captures the
+    verify step per (batch, tree) bucket and replays it.
     """
-    _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens)
+    _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
+                  acceptance)
     prompts = [[int(t) for t in p] for p in prompts]
     device = next(target.parameters()).device
     if cuda_graph is None:
@@ -160,12 +195,24 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     verify_seed = int(torch.randint(2**62, (1,), generator=gen))
     sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    mode, verify_params = "rejection", sampling
+    if temperature == 0:
+        mode, verify_params = "greedy", None
+    elif acceptance == "typical":
+        mode = "typical"
+        verify_params = dict(temperature=float(temperature), posterior_threshold=float(posterior_threshold),
+                             posterior_alpha=float(posterior_alpha))
     drafter = NoDrafter()
     if method == "draft":
         drafter = DraftModelDrafter(None, sampling, gen,
                                     dynamic_threshold=confidence_threshold if schedule == "dynamic" else None)
-    # Sized for the bucketed step (trees padded to a power of two, the batch
-    # with dummy requests) whether or not it is used: at most 2x the rows.
+    elif method == "medusa":
+        drafter = MedusaDrafter(medusa_heads, medusa_choices if medusa_choices is not None else MC_SIM_7B_63)
+    elif method == "lookahead":
+        drafter = LookaheadDrafter(lookahead_window, lookahead_ngram, lookahead_guesses, generator=gen,
+                                   device=device)
+    elif method == "prompt_lookup":
+        drafter = PromptLookupDrafter(num_draft_tokens, max_ngram, device=device)
     rows = _bucket_rows(drafter.max_rows(k_cap))
     per_seq = [-(-(len(p) + max_new_tokens + rows + 1) // block_size) for p in prompts]
     padding = (_bucket_rows(len(prompts)) - len(prompts)) * -(-rows // block_size)
@@ -173,8 +220,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     tgt = CachedModel(target, num_blocks, block_size)
     if method == "draft":
         drafter.model = CachedModel(draft_model, num_blocks, block_size)
-    step = VerifyStep(target, tgt.cache, mode="greedy" if temperature == 0 else "rejection",
-                      sampling=None if temperature == 0 else sampling, generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
+    step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params, generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
                       cuda_graph=cuda_graph)
     seqs = list(range(len(prompts)))
     history = {s: list(p) for s, p in zip(seqs, prompts)}

@@ -163,6 +163,7 @@ class VerifyStep:
     def _host_inputs(self, roots, prefix_lens, tables, drafts, rows_per_seq=None, batch=None):
         """Flatten the drafts; with ``rows_per_seq``/``batch``, pad to them."""
         real = len(drafts)
+        vocab = self.model.config.vocab_size
         layouts = [d.layout() for d in drafts]
         sizes = [len(lay[0]) for lay in layouts]
         rows_per = [rows_per_seq] * (batch or real) if rows_per_seq else sizes
@@ -176,10 +177,13 @@ class VerifyStep:
             else:
                 par, pos, vis, toks, start = [-1], [0], [1], [0], 0
             pad = rows_per[b] - len(par)
+            bad = [t for t, p in zip(toks[1:], par[1:]) if p != -1 and not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"drafts[{b}] proposes token {bad[0]} outside the vocabulary [0, {vocab})")
             if self.mode != "greedy":
                 uniforms.append(torch.rand(len(par), generator=self.generator))
                 uniforms.append(torch.zeros(pad))
-            tokens += toks + [0] * pad
+            tokens += [t if 0 <= t < vocab else 0 for t in toks] + [0] * pad  # inert rows may hold anything
             draft_tokens += [t if p != -1 or i == 0 else -1 for i, (t, p) in enumerate(zip(toks, par))] + [-1] * pad
             positions += [start + o for o in pos] + [start] * pad
             parents += par + [-1] * pad
@@ -202,7 +206,6 @@ class VerifyStep:
         if uniforms:
             host["uniforms"] = torch.cat(uniforms)
         if any(d.q is not None for d in drafts):
-            vocab = self.model.config.vocab_size
             q = torch.zeros(indptr[-1], vocab, dtype=torch.float32)
             for b, d in enumerate(drafts):
                 if d.q is None and d.tokens:
