@@ -2,9 +2,11 @@
 verify step over T tree tokens (T = 4 and 8 chains, the 64-node Medusa tree),
 each one runtime verify step (target forward with append_kv + tree_attention
 in every layer, one verify_greedy launch, compact_kv; a replayed CUDA graph on
-CUDA, including the inputs' host-to-device copies and the read-back), on random models shaped like Llama 3.2 1B and Llama 3
-8B on GPU (a tiny one on CPU). Also one draft-model generate() run, for tau
-and the share of each phase.
+CUDA, including the inputs' host-to-device copies and the read-back), on
+random models shaped like Llama 3.2 1B and Llama 3 8B on GPU (a tiny one on
+CPU). Also one generate() run per method (ar,
+draft, medusa, lookahead, prompt_lookup) for tau, per-step cost and the share
+of each phase.
 
     python bench/bench_runtime.py                 # CUDA if present, else CPU (tiny model)
     python bench/bench_runtime.py --quick
@@ -24,6 +26,7 @@ import torch
 
 import specdec_kernels as sk
 from specdec_kernels.runtime import LlamaModel, ModelConfig, PagedKVCache, generate
+from specdec_kernels.runtime.medusa import MedusaHeads
 from specdec_kernels.runtime.step import Draft, VerifyStep
 
 import common
@@ -93,6 +96,31 @@ def step_runner(model, batch, tree, prefix, device):
     return run
 
 
+def method_rows(name, model, cfg, batch, dtype, device):
+    """One generate() run per method on random weights: tau, passes, per-step cost, phase shares."""
+    draft_cfg = ModelConfig(**dict(SHAPES[name], num_layers=1))
+    drafter = LlamaModel.random(draft_cfg, seed=1, std=0.02, dtype=dtype, device=device)
+    heads = MedusaHeads.random(cfg.hidden_size, cfg.vocab_size, num_heads=4, seed=2, std=0.02, dtype=dtype,
+                               device=device)
+    gen = torch.Generator().manual_seed(0)
+    # Half random, half repetitive prompts, so prompt lookup and lookahead find n-grams.
+    prompts = [torch.randint(0, cfg.vocab_size, (32,), generator=gen).tolist() if b % 2 == 0
+               else torch.randint(0, cfg.vocab_size, (4,), generator=gen).tolist() * 8 for b in range(batch)]
+    methods = {"ar": {}, "draft": dict(draft_model=drafter, num_draft_tokens=4), "medusa": dict(medusa_heads=heads),
+               "lookahead": {}, "prompt_lookup": dict(num_draft_tokens=4)}
+    rows = []
+    for method, kwargs in methods.items():
+        out = generate(model, prompts, method=method, max_new_tokens=16, **kwargs)
+        st = out.stats
+        total = sum(st.phase_seconds.values())
+        rows.append(dict(model=name, method=method, batch=batch, tau=st.tau, target_passes=st.target_passes,
+                         draft_passes=st.draft_passes, step_ms=1e3 * st.seconds / max(1, st.verify_steps),
+                         tokens_per_s=st.tokens_per_s,
+                         phase_share={k: v / total for k, v in st.phase_seconds.items()}))
+        print(f"  generate {name} {method}: tau {st.tau:.2f}, {rows[-1]['step_ms']:.1f} ms/step", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
@@ -114,22 +142,19 @@ def main(argv=None) -> int:
                 rows.append(dict(model=name, batch=batch, tree=t, step="ar" if t == 1 else "verify", median_us=us,
                                  ratio_vs_ar=us / ar_us))
                 print(f"  {name} B={batch} T={t}: {us:.0f} us ({us / ar_us:.2f}x AR)", flush=True)
-        draft_cfg = ModelConfig(**dict(SHAPES[name], num_layers=1))
-        drafter = LlamaModel.random(draft_cfg, seed=1, std=0.02, dtype=dtype, device=device)
-        prompts = [[int(x) for x in torch.randint(0, cfg.vocab_size, (32,))] for _ in range(max(args.batches))]
-        out = generate(model, prompts, method="draft", draft_model=drafter, num_draft_tokens=4, max_new_tokens=16)
-        total = sum(out.stats.phase_seconds.values())
-        generate_rows.append(dict(model=name, batch=len(prompts), tau=out.stats.tau,
-                                  tokens_per_s=out.stats.tokens_per_s, target_passes=out.stats.target_passes,
-                                  phase_share={k: v / total for k, v in out.stats.phase_seconds.items()}))
+        generate_rows += method_rows(name, model, cfg, max(args.batches), dtype, device)
     columns = [("model", "model", str), ("batch", "B", str), ("tree", "T", str), ("step", "step", str),
                ("median_us", "us", lambda x: f"{x:.0f}"), ("ratio_vs_ar", "vs AR", lambda x: f"{x:.2f}x")]
     print()
     print(common.format_table(rows, columns))
-    for g in generate_rows:
-        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in g["phase_share"].items())
-        print(f"generate {g['model']} B={g['batch']} (random drafter, K=4): tau {g['tau']:.2f}, "
-              f"{g['tokens_per_s']:.1f} tok/s; phases: {shares}")
+    print()
+    print(common.format_table(generate_rows, [
+        ("model", "model", str), ("method", "method", str), ("batch", "B", str),
+        ("tau", "tau", lambda x: f"{x:.2f}"), ("target_passes", "passes", str),
+        ("step_ms", "ms/step", lambda x: f"{x:.1f}"), ("tokens_per_s", "tok/s", lambda x: f"{x:.1f}"),
+        ("phase_share", "phases", lambda d: ", ".join(f"{k} {100 * v:.0f}%" for k, v in d.items() if v >= 0.005))]))
+    print("generate rows: random weights, so tau says little (drafts from random drafters rarely match); "
+          "ms/step is the per-step cost of each method")
     if device.type == "cpu":
         print("CPU: a tiny model, not representative of a GPU")
     at64 = [r for r in rows if r["tree"] == 64 and r["batch"] == 1]
