@@ -60,6 +60,18 @@ def test_greedy_equals_ar(target, ar_tokens, case):
     assert out.stats.target_passes <= 25
 
 
+def test_fixed_shape_prompt_lookup_equals_ar(monkeypatch, target, ar_tokens):
+    """The GPU form of prompt lookup (K nodes always, -1 past the match, kept
+    on the device) gives the same tokens."""
+    import sys
+
+    module = sys.modules["specdec_kernels.runtime.generate"]
+    original = module.PromptLookupDrafter
+    monkeypatch.setattr(module, "PromptLookupDrafter", lambda *a, **k: original(*a, **k, fixed_shape=True))
+    out = generate(target, PROMPTS + REPETITIVE, method="prompt_lookup", max_new_tokens=24)
+    assert out.tokens == ar_tokens
+
+
 def test_medusa_trees_are_accepted(target, ar_tokens):
     """Medusa heads that predict well (small vocabulary: the top-10 of head 0
     covers most tokens) get tree paths accepted; output still equals ar."""
@@ -150,7 +162,7 @@ def test_medusa_drafter_fills_the_tree_from_head_topk(target):
     top = torch.topk(heads(hidden), 10, dim=-1).indices
     for b in range(2):
         assert drafts[b].parents == list(tree.parents[1:])
-        assert drafts[b].tokens == [int(top[b, tree.head[i], tree.rank[i]]) for i in range(1, tree.size)]
+        assert drafts[b].tokens.tolist() == [int(top[b, tree.head[i], tree.rank[i]]) for i in range(1, tree.size)]
 
 
 def test_medusa_heads_file_round_trip(tmp_path):

@@ -147,13 +147,14 @@ def test_typical_matches_reference(device, backend, dtype):
     assert mismatched <= MAX_BOUNDARY_MISMATCHES * compared, f"{mismatched} of {compared} requests differ"
 
 
-def with_inert_rows(case, seed):
+def with_inert_rows(case, seed, dead_children=False):
     """The case with inert rows (parent -1, token -1, NaN logits, zero q)
-    inserted after random nodes of each request; returns (case, old->new row map
-    per request)."""
+    inserted after random nodes of each request; with ``dead_children`` also
+    children with token -1 (outside the vocabulary) under random nodes.
+    Returns (case, old->new row map per request)."""
     gen = torch.Generator().manual_seed(seed)
     indptr = case.qo_indptr.cpu().tolist()
-    rows, parents, tokens, maps, sizes = [], [], [], [], []
+    kinds, parents, tokens, maps, sizes = [], [], [], [], []
     for b in range(case.batch):
         s, e = indptr[b], indptr[b + 1]
         local, new_index = [], {}
@@ -162,25 +163,27 @@ def with_inert_rows(case, seed):
             local.append(("node", s + i))
             for _ in range(int(torch.randint(0, 3, (1,), generator=gen))):
                 local.append(("inert", None))
+            if dead_children and float(torch.rand(1, generator=gen)) < 0.5:
+                local.append(("dead", i))
         for kind, row in local:
-            rows.append(row)
+            kinds.append((kind, row))
             if kind == "node":
                 p = int(case.parents[row])
                 parents.append(-1 if p < 0 else new_index[p])
                 tokens.append(int(case.draft_tokens[row]))
             else:
-                parents.append(-1)
+                parents.append(-1 if kind == "inert" else new_index[row])
                 tokens.append(-1)
         maps.append({**new_index, -1: -1})  # -1: an empty request's padding
         sizes.append(len(local))
     device = case.target_logits.device
     vocab = case.target_logits.shape[1]
-    logits = torch.full((len(rows), vocab), float("nan"), dtype=case.target_logits.dtype, device=device)
-    q = None if case.draft_probs is None else torch.zeros(len(rows), vocab, dtype=case.draft_probs.dtype,
+    logits = torch.full((len(kinds), vocab), float("nan"), dtype=case.target_logits.dtype, device=device)
+    q = None if case.draft_probs is None else torch.zeros(len(kinds), vocab, dtype=case.draft_probs.dtype,
                                                           device=device)
-    uniforms = torch.rand(len(rows), generator=gen).to(device)
-    for r, src in enumerate(rows):
-        if src is not None:
+    uniforms = torch.rand(len(kinds), generator=gen).to(device)
+    for r, (kind, src) in enumerate(kinds):
+        if kind == "node":
             logits[r] = case.target_logits[src]
             uniforms[r] = case.uniforms[src]
             if q is not None:
@@ -195,12 +198,15 @@ def with_inert_rows(case, seed):
 @pytest.mark.parametrize("mode", ["greedy", "rejection_q", "rejection", "typical"])
 def test_inert_rows_change_nothing(device, backend, mode):
     """Non-root rows with parent -1 (lookahead window cells, CUDA-graph
-    padding) are never candidates and their token and logits are never read."""
+    padding) are never candidates and their token and logits are never read.
+    Without q, children with token -1 (fixed-shape drafts' unused nodes) are
+    never accepted and change nothing either (their rows are leaves with NaN
+    logits: never read)."""
     light = backend == "triton" and device == "cpu"
     for seed, (sizes, kind, vocab) in enumerate(SHAPES[:2] if light else SHAPES):
         case = make_case(300 + seed, sizes, vocab=vocab, kind=kind, device=device, follow=0.8,
                          with_q=mode == "rejection_q")
-        padded, maps = with_inert_rows(case, seed)
+        padded, maps = with_inert_rows(case, seed, dead_children=mode != "rejection_q")
         kwargs = {"rejection_q": dict(temperature=0.9, top_k=4),
                   "rejection": dict(temperature=0.9, top_p=0.8),
                   "typical": dict(temperature=0.8, posterior_threshold=0.09, posterior_alpha=0.3)}.get(mode, {})
@@ -219,8 +225,13 @@ def test_inert_rows_change_nothing(device, backend, mode):
             want_nodes = [maps[b][v] for v in expected.accepted_nodes[b, :n + 1].tolist()]
             assert result.accepted_nodes[b, :n + 1].tolist() == want_nodes
             assert torch.equal(result.tokens[b].cpu(), expected.tokens[b].cpu())
-        # validate=True accepts inert rows too.
-        op(*padded.args(), max_depth=depth, backend="reference", **padded_kwargs)
+        # validate=True accepts inert rows too (and rejects the -1 tokens of live nodes).
+        inert_only, _ = with_inert_rows(case, seed)
+        if mode != "greedy":
+            padded_kwargs["uniforms"] = inert_only.uniforms
+        if mode == "rejection_q":
+            padded_kwargs["draft_probs"] = inert_only.draft_probs
+        op(*inert_only.args(), max_depth=depth, backend="reference", **padded_kwargs)
 
 
 @pytest.mark.parametrize("device,backend", backend_cases())

@@ -10,8 +10,8 @@ the window's last level becomes a new level, each column's trajectory is an
 n-gram for the pool, and the window slides up a level.
 
 Pool and window live on the model's device; insertion and lookup are batched
-tensor ops over a fixed-size hash table (``NgramPool``). A step copies the
-proposals to the host once, to hand them to the verify step.
+tensor ops over a fixed-size hash table (``NgramPool``), and the proposals
+reach the verify step as a device tensor: a step reads nothing back for them.
 """
 from __future__ import annotations
 
@@ -90,9 +90,8 @@ class LookaheadDrafter:
         self.positions = positions[1:]
         self.visible = list(lay._rows[1:])
         # Window cells are inert; guess g's token k hangs under token k-1 (token 0 under the root).
-        self.window_parents = [-1] * (levels * window - 1)
-        self.guess_parents = [[0 if k == 0 else lay.guess_rows[g][k - 1] for k in range(levels)]
-                              for g in range(guesses)]
+        self.parents = [-1] * (levels * window - 1) + [0 if k == 0 else lay.guess_rows[g][k - 1]
+                                                       for g in range(guesses) for k in range(levels)]
 
     def max_rows(self, k):
         return self.layout.size
@@ -121,18 +120,13 @@ class LookaheadDrafter:
         roots = torch.tensor([history[s][-1] for s in seqs], dtype=torch.int64, device=self.device)
         self.window[rows, 0, 0] = roots
         guesses, found = self.pool.lookup(rows, roots, self.g)  # [B, G, N-1], [B, G]
+        # A guess the pool does not have is a chain of -1 tokens: never
+        # accepted, so the layout (and a captured graph) keeps one shape.
+        guesses = torch.where(found[..., None], guesses, torch.full_like(guesses, -1))
         window = self.window[rows].reshape(len(seqs), -1)[:, 1:]
-        packed = torch.cat([window, guesses.reshape(len(seqs), -1), found.long()], 1).tolist()  # one copy
-        drafts = []
-        cells = (self.n - 1) * self.w - 1
-        for row in packed:
-            hit = row[-self.g:] if self.g else []
-            parents = list(self.window_parents)
-            for g in range(self.g):
-                parents += self.guess_parents[g] if hit[g] else [-1] * (self.n - 1)
-            drafts.append(Draft(tokens=row[:cells + self.g * (self.n - 1)], parents=parents,
-                                positions=self.positions, visible=self.visible))
-        return drafts, 0
+        tokens = torch.cat([window, guesses.reshape(len(seqs), -1)], 1)  # stays on the device
+        return [Draft(tokens=tokens[i], parents=self.parents, positions=self.positions, visible=self.visible)
+                for i in range(len(seqs))], 0
 
     def accepted(self, seqs, old_lengths, result):
         rows = torch.tensor([self.rows[s] for s in seqs], device=self.device)

@@ -135,10 +135,10 @@ class MedusaDrafter:
             top = torch.topk(logits.float(), min(self.top, logits.shape[-1]), dim=-1).indices
             if top.shape[-1] < self.top:  # vocab smaller than the ranks: repeat the last
                 top = torch.cat([top, top[..., -1:].expand(*top.shape[:-1], self.top - top.shape[-1])], -1)
-            nodes = top[:, self._head_idx, self._rank_idx].tolist()  # the step's one copy
+            nodes = top[:, self._head_idx, self._rank_idx]  # stays on the device
             parents = list(self.tree.parents[1:])
-            for s, toks in zip(ready, nodes):
-                drafts[s] = Draft(tokens=toks, parents=parents)
+            for i, s in enumerate(ready):
+                drafts[s] = Draft(tokens=nodes[i], parents=parents)
         return [drafts[s] for s in seqs], 1 if ready else 0
 
     def accepted(self, seqs, old_lengths, result):

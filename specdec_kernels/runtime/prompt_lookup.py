@@ -5,7 +5,8 @@ to 1, in the prompt plus the output so far. Verified as a chain.
 
 The token history of every sequence lives in one padded tensor on the
 model's device; matching is a batched comparison of all windows, so a step
-costs a few tensor ops and one copy of the drafts to the host.
+costs a few tensor ops; on a GPU the drafts stay there (fixed K nodes, -1
+where nothing matched), on the CPU they are trimmed to what matched.
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from .step import Draft
 
 
 class PromptLookupDrafter:
-    def __init__(self, num_tokens: int = 10, max_ngram: int = 3, device="cpu"):
+    def __init__(self, num_tokens: int = 10, max_ngram: int = 3, device="cpu", fixed_shape: bool | None = None):
+        """``fixed_shape``: always ``num_tokens`` nodes, -1 past the match, so
+        the drafts stay on the device (default: on a GPU)."""
         if num_tokens < 1 or max_ngram < 1:
             raise ValueError(f"prompt lookup needs num_tokens >= 1 and max_ngram >= 1, got {num_tokens}, "
                              f"{max_ngram}")
         self.num_tokens, self.max_ngram, self.device = num_tokens, max_ngram, torch.device(device)
+        self.fixed_shape = self.device.type != "cpu" if fixed_shape is None else fixed_shape
         self.rows, self.tokens, self.lengths = {}, None, None
 
     def max_rows(self, k):
@@ -46,7 +50,10 @@ class PromptLookupDrafter:
     def propose(self, seqs, history, ks):
         rows = torch.tensor([self.rows[s] for s in seqs], device=self.device)
         found = lookup(self.tokens[rows], self.lengths[rows], self.max_ngram, self.num_tokens)
-        return [Draft(tokens=[t for t in toks if t >= 0]) for toks in found.tolist()], 0
+        if not self.fixed_shape:  # on the CPU reading it is free: draft only what matched
+            return [Draft(tokens=[t for t in toks if t >= 0]) for toks in found.tolist()], 0
+        # K nodes per sequence, -1 past the match (never accepted), no read-back.
+        return [Draft(tokens=found[i]) for i in range(len(seqs))], 0
 
     def accepted(self, seqs, old_lengths, result):
         for s, toks in zip(seqs, result.tokens):

@@ -32,7 +32,12 @@ class Draft:
     sequence's last token, added by the loop), ``tokens[i]`` is node ``i + 1``.
 
     Attributes:
-        tokens: drafted tokens, in topological order.
+        tokens: drafted tokens, in topological order: a list, or an int64
+            tensor on the model's device (read by the step without a host
+            round trip; not range-checked). A token outside the vocabulary
+            is never accepted, and with point-mass proposals (no ``q``) it
+            changes nothing else, so fixed-shape drafts can mark unused
+            nodes with -1.
         parents: per node its parent's local index (0 = the root); -1 marks an
             inert row (fed to the target, never verified). None: a chain.
         q: float32 ``[1 + len(tokens), V]`` or None: row ``n`` is the
@@ -43,7 +48,7 @@ class Draft:
             included); None: its ancestors (inert rows: only itself).
     """
 
-    tokens: list = field(default_factory=list)
+    tokens: list | torch.Tensor = field(default_factory=list)
     parents: list | None = None
     q: torch.Tensor | None = None
     positions: list | None = None
@@ -110,9 +115,15 @@ class _Buffers:
         self.q = torch.zeros(rows, vocab, dtype=torch.float32, device=device) if with_q else None
         self.uniforms = torch.zeros(rows, dtype=torch.float32, device=device)
 
-    def fill(self, host: dict):
+    def fill(self, host: dict, vocab: int):
         for name, value in host.items():
-            getattr(self, name).copy_(value, non_blocking=True)
+            if name != "device_draft":
+                getattr(self, name).copy_(value, non_blocking=True)
+        if "device_draft" in host:
+            rows, drafted = host["device_draft"]
+            rows = rows.to(self.tokens.device, non_blocking=True)
+            self.draft_tokens.index_copy_(0, rows, drafted)
+            self.tokens.index_copy_(0, rows, drafted.clamp(0, vocab - 1))
 
 
 class VerifyStep:
@@ -169,10 +180,16 @@ class VerifyStep:
         rows_per = [rows_per_seq] * (batch or real) if rows_per_seq else sizes
         words = num_words(max(rows_per))
         tokens, draft_tokens, positions, parents, masks, uniforms = [], [], [], [], [], []
+        device_rows, device_tokens = [], []  # drafts given as device tensors, patched in after the copy
         for b in range(batch or real):
             if b < real:
                 par, pos, vis, _ = layouts[b]
-                toks = [roots[b]] + list(drafts[b].tokens)
+                drafted = drafts[b].tokens
+                if isinstance(drafted, torch.Tensor):
+                    device_rows.append(torch.arange(len(tokens) + 1, len(tokens) + len(par)))
+                    device_tokens.append(drafted.reshape(-1))
+                    drafted = [0] * len(drafted)
+                toks = [roots[b]] + list(drafted)
                 start = prefix_lens[b]
             else:
                 par, pos, vis, toks, start = [-1], [0], [1], [0], 0
@@ -205,10 +222,12 @@ class VerifyStep:
             prefix_lens=torch.tensor(prefix, dtype=torch.int32), block_table=torch.tensor(table, dtype=torch.int32))
         if uniforms:
             host["uniforms"] = torch.cat(uniforms)
+        if device_rows:
+            host["device_draft"] = (torch.cat(device_rows), torch.cat(device_tokens))
         if any(d.q is not None for d in drafts):
             q = torch.zeros(indptr[-1], vocab, dtype=torch.float32)
             for b, d in enumerate(drafts):
-                if d.q is None and d.tokens:
+                if d.q is None and len(d.tokens):
                     raise ValueError(f"drafts[{b}] has no q but others do; exact rejection sampling needs every "
                                      "sampled draft's q (point-mass and sampled drafts cannot share a step)")
                 if d.q is not None and tuple(d.q.shape) != (1 + len(d.tokens), vocab):
@@ -297,7 +316,7 @@ class VerifyStep:
         else:
             buf = _Buffers(batch, host["tokens"].numel(), words, self.max_blocks, self.model.config.vocab_size,
                            with_q, self.device)
-            buf.fill(host)
+            buf.fill(host, self.model.config.vocab_size)
             packed, hidden, argmax = self._body(buf, width)
         packed = packed[:real].cpu().tolist()  # the step's one host sync (done above under a graph)
         counts = [p[0] for p in packed]
@@ -317,7 +336,7 @@ class VerifyStep:
             batch, rows, with_q = key
             buf = _Buffers(batch, batch * rows, words, self.max_blocks, self.model.config.vocab_size, with_q,
                            self.device)
-            buf.fill(host)
+            buf.fill(host, self.model.config.vocab_size)
             # Warm up (compiles Triton kernels, sets up cuBLAS) off the capture
             # stream; the body is idempotent for fixed inputs (append_kv
             # rewrites the tree's K/V before compact_kv moves it).
@@ -333,6 +352,6 @@ class VerifyStep:
                 outputs = self._body(buf, width)
             entry = self._graphs[key] = (graph, buf, outputs)
         graph, buf, outputs = entry
-        buf.fill(host)
+        buf.fill(host, self.model.config.vocab_size)
         graph.replay()
         return outputs
