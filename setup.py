@@ -70,13 +70,17 @@ setup(
     packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"]),
     python_requires=">=3.10",
     # No upper bound and no CUDA pin: a torch already installed satisfies this.
-    # safetensors: the runtime loads Hugging Face checkpoints.
-    install_requires=["torch>=2.4", "numpy", "safetensors"],
+    # safetensors: the runtime loads Hugging Face checkpoints; tqdm: the demo's progress bar.
+    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm"],
     extras_require={
         "triton": ["triton>=3.0"],
-        # transformers: the runtime's logits are checked against LlamaForCausalLM.
+        # transformers: the runtime's logits are checked against LlamaForCausalLM, and
+        # bench/bench_e2e.py and bench/train_tiny.py use it; matplotlib: demo --plot.
         "test": ["pytest", "hypothesis", "triton>=3.0", "transformers"],
+        "demo": ["matplotlib", "transformers"],
     },
+    package_data={"specdec_kernels": ["data/tiny_stdlib/*.json", "data/tiny_stdlib/*.safetensors",
+                                      "data/tiny_stdlib/*/*.json", "data/tiny_stdlib/*/*.safetensors"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -28,7 +28,7 @@ import specdec_kernels
 # ---------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -97,11 +97,11 @@ def host_time_us(fn: Callable[[], object], device: torch.device, iters: int) -> 
     host side is usually the larger cost, so it is reported beside it.
     """
     fn()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / iters * 1e6
 
 

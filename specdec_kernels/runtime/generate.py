@@ -166,8 +166,9 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
       accepted step else K -= 1, at least 1; ``dynamic``, the drafter stops
       when its top probability falls below ``confidence_threshold``).
     * ``"medusa"``: ``medusa_heads`` (``runtime.medusa.MedusaHeads``) fill the
-      tree of ``medusa_choices`` (default ``MC_SIM_7B_63``) from the target's
-      hidden state at the last accepted node.
+      tree of ``medusa_choices`` (default ``MC_SIM_7B_63``, without the paths
+      deeper than the heads) from the target's hidden state at the last
+      accepted node.
     * ``"lookahead"``: Jacobi window ``lookahead_window`` (W) x
       ``lookahead_ngram - 1`` (N - 1) levels, up to ``lookahead_guesses`` (G)
       pool n-grams verified per step.
@@ -207,7 +208,9 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
         drafter = DraftModelDrafter(None, sampling, gen,
                                     dynamic_threshold=confidence_threshold if schedule == "dynamic" else None)
     elif method == "medusa":
-        drafter = MedusaDrafter(medusa_heads, medusa_choices if medusa_choices is not None else MC_SIM_7B_63)
+        if medusa_choices is None:  # the default tree, cut to the heads there are
+            medusa_choices = [c for c in MC_SIM_7B_63 if len(c) <= medusa_heads.num_heads]
+        drafter = MedusaDrafter(medusa_heads, medusa_choices)
     elif method == "lookahead":
         drafter = LookaheadDrafter(lookahead_window, lookahead_ngram, lookahead_guesses, generator=gen,
                                    device=device)

@@ -1,0 +1,165 @@
+"""``python -m specdec_kernels demo``: the shipped byte-level models (a target,
+a draft and Medusa heads trained on the Python standard library by
+``bench/train_tiny.py``) decode held-out standard-library files with every
+method of the runtime; a table compares them with plain autoregressive
+decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODELS = Path(__file__).resolve().parent / "data" / "tiny_stdlib"
+
+METHODS = {  # name: generate() keyword arguments (models are filled in later)
+    "ar": dict(method="ar"),
+    "draft (constant)": dict(method="draft", num_draft_tokens=5, schedule="constant"),
+    "draft (heuristic)": dict(method="draft", num_draft_tokens=5, schedule="heuristic"),
+    "draft (dynamic)": dict(method="draft", num_draft_tokens=8, schedule="dynamic", confidence_threshold=0.4),
+    "medusa": dict(method="medusa"),
+    "lookahead": dict(method="lookahead"),
+    "prompt_lookup": dict(method="prompt_lookup", num_draft_tokens=10, max_ngram=3),
+}
+
+
+def stdlib_files() -> tuple[list[Path], list[Path]]:
+    """(train, held-out) ``*.py`` files of this interpreter's standard library,
+    sorted; every 20th is held out. The training script and the demo share it."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
+    return ([p for i, p in enumerate(files) if i % 20 != 0], [p for i, p in enumerate(files) if i % 20 == 0])
+
+
+def held_out_prompts(count: int, length: int = 256) -> list[tuple[str, list[int]]]:
+    """``count`` prompts of ``length`` bytes, each from the middle of a
+    different held-out file (deterministic), as (file name, byte ids)."""
+    prompts = []
+    for path in stdlib_files()[1]:
+        data = path.read_bytes()
+        if len(data) < 4 * length:
+            continue
+        start = data.rfind(b"\n", 0, len(data) // 2) + 1
+        prompts.append((path.name, list(data[start:start + length])))
+        if len(prompts) == count:
+            break
+    if len(prompts) < count:
+        raise ValueError(f"only {len(prompts)} held-out standard-library files are long enough for {count} prompts")
+    return prompts
+
+
+def load_models(folder: Path = DEFAULT_MODELS, *, dtype=torch.float32, device="cpu"):
+    """(target, draft, medusa_heads) from a folder written by bench/train_tiny.py."""
+    from .runtime import LlamaModel
+    from .runtime.medusa import MedusaHeads
+
+    folder = Path(folder)
+    if not (folder / "target" / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no trained models (target/config.json); run "
+                                "python bench/train_tiny.py --out <folder> to train them")
+    target = LlamaModel.from_pretrained(folder / "target", dtype=dtype, device=device)
+    draft = LlamaModel.from_pretrained(folder / "draft", dtype=dtype, device=device)
+    heads = MedusaHeads.from_file(folder / "medusa_heads.safetensors", dtype=dtype, device=device)
+    return target, draft, heads
+
+
+def run(args) -> list[dict]:
+    from tqdm import tqdm
+
+    from .runtime import generate
+
+    target, draft, heads = load_models(args.models, device=args.device)
+    prompts = [p for _, p in held_out_prompts(args.prompts, args.prompt_bytes)]
+    groups = [prompts[i:i + args.batch] for i in range(0, len(prompts), args.batch)]
+    rows, reference = [], None
+    with tqdm(total=len(METHODS) * len(groups), desc="demo", unit="batch") as bar:
+        for name, kwargs in METHODS.items():
+            extra = {"draft": dict(draft_model=draft), "medusa": dict(medusa_heads=heads)}.get(kwargs["method"], {})
+            tokens, passes, steps, emitted, seconds = [], 0, 0, 0, 0.0
+            for group in groups:
+                bar.set_postfix_str(name)
+                began = time.perf_counter()
+                out = generate(target, group, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                               seed=args.seed, **kwargs, **extra)
+                seconds += time.perf_counter() - began
+                tokens += out.tokens
+                passes += out.stats.target_passes
+                steps += out.stats.step_sequences
+                emitted += out.stats.step_tokens
+                bar.update()
+            if reference is None:
+                reference = tokens
+            rows.append(dict(method=name, tau=emitted / steps, target_passes=passes,
+                             tokens_per_s=sum(len(t) for t in tokens) / seconds, seconds=seconds,
+                             identical=tokens == reference))
+    base = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / base
+    return rows
+
+
+def format_rows(rows, temperature) -> str:
+    header = ("method", "tau", "target passes", "tokens/s", "speed-up", "identical to ar")
+    lines = []
+    for r in rows:
+        same = ("yes" if r["identical"] else "NO") if temperature == 0 else "n/a (sampled)"
+        lines.append((r["method"], f"{r['tau']:.2f}", str(r["target_passes"]), f"{r['tokens_per_s']:.1f}",
+                      f"{r['speedup']:.2f}x", same))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*l) for l in lines])
+
+
+def plot(rows, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SystemExit(f"--plot needs matplotlib: pip install matplotlib ({exc})")
+    names = [r["method"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].bar(names, [r["speedup"] for r in rows])
+    axes[0].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_title("speed-up over ar (tokens/s)")
+    axes[1].bar(names, [r["tau"] for r in rows], color="tab:orange")
+    axes[1].set_title("tau: tokens per target pass")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=35)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--batch", type=int, default=1, help="prompts per generate() call")
+    p.add_argument("--prompts", type=int, default=8, help="held-out files to take prompts from")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--prompt-bytes", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (every method must be identical)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="folder written by bench/train_tiny.py")
+    p.add_argument("--plot", type=Path, help="write a PNG of speed-up and tau per method (matplotlib)")
+
+
+def main(args) -> int:
+    for name in ("batch", "prompts", "max_new_tokens", "prompt_bytes"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    torch.set_grad_enabled(False)
+    rows = run(args)
+    print()
+    print(format_rows(rows, args.temperature))
+    print(f"\n{args.prompts} held-out stdlib files, {args.prompt_bytes}-byte prompts, {args.max_new_tokens} new "
+          f"tokens, batch {args.batch}, temperature {args.temperature}, device {args.device}")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    if args.temperature == 0 and not all(r["identical"] for r in rows):
+        print("ERROR: a greedy method differs from ar")
+        return 1
+    return 0
