@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 
-from specdec_kernels.demo import DEFAULT_MODELS, held_out_prompts, load_models
-from specdec_kernels.runtime import generate
+from specdec_kernels.demo import DEFAULT_MODELS, decode_all, held_out_prompts, load_models
 
 import common
 
@@ -101,21 +100,10 @@ def run_transformers(hf_target, hf_draft, prompts, setting, max_new, device, cou
     return outputs, dict(tokens_per_s=new / seconds, tau=(new - len(prompts)) / max(1, passes), seconds=seconds)
 
 
-def run_ours(target, draft, prompts, setting, max_new, batch, device):
-    extra = dict(setting)
-    if extra["method"] == "draft":
-        extra["draft_model"] = draft
-    outputs, steps, emitted, seconds = [], 0, 0, 0.0
-    for i in range(0, len(prompts), batch):
-        began = time.perf_counter()
-        out = generate(target, prompts[i:i + batch], max_new_tokens=max_new, **extra)
-        common.sync(torch.device(device))
-        seconds += time.perf_counter() - began
-        outputs += out.tokens
-        steps += out.stats.step_sequences
-        emitted += out.stats.step_tokens
-    new = sum(len(o) for o in outputs)
-    return outputs, dict(tokens_per_s=new / seconds, tau=emitted / steps, seconds=seconds)
+def run_ours(target, draft, prompts, setting, max_new, batch):
+    extra = dict(draft_model=draft) if setting["method"] == "draft" else {}
+    outputs, stats = decode_all(target, prompts, batch, max_new_tokens=max_new, **setting, **extra)
+    return outputs, dict(tokens_per_s=stats["tokens_per_s"], tau=stats["tau"], seconds=stats["seconds"])
 
 
 def main(argv=None) -> int:
@@ -134,7 +122,7 @@ def main(argv=None) -> int:
     prompts = [p for _, p in held_out_prompts(args.prompts, args.prompt_bytes)]
     # Warm both up (allocators, first-call dispatch) outside the timings.
     run_transformers(hf_target, hf_draft, prompts[:1], {}, 4, device, counter)
-    run_ours(target, draft, prompts[:1], dict(method="ar"), 4, 1, device)
+    run_ours(target, draft, prompts[:1], dict(method="ar"), 4, 1)
     rows, reference = [], None
     for name, (ours, theirs) in SETTINGS.items():
         out, stats = run_transformers(hf_target, hf_draft, prompts, theirs, args.max_new_tokens, device, counter)
@@ -142,7 +130,7 @@ def main(argv=None) -> int:
         rows.append(dict(setting=name, impl="transformers", batch=1, identical=out == reference, **stats))
         print(f"  transformers {name}: {stats['tokens_per_s']:.1f} tok/s, tau {stats['tau']:.2f}", flush=True)
         for batch in (1, 8):
-            out, stats = run_ours(target, draft, prompts, ours, args.max_new_tokens, batch, device)
+            out, stats = run_ours(target, draft, prompts, ours, args.max_new_tokens, batch)
             rows.append(dict(setting=name, impl="specdec", batch=batch, identical=out == reference, **stats))
             print(f"  specdec {name} B={batch}: {stats['tokens_per_s']:.1f} tok/s, tau {stats['tau']:.2f}",
                   flush=True)

@@ -66,35 +66,43 @@ def load_models(folder: Path = DEFAULT_MODELS, *, dtype=torch.float32, device="c
     return target, draft, heads
 
 
+def decode_all(target, prompts, batch: int, on_batch=None, **kwargs):
+    """``generate`` over ``prompts`` in groups of ``batch``: -> (tokens per
+    prompt, dict of tau, target_passes, tokens_per_s, seconds)."""
+    from .runtime import generate
+
+    tokens, passes, steps, emitted, seconds = [], 0, 0, 0, 0.0
+    for i in range(0, len(prompts), batch):
+        began = time.perf_counter()
+        out = generate(target, prompts[i:i + batch], **kwargs)
+        if target.lm_head.weight.is_cuda:
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - began
+        tokens += out.tokens
+        passes += out.stats.target_passes
+        steps += out.stats.step_sequences
+        emitted += out.stats.step_tokens
+        if on_batch is not None:
+            on_batch()
+    return tokens, dict(tau=emitted / steps, target_passes=passes,
+                        tokens_per_s=sum(len(t) for t in tokens) / seconds, seconds=seconds)
+
+
 def run(args) -> list[dict]:
     from tqdm import tqdm
 
-    from .runtime import generate
-
     target, draft, heads = load_models(args.models, device=args.device)
     prompts = [p for _, p in held_out_prompts(args.prompts, args.prompt_bytes)]
-    groups = [prompts[i:i + args.batch] for i in range(0, len(prompts), args.batch)]
     rows, reference = [], None
-    with tqdm(total=len(METHODS) * len(groups), desc="demo", unit="batch") as bar:
+    with tqdm(total=len(METHODS) * -(-len(prompts) // args.batch), desc="demo", unit="batch") as bar:
         for name, kwargs in METHODS.items():
             extra = {"draft": dict(draft_model=draft), "medusa": dict(medusa_heads=heads)}.get(kwargs["method"], {})
-            tokens, passes, steps, emitted, seconds = [], 0, 0, 0, 0.0
-            for group in groups:
-                bar.set_postfix_str(name)
-                began = time.perf_counter()
-                out = generate(target, group, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               seed=args.seed, **kwargs, **extra)
-                seconds += time.perf_counter() - began
-                tokens += out.tokens
-                passes += out.stats.target_passes
-                steps += out.stats.step_sequences
-                emitted += out.stats.step_tokens
-                bar.update()
+            bar.set_postfix_str(name)
+            tokens, stats = decode_all(target, prompts, args.batch, bar.update, max_new_tokens=args.max_new_tokens,
+                                       temperature=args.temperature, seed=args.seed, **kwargs, **extra)
             if reference is None:
                 reference = tokens
-            rows.append(dict(method=name, tau=emitted / steps, target_passes=passes,
-                             tokens_per_s=sum(len(t) for t in tokens) / seconds, seconds=seconds,
-                             identical=tokens == reference))
+            rows.append(dict(method=name, identical=tokens == reference, **stats))
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["speedup"] = row["tokens_per_s"] / base
