@@ -6,7 +6,8 @@ decode the same held-out standard-library prompts greedily:
 
 * transformers: plain greedy ``generate``; assisted generation with the same
   draft (``num_assistant_tokens_schedule`` constant and heuristic, and
-  ``assistant_confidence_threshold`` for the dynamic schedule); prompt-lookup
+  ``assistant_confidence_threshold`` for the dynamic schedule; both reset
+  before each prompt, as ours are); prompt-lookup
   decoding (``prompt_lookup_num_tokens``, ``max_matching_ngram_size``).
   Batch 1 (its assisted generation supports no more).
 * ours: ``ar`` and the same settings, at batch 1 and at batch 8.
@@ -82,11 +83,14 @@ def run_transformers(hf_target, hf_draft, prompts, setting, max_new, device, cou
     extra = dict(setting)
     assistant = extra.pop("assistant", None)
     if assistant is not None:
-        for key, value in assistant.items():  # transformers reads these from the assistant's config
-            setattr(hf_draft.generation_config, key, value)
         extra["assistant_model"] = hf_draft
     outputs, passes, seconds = [], 0, 0.0
     for prompt in prompts:
+        # transformers reads these from the assistant's config and carries the
+        # heuristic K and the confidence threshold it adapts over to the next
+        # call; reset them per prompt, as each of our generate() calls starts afresh.
+        for key, value in (assistant or {}).items():
+            setattr(hf_draft.generation_config, key, value)
         ids = torch.tensor([prompt], device=device)
         counter.calls = 0
         began = time.perf_counter()
@@ -148,7 +152,8 @@ def main(argv=None) -> int:
                "models": str(args.models), "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
                "prompt_bytes": args.prompt_bytes, "rows": rows, "runtime_s": time.perf_counter() - started}
     if not args.no_json:
-        out_path = args.out or Path(__file__).parent / "results" / f"e2e-{common.device_kind(device)}-{common.timestamp()}.json"
+        file_name = f"e2e-{common.device_kind(device)}-{common.timestamp()}.json"
+        out_path = args.out or Path(__file__).parent / "results" / file_name
         common.write_json(out_path, payload)
         print(f"wrote {out_path}")
     return 0 if all(r["identical"] for r in rows) else 1

@@ -27,7 +27,7 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels.runtime import LlamaModel, ModelConfig, PagedKVCache, generate
 from specdec_kernels.runtime.medusa import MedusaHeads
-from specdec_kernels.runtime.step import Draft, VerifyStep
+from specdec_kernels.runtime.step import Draft, VerifyStep, bucket_size
 
 import common
 
@@ -75,7 +75,7 @@ def step_runner(model, batch, tree, prefix, device):
     + compact_kv, replayed as a CUDA graph on CUDA) over ``tree`` for ``batch``
     sequences holding ``prefix`` tokens; each call rolls the caches back."""
     cfg = model.config
-    rows = 1 << max(0, tree.size - 1).bit_length()
+    rows = bucket_size(tree.size)
     blocks = -(-(prefix + rows) // 16)
     cache = PagedKVCache(cfg, num_blocks=2 * batch * blocks + 1, block_size=16,
                          dtype=next(model.parameters()).dtype, device=device)

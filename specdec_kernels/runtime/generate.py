@@ -19,7 +19,7 @@ from .lookahead import LookaheadDrafter
 from .medusa import MedusaDrafter
 from .model import LlamaModel, PagedKVCache
 from .prompt_lookup import PromptLookupDrafter
-from .step import VerifyStep
+from .step import VerifyStep, bucket_size
 
 METHODS = ("ar", "draft", "medusa", "lookahead", "prompt_lookup")
 ACCEPTANCE = ("rejection", "typical")
@@ -143,10 +143,6 @@ def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedu
                              f"{medusa_heads.vocab}; the target has {target.config.hidden_size} and {vocab}")
 
 
-def _bucket_rows(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 @torch.no_grad()
 def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: LlamaModel | None = None,
              num_draft_tokens: int = 5, schedule: str = "constant", confidence_threshold: float = 0.4,
@@ -216,14 +212,15 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
                                    device=device)
     elif method == "prompt_lookup":
         drafter = PromptLookupDrafter(num_draft_tokens, max_ngram, device=device)
-    rows = _bucket_rows(drafter.max_rows(k_cap))
+    rows = bucket_size(drafter.max_rows(k_cap))
     per_seq = [-(-(len(p) + max_new_tokens + rows + 1) // block_size) for p in prompts]
-    padding = (_bucket_rows(len(prompts)) - len(prompts)) * -(-rows // block_size)
+    padding = (bucket_size(len(prompts)) - len(prompts)) * -(-rows // block_size)
     num_blocks = sum(per_seq) + padding + 1
     tgt = CachedModel(target, num_blocks, block_size)
     if method == "draft":
         drafter.model = CachedModel(draft_model, num_blocks, block_size)
-    step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params, generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
+    step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params,
+                      generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
                       cuda_graph=cuda_graph)
     seqs = list(range(len(prompts)))
     history = {s: list(p) for s, p in zip(seqs, prompts)}

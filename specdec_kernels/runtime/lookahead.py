@@ -84,7 +84,6 @@ class LookaheadDrafter:
         self.pool_slots = pool_slots
         lay = self.layout
         levels = ngram - 1
-        self.window_nodes = torch.tensor(lay.window_rows, device=self.device)  # [N-1, W]
         self.last_level = torch.tensor(lay.last_level_rows, device=self.device)
         positions = lay.positions.tolist()
         self.positions = positions[1:]

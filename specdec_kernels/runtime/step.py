@@ -55,7 +55,7 @@ class Draft:
     visible: list | None = None
 
     def layout(self):
-        """-> (parents, positions, visible) for all ``1 + len(tokens)`` rows."""
+        """-> (parents, positions, visible, depths) for all ``1 + len(tokens)`` rows."""
         n = 1 + len(self.tokens)
         parents = [-1] + (list(self.parents) if self.parents is not None else list(range(n - 1)))
         if len(parents) != n:
@@ -95,7 +95,8 @@ class StepResult:
     row_start: list
 
 
-def _bucket(n: int) -> int:
+def bucket_size(n: int) -> int:
+    """The power of two >= n (at least 1): a CUDA-graph bucket's batch or rows."""
     return 1 << max(0, n - 1).bit_length()
 
 
@@ -300,7 +301,7 @@ class VerifyStep:
         self._last_lap = time.perf_counter()
         real = len(drafts)
         sizes = [1 + len(d.tokens) for d in drafts]
-        rows, batch = (_bucket(max(sizes)), _bucket(real)) if self.bucketed else (None, real)
+        rows, batch = (bucket_size(max(sizes)), bucket_size(real)) if self.bucketed else (None, real)
         prefix_lens = [alloc.length(s) for s in seqs]
         for s, p, size in zip(seqs, prefix_lens, sizes):
             alloc.reserve(s, p + (rows or size))
