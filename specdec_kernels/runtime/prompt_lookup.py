@@ -24,7 +24,7 @@ class PromptLookupDrafter:
                              f"{max_ngram}")
         self.num_tokens, self.max_ngram, self.device = num_tokens, max_ngram, torch.device(device)
         self.fixed_shape = self.device.type != "cpu" if fixed_shape is None else fixed_shape
-        self.rows, self.tokens, self.lengths = {}, None, None
+        self.rows, self.tokens, self.lengths, self.host_lengths = {}, None, None, []
 
     def max_rows(self, k):
         return self.num_tokens + 1
@@ -34,17 +34,20 @@ class PromptLookupDrafter:
         longest = max(len(history[s]) for s in seqs)
         self.tokens = torch.full((len(seqs), 2 * longest + 64), -1, dtype=torch.int64, device=self.device)
         self.lengths = torch.zeros(len(seqs), dtype=torch.int64, device=self.device)
+        self.host_lengths = [0] * len(seqs)  # the same, kept on the host so appending never reads the device
         for s in seqs:
             self._append(s, history[s])
 
     def _append(self, seq, new):
-        row, start = self.rows[seq], int(self.lengths[self.rows[seq]])
+        row = self.rows[seq]
+        start = self.host_lengths[row]
         if start + len(new) > self.tokens.shape[1]:
             grown = torch.full((self.tokens.shape[0], 2 * (start + len(new))), -1, dtype=torch.int64,
                                device=self.device)
             grown[:, :self.tokens.shape[1]] = self.tokens
             self.tokens = grown
         self.tokens[row, start:start + len(new)] = torch.tensor(new, dtype=torch.int64, device=self.device)
+        self.host_lengths[row] = start + len(new)
         self.lengths[row] = start + len(new)
 
     def propose(self, seqs, history, ks):
