@@ -6,12 +6,23 @@ fetches another torch for the build):
 
     pip install --no-build-isolation -e .
 
+Supported (and what CI and the GPU check run): torch 2.11 or newer, CPU or CUDA
+builds (tested: 2.11, 2.13 CPU, 2.14.1 CUDA 13.0); Triton 3.6 or newer for the
+triton backend (tested: 3.6, 3.8, 3.9); a CUDA toolkit of torch's CUDA major version.
+
 Environment:
-    TORCH_CUDA_ARCH_LIST  CUDA archs to compile (default "8.0;9.0a": A100, H100/H200)
-    SPECDEC_CPU_ONLY=1    skip the CUDA kernels even where they could be built
+    CUDA_HOME / CUDA_PATH  the CUDA toolkit's root; else the real compiler behind the
+                           nvcc on the PATH (wrappers and symlinks followed), else
+                           /usr/local/cuda (see tools/cuda_toolkit.py)
+    TORCH_CUDA_ARCH_LIST   CUDA archs to compile (default "8.0;9.0a": A100, H100/H200)
+    SPECDEC_CPU_ONLY=1     skip the CUDA kernels even where they could be built
+
+With a CUDA build of torch and no usable toolkit the build stops and says what
+it searched; it is never built CPU-only behind your back.
 """
 import os
 import re
+import sys
 from glob import glob
 from pathlib import Path
 
@@ -27,6 +38,9 @@ except ImportError as exc:  # pragma: no cover - guidance for a broken install
     ) from exc
 
 ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT / "tools"))
+from cuda_toolkit import ToolkitNotFound, find_toolkit  # noqa: E402
+
 VERSION = re.search(
     r'__version__ = "([^"]+)"', (ROOT / "specdec_kernels" / "_version.py").read_text()
 ).group(1)
@@ -37,10 +51,24 @@ def sources(pattern):
     return sorted(str(p) for p in glob(pattern, root_dir=ROOT))
 
 
-def with_cuda():
+def cuda_toolkit():
+    """The toolkit to build the CUDA kernels with, or None for a CPU-only build."""
+    if torch.version.cuda is None:
+        return None
     if os.environ.get("SPECDEC_CPU_ONLY") == "1":
-        return False
-    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+        print(f"specdec: SPECDEC_CPU_ONLY=1: building the CPU kernels only under torch "
+              f"{torch.__version__} (CUDA {torch.version.cuda})", file=sys.stderr)
+        return None
+    try:
+        toolkit = find_toolkit()
+    except ToolkitNotFound as exc:
+        raise SystemExit(f"\n{'=' * 78}\n{exc}\n{'=' * 78}") from None
+    # torch reads its module global, not the variable, once it is imported: set both.
+    os.environ["CUDA_HOME"] = toolkit.root
+    cpp_extension.CUDA_HOME = toolkit.root
+    print(f"specdec: CUDA toolkit {toolkit.root} (found by {toolkit.found_by}), headers in "
+          f"{toolkit.include_dir}", file=sys.stderr)
+    return toolkit
 
 
 def extension():
@@ -48,7 +76,8 @@ def extension():
     cpp += sources("csrc/cpu/*.cpp")
     include_dirs = [str(ROOT / "csrc" / "include"), str(ROOT / "csrc" / "torch")]
     cxx_flags = ["-O3"]
-    if not with_cuda():
+    toolkit = cuda_toolkit()
+    if toolkit is None:
         return cpp_extension.CppExtension(
             "specdec_kernels._C", cpp, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
@@ -58,7 +87,7 @@ def extension():
     return cpp_extension.CUDAExtension(
         "specdec_kernels._C",
         cpp + sources("csrc/torch/*_cuda.cpp") + sources("csrc/cuda/*.cu"),
-        include_dirs=include_dirs,
+        include_dirs=include_dirs + toolkit.extra_include_dirs,
         extra_compile_args={"cxx": cxx_flags + defines, "nvcc": ["-O3", "-lineinfo"] + defines},
     )
 
@@ -69,14 +98,15 @@ setup(
     description="Fused kernels for the verification step of speculative decoding",
     packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"]),
     python_requires=">=3.10",
-    # No upper bound and no CUDA pin: a torch already installed satisfies this.
+    # No upper bound and no CUDA pin: a torch already installed satisfies this (an upper
+    # bound would make pip replace a newer torch the user already has).
     # safetensors: the runtime loads Hugging Face checkpoints; tqdm: the demo's progress bar.
-    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm"],
+    install_requires=["torch>=2.11", "numpy", "safetensors", "tqdm"],
     extras_require={
-        "triton": ["triton>=3.0"],
+        "triton": ["triton>=3.6"],
         # transformers: the runtime's logits are checked against LlamaForCausalLM, and
         # bench/bench_e2e.py and bench/train_tiny.py use it; matplotlib: demo --plot.
-        "test": ["pytest", "hypothesis", "triton>=3.0", "transformers"],
+        "test": ["pytest", "hypothesis", "triton>=3.6", "transformers"],
         "demo": ["matplotlib", "transformers"],
     },
     package_data={"specdec_kernels": ["data/tiny_stdlib/*.json", "data/tiny_stdlib/*.safetensors",

@@ -1,6 +1,7 @@
 """The compiled ops are real torch operators (schemas, CPU/Meta kernels,
 torch.compile), and backend choice follows the documented precedence."""
 import json
+import os
 import subprocess
 import sys
 
@@ -106,7 +107,18 @@ def test_info_reports_versions_and_backends():
     assert cpu["auto"] == "cpu"
     if not torch.cuda.is_available():
         assert "cuda" not in facts["ops"]["compact_kv"]
+    # A CUDA build of the extension reports its archs with or without a GPU present
+    # (CI builds one on a GPU-less machine); a CPU-only build reports none.
+    if facts["extension_cuda"]:
+        assert torch.version.cuda is not None
+        expected = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
+        assert facts["cuda_archs"] == [a for a in expected if a], facts["cuda_archs"]
+        assert facts["extension_build"].startswith("cuda+cpu")
+    else:
         assert facts["cuda_archs"] == []
+        assert facts["extension_build"].startswith("cpu-only")
+        if torch.version.cuda is not None:
+            assert "under a CUDA torch" in facts["extension_build"]
 
 
 def test_info_command_line():

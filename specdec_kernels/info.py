@@ -22,6 +22,19 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
+def _extension_build() -> str:
+    """What the loaded extension was built with, said plainly where it surprises:
+    a CPU-only extension under a CUDA torch has no cuda backend on any GPU."""
+    if not _extension.loaded():
+        return "not built"
+    if _extension.with_cuda():
+        return f"cuda+cpu (archs {';'.join(_extension.cuda_archs())})"
+    if torch.version.cuda is not None:
+        return (f"cpu-only under a CUDA torch (CUDA {torch.version.cuda}): the cuda backend is unavailable; "
+                "rebuild without SPECDEC_CPU_ONLY=1 and with a CUDA toolkit to get it")
+    return "cpu-only (CPU torch)"
+
+
 def info() -> dict:
     """A dict of facts; ``python -m specdec_kernels info`` prints it."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -45,6 +58,7 @@ def info() -> dict:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "extension": "loaded" if _extension.loaded() else _extension.load_error(),
         "extension_cuda": _extension.with_cuda(),
+        "extension_build": _extension_build(),
         "cuda_archs": _extension.cuda_archs(),
         "backend_override": os.environ.get("SPECDEC_BACKEND") or None,
         # Every op shares the same backend availability today; listed per op
@@ -56,7 +70,7 @@ def info() -> dict:
 def format_info(facts: dict) -> str:
     lines = [f"specdec_kernels {facts['specdec_kernels']}"]
     for key in ("python", "torch", "torch_cuda", "triton", "triton_interpret", "cuda_device",
-                "extension", "extension_cuda", "cuda_archs", "backend_override"):
+                "extension", "extension_cuda", "extension_build", "cuda_archs", "backend_override"):
         lines.append(f"  {key:18} {facts[key]}")
     for op, per_device in facts["ops"].items():
         lines.append(f"  {op}:")
