@@ -7,7 +7,8 @@ fetches another torch for the build):
     pip install --no-build-isolation -e .
 
 Supported (and what CI and the GPU check run): torch 2.11 or newer, CPU or CUDA
-builds (tested: 2.11, 2.13 CPU, 2.14.1 CUDA 13.0); Triton 3.6 or newer for the
+builds (tested: 2.13 CPU, 2.14.1 CUDA 13.0; 2.11 is the GPU machines' torch, which
+bench/gpu_check.sh targets but no GPU has run yet); Triton 3.6 or newer for the
 triton backend (tested: 3.6, 3.8, 3.9); a CUDA toolkit of torch's CUDA major version.
 
 Environment:

@@ -102,7 +102,6 @@ const uint64_t* warp_exchange(uint32_t mask, uint64_t bits) {
   const uint64_t gen = w.gen;
   if (w.arrived == mask) {
     std::memcpy(w.snap[gen & 1], w.vals, sizeof w.vals);
-    w.snap_mask[gen & 1] = mask;
     w.arrived = 0;
     ++w.gen;
     b.cv.notify_all();

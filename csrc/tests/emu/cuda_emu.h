@@ -110,7 +110,6 @@ struct Block {
     uint64_t gen = 0;
     uint64_t vals[32] = {};
     uint64_t snap[2][32] = {};
-    uint32_t snap_mask[2] = {};
   };
   std::vector<Warp> warps;
 };
