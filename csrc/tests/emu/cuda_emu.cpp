@@ -1,37 +1,476 @@
-// The harness's runtime: launches, barriers, warp exchanges, the runtime API.
+// The harness's runtime: workers, fibers, barriers, warp exchanges, the runtime API.
+//
+// A launch deals its blocks round-robin to kWorkers host threads. A worker runs
+// one block at a time: its CUDA threads are fibers on the worker's thread, each
+// run until it waits (a barrier, a warp exchange) or returns; the worker's own
+// context is the scheduler. Every switch is told to the sanitizers: with
+// ThreadSanitizer each fiber is a thread of its own, switches carry no
+// happens-before, and the only edges are the ones CUDA gives: __syncthreads,
+// __syncwarp, the start and end of the grid. So TSan reports unsynchronised
+// shared or global accesses between the threads of a block, and between blocks
+// run by different workers. Between two blocks of one worker there is an edge
+// (the worker reuses the block's state), so races between blocks i and j are
+// seen when i and j differ modulo kWorkers.
+//
+// The harness's own state is touched by many fibers, hence relaxed atomics:
+// the fibers of one block never run at the same time, so atomics are only for
+// the race detector's sake.
 #include "cuda_emu.h"
 
-#include <chrono>
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <condition_variable>
 #include <cstdarg>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define EMU_TSAN 1
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#endif
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
 dim3 blockDim;
 dim3 gridDim;
 
+#if defined(__x86_64__)
+// switch_stack(save, to): saves the callee-saved registers and the FP control
+// words on the current stack, stores its pointer in *save, continues on `to`.
+// glibc's swapcontext would make a signal-mask syscall per switch.
+extern "C" void emu_switch_stack(void** save, void* to);
+asm(R"(
+.text
+.globl emu_switch_stack
+.type emu_switch_stack,@function
+emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size emu_switch_stack, .-emu_switch_stack
+.section .note.GNU-stack,"",@progbits
+.text
+)");
+#endif
+
 namespace emu {
 
-thread_local Block* current_block = nullptr;
-thread_local unsigned flat_tid = 0;
-
 namespace {
+
+constexpr unsigned kWorkers = 4;
+constexpr size_t kStackBytes = 1 << 20;  // per fiber; mmap'd, so only touched pages count
+constexpr size_t kStaticSmem = 48 * 1024;  // static __shared__ per block, as on the device
+constexpr int kMaxStatics = 64;
+
+enum State : int { kIdle, kRunnable, kAtBarrier, kAtWarp, kAtAlloc, kDone };
+
+template <typename T>
+T ld(const std::atomic<T>& a) { return a.load(std::memory_order_relaxed); }
+template <typename T, typename U>
+void st(std::atomic<T>& a, U v) { a.store(T(v), std::memory_order_relaxed); }
+
+#if EMU_TSAN
+inline void hb_release(void* p) { __tsan_release(p); }
+inline void hb_acquire(void* p) { __tsan_acquire(p); }
+#else
+inline void hb_release(void*) {}
+inline void hb_acquire(void*) {}
+#endif
+
+struct Fiber {
+  unsigned tid = 0;
+  uint3 idx{};
+  std::atomic<int> state{kIdle};
+  std::atomic<uint64_t> result{0};  // of the fiber's last warp exchange
+  unsigned char* stack = nullptr;   // [stack, stack + kStackBytes), a guard page below
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+  void* tsan = nullptr;
+};
+
+struct Warp {
+  uint32_t members = 0;  // lanes the block has
+  std::atomic<uint32_t> arrived{0}, exited{0}, mask{0};
+  std::atomic<int> op{0};
+  std::atomic<uint64_t> gen{0};
+  std::atomic<uint64_t> vals[32];
+  std::atomic<unsigned> src[32];
+  char sync[2];  // __syncwarp's happens-before, one per generation parity
+};
+
+struct Static {
+  std::atomic<const void*> key{nullptr};
+  std::atomic<void*> mem{nullptr};
+};
+
+struct Launch {
+  Config cfg;
+  void (*body)(void*);
+  void* ctx;
+  unsigned threads, workers;
+  uint64_t blocks;
+};
+
+struct Worker {
+  // The pool's handshake (mutex: host <-> worker happens-before).
+  std::mutex m;
+  std::condition_variable cv;
+  uint64_t posted = 0, finished = 0;
+  const Launch* launch = nullptr;
+  unsigned index = 0;
+
+  // The running launch and block; written by the scheduler before block_start.
+  const Launch* run = nullptr;
+  std::vector<std::unique_ptr<Fiber>> fibers;  // grows between launches only
+  std::unique_ptr<Warp[]> warps;
+  uint3 block{};
+  unsigned char* dyn = nullptr;
+  size_t dyn_bytes = 0;
+
+  std::atomic<Fiber*> current{nullptr};
+  std::atomic<int> active{0}, arrived{0};
+  std::atomic<uint64_t> bar_gen{0};
+  char bar_sync[2];  // __syncthreads' happens-before, one per generation parity
+  char block_start, block_end, statics_sync;
+
+  Static statics[kMaxStatics];
+  std::atomic<int> n_statics{0};
+  size_t static_bytes = 0;  // scheduler only
+  std::atomic<const void*> alloc_key{nullptr};
+  std::atomic<size_t> alloc_bytes{0}, alloc_align{0};
+
+  // The scheduler's context.
+#if defined(__x86_64__)
+  void* sched_sp = nullptr;
+#else
+  ucontext_t sched_uc;
+#endif
+  void* sched_tsan = nullptr;
+  void* sched_stack = nullptr;
+  size_t sched_stack_size = 0;
+};
+
+thread_local Worker* t_worker = nullptr;
+
 std::mutex g_mutex;  // the error state and function attributes
 cudaError_t g_error = cudaSuccess;
 std::map<const void*, size_t>& smem_limits() {
   static std::map<const void*, size_t> m;
   return m;
 }
-// A barrier or warp exchange that waits this long has lost a thread: a
-// deadlock on the device. TSan makes everything slow, hence the margin.
-constexpr auto kDeadlock = std::chrono::seconds(60);
+
+Fiber& self() { return *ld(t_worker->current); }
+
+[[noreturn]] void fiber_main();
+
+// ---------------------------------------------------------------- switching
+void enter(Worker& w, Fiber& f) {
+  st(w.current, &f);
+#if EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, f.stack, kStackBytes);
+#endif
+#if EMU_TSAN
+  __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(__x86_64__)
+  emu_switch_stack(&w.sched_sp, f.sp);
+#else
+  swapcontext(&w.sched_uc, &f.uc);
+#endif
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+// Back to the scheduler; returns when the scheduler runs this fiber again.
+void yield(Worker& w, Fiber& f) {
+#if EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, w.sched_stack, w.sched_stack_size);
+#endif
+#if EMU_TSAN
+  __tsan_switch_to_fiber(w.sched_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(__x86_64__)
+  emu_switch_stack(&f.sp, w.sched_sp);
+#else
+  swapcontext(&f.uc, &w.sched_uc);
+#endif
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+#if !defined(__x86_64__)
+void fiber_trampoline() { fiber_main(); }
+#endif
+
+std::unique_ptr<Fiber> make_fiber(Worker& w, unsigned tid) {
+  auto f = std::make_unique<Fiber>();
+  f->tid = tid;
+  const size_t page = 4096;
+  void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  if (m == MAP_FAILED) fail("cannot map a fiber stack");
+  mprotect(m, page, PROT_NONE);  // a stack overflow faults instead of corrupting a neighbour
+  f->stack = static_cast<unsigned char*>(m) + page;
+#if defined(__x86_64__)
+  // What emu_switch_stack pops: FP control words, r15..r12, rbx, rbp, then
+  // fiber_main as the return address, with a zero return address above it.
+  auto* top = reinterpret_cast<uint64_t*>(f->stack + kStackBytes);
+  uint64_t* sp = top - 9;  // 16-byte alignment at fiber_main's entry, as the ABI wants
+  sp[0] = 0x1F80ull | (0x037Full << 32);
+  for (int i = 1; i <= 6; ++i) sp[i] = 0;
+  sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
+  sp[8] = 0;
+  f->sp = sp;
+#else
+  getcontext(&f->uc);
+  f->uc.uc_stack.ss_sp = f->stack;
+  f->uc.uc_stack.ss_size = kStackBytes;
+  f->uc.uc_link = nullptr;
+  makecontext(&f->uc, fiber_trampoline, 0);
+#endif
+#if EMU_TSAN
+  f->tsan = __tsan_create_fiber(0);
+#endif
+  (void)w;
+  return f;
+}
+
+// ---------------------------------------------------------------- the block
+void wake(Worker& w, int from_state) {
+  for (unsigned t = 0; t < w.run->threads; ++t) {
+    Fiber& f = *w.fibers[t];
+    if (ld(f.state) == from_state) st(f.state, kRunnable);
+  }
+}
+
+void complete_barrier(Worker& w) {
+  st(w.arrived, 0);
+  st(w.bar_gen, ld(w.bar_gen) + 1);
+  wake(w, kAtBarrier);
+}
+
+void thread_exit(Worker& w, Fiber& f) {
+  Warp& wp = w.warps[f.tid / 32];
+  const uint32_t bit = 1u << (f.tid % 32);
+  st(wp.exited, ld(wp.exited) | bit);
+  if (ld(wp.arrived) != 0u && (ld(wp.mask) & bit) != 0u)
+    fail("returned while lanes 0x%08x wait for it in a warp intrinsic with mask 0x%08x", ld(wp.arrived),
+         ld(wp.mask));
+  st(w.active, ld(w.active) - 1);
+  if (ld(w.arrived) > 0 && ld(w.arrived) == ld(w.active)) complete_barrier(w);
+}
+
+[[noreturn]] void fiber_main() {
+  Worker& w = *t_worker;
+  Fiber& f = *ld(w.current);
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+  for (;;) {
+    hb_acquire(&w.block_start);
+    w.run->body(w.run->ctx);
+    thread_exit(w, f);
+    hb_release(&w.block_end);
+    st(f.state, kDone);
+    yield(w, f);
+  }
+}
+
+const char* op_name(int op) {
+  switch (WarpOp(op)) {
+    case WarpOp::kSync: return "__syncwarp";
+    case WarpOp::kShuffle: return "a shuffle";
+    case WarpOp::kBallot: return "a ballot";
+    case WarpOp::kConverge: return "a WMMA call";
+  }
+  return "?";
+}
+
+[[noreturn]] void deadlock(Worker& w) {
+  std::fprintf(stderr, "\n[cuda emulator] deadlock in block (%u,%u,%u): every live thread waits\n", w.block.x,
+               w.block.y, w.block.z);
+  for (unsigned i = 0; i * 32 < w.run->threads; ++i) {
+    const Warp& wp = w.warps[i];
+    if (ld(wp.arrived) != 0u)
+      std::fprintf(stderr, "  warp %u: lanes 0x%08x wait in %s with mask 0x%08x; lanes 0x%08x never arrive%s\n", i,
+                   ld(wp.arrived), op_name(ld(wp.op)), ld(wp.mask), ld(wp.mask) & ~ld(wp.arrived),
+                   (ld(wp.mask) & ~ld(wp.arrived) & ~ld(wp.exited)) ? " (they wait elsewhere)" : "");
+  }
+  if (ld(w.arrived) > 0)
+    std::fprintf(stderr, "  __syncthreads: %d of %d live threads arrived (a barrier some threads never reach)\n",
+                 ld(w.arrived), ld(w.active));
+  std::fflush(stderr);
+  std::abort();
+}
+
+// The scheduler asked for a static __shared__ allocation (a fiber waits in kAtAlloc).
+void serve_alloc(Worker& w, Fiber& f) {
+  const size_t bytes = ld(w.alloc_bytes), align = std::max<size_t>(ld(w.alloc_align), 16);
+  const int n = ld(w.n_statics);
+  w.static_bytes += bytes;
+  if (n == kMaxStatics || w.static_bytes > kStaticSmem) {
+    st(w.current, &f);
+    fail("static __shared__ memory over the device's %zu B per block (%zu B requested)", kStaticSmem, w.static_bytes);
+  }
+  void* mem = nullptr;
+  if (posix_memalign(&mem, align, bytes ? bytes : 1) != 0) fail("out of host memory for static shared memory");
+  std::memset(mem, 0xff, bytes);  // garbage on the device: NaN bytes here
+  st(w.statics[n].key, ld(w.alloc_key));
+  st(w.statics[n].mem, mem);
+  st(w.n_statics, n + 1);
+  hb_release(&w.statics_sync);
+  st(f.state, kRunnable);
+}
+
+void run_block(Worker& w) {
+  const unsigned threads = w.run->threads;
+  if (w.dyn_bytes) std::memset(w.dyn, 0xff, w.dyn_bytes);
+  st(w.active, int(threads));
+  st(w.arrived, 0);
+  for (unsigned i = 0; i * 32 < threads; ++i) {
+    st(w.warps[i].arrived, 0u);
+    st(w.warps[i].exited, 0u);
+  }
+  for (unsigned t = 0; t < threads; ++t) st(w.fibers[t]->state, kRunnable);
+  hb_release(&w.block_start);
+  for (;;) {
+    bool ran = false, live = false;
+    for (unsigned t = 0; t < threads; ++t) {
+      Fiber& f = *w.fibers[t];
+      if (ld(f.state) == kRunnable) {
+        enter(w, f);
+        ran = true;
+        if (ld(f.state) == kAtAlloc) serve_alloc(w, f);
+      }
+      live |= ld(f.state) != kDone;
+    }
+    if (!live) break;
+    if (!ran) deadlock(w);
+  }
+  hb_acquire(&w.block_end);
+  for (int i = 0; i < ld(w.n_statics); ++i) std::free(ld(w.statics[i].mem));
+  st(w.n_statics, 0);
+  w.static_bytes = 0;
+}
+
+void run_launch(Worker& w, const Launch& L) {
+  w.run = &L;
+  const Config& c = L.cfg;
+  while (w.fibers.size() < L.threads) w.fibers.push_back(make_fiber(w, unsigned(w.fibers.size())));
+  for (unsigned t = 0; t < L.threads; ++t)
+    w.fibers[t]->idx = uint3{t % c.block.x, (t / c.block.x) % c.block.y, t / (c.block.x * c.block.y)};
+  const unsigned nwarps = (L.threads + 31) / 32;
+  w.warps.reset(new Warp[nwarps]);
+  for (unsigned i = 0; i < nwarps; ++i) {
+    const unsigned lanes = std::min(32u, L.threads - 32 * i);
+    w.warps[i].members = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+  }
+  // Exactly the launch's bytes, so AddressSanitizer sees a read past the end.
+  w.dyn_bytes = c.smem;
+  w.dyn = nullptr;
+  if (c.smem && posix_memalign(reinterpret_cast<void**>(&w.dyn), 128, c.smem) != 0)
+    fail("out of host memory for %zu B of dynamic shared memory", c.smem);
+  for (uint64_t b = w.index; b < L.blocks; b += L.workers) {
+    w.block = uint3{unsigned(b % c.grid.x), unsigned((b / c.grid.x) % c.grid.y),
+                    unsigned(b / (uint64_t(c.grid.x) * c.grid.y))};
+    run_block(w);
+  }
+  std::free(w.dyn);
+  w.dyn = nullptr;
+  w.dyn_bytes = 0;
+  w.warps.reset();
+  w.run = nullptr;
+}
+
+void worker_loop(Worker* w) {
+  t_worker = w;
+#if EMU_TSAN
+  w->sched_tsan = __tsan_get_current_fiber();
+#endif
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &w->sched_stack, &w->sched_stack_size);
+    pthread_attr_destroy(&attr);
+  }
+  uint64_t seen = 0;
+  for (;;) {
+    const Launch* L;
+    {
+      std::unique_lock<std::mutex> l(w->m);
+      w->cv.wait(l, [&] { return w->posted != seen; });
+      seen = w->posted;
+      L = w->launch;
+    }
+    run_launch(*w, *L);
+    {
+      std::lock_guard<std::mutex> l(w->m);
+      w->finished = seen;
+    }
+    w->cv.notify_all();
+  }
+}
+
+// The workers live as long as the process (detached; a blocked worker holds nothing).
+Worker* pool() {
+  static Worker* workers = [] {
+    auto* ws = new Worker[kWorkers];
+    for (unsigned i = 0; i < kWorkers; ++i) {
+      ws[i].index = i;
+      std::thread(worker_loop, &ws[i]).detach();
+    }
+    return ws;
+  }();
+  return workers;
+}
+
 }  // namespace
 
 void fail(const char* fmt, ...) {
   std::va_list ap;
   va_start(ap, fmt);
-  std::fprintf(stderr, "\n[cuda emulator] error in block (%u,%u,%u) thread (%u,%u,%u): ", blockIdx.x, blockIdx.y,
-               blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  if (t_worker != nullptr && ld(t_worker->current) != nullptr) {
+    const Worker& w = *t_worker;
+    const uint3 t = ld(w.current)->idx;
+    std::fprintf(stderr, "\n[cuda emulator] error in block (%u,%u,%u) thread (%u,%u,%u): ", w.block.x, w.block.y,
+                 w.block.z, t.x, t.y, t.z);
+  } else {
+    std::fprintf(stderr, "\n[cuda emulator] error: ");
+  }
   std::vfprintf(stderr, fmt, ap);
   std::fprintf(stderr, "\n");
   va_end(ap);
@@ -59,62 +498,95 @@ void set_smem_limit(const void* func, size_t bytes) {
   smem_limits()[func] = bytes;
 }
 
+uint3 thread_idx() {
+  if (t_worker == nullptr || ld(t_worker->current) == nullptr) fail("threadIdx read outside a kernel");
+  return self().idx;
+}
+uint3 block_idx() {
+  if (t_worker == nullptr || ld(t_worker->current) == nullptr) fail("blockIdx read outside a kernel");
+  return t_worker->block;
+}
+unsigned lane() { return self().tid % 32; }
+unsigned char* dynamic_shared() { return t_worker->dyn; }
+
+void* static_shared_bytes(const void* key, size_t bytes, size_t align) {
+  Worker& w = *t_worker;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int i = 0; i < ld(w.n_statics); ++i)
+      if (ld(w.statics[i].key) == key) {
+        hb_acquire(&w.statics_sync);
+        return ld(w.statics[i].mem);
+      }
+    // First thread of the block here: the scheduler allocates (and poisons) it,
+    // so the allocation orders no memory between the block's threads.
+    st(w.alloc_key, key);
+    st(w.alloc_bytes, bytes);
+    st(w.alloc_align, align);
+    Fiber& f = self();
+    st(f.state, kAtAlloc);
+    yield(w, f);
+  }
+  fail("static __shared__ allocation lost");
+}
+
 void syncthreads() {
-  Block& b = *current_block;
-  std::unique_lock<std::mutex> l(b.m);
-  const uint64_t gen = b.gen;
-  if (++b.arrived == b.active) {
-    b.arrived = 0;
-    ++b.gen;
-    b.cv.notify_all();
-    return;
+  Worker& w = *t_worker;
+  Fiber& f = self();
+  char* sync = &w.bar_sync[ld(w.bar_gen) & 1];
+  hb_release(sync);
+  st(w.arrived, ld(w.arrived) + 1);
+  if (ld(w.arrived) == ld(w.active)) {
+    complete_barrier(w);
+  } else {
+    st(f.state, kAtBarrier);
+    yield(w, f);
   }
-  if (!b.cv.wait_for(l, kDeadlock, [&] { return b.gen != gen; }))
-    fail("__syncthreads: %d of %d live threads arrived within 60 s (a barrier some threads never reach)",
-         b.arrived, b.active);
+  hb_acquire(sync);
 }
 
-void thread_exit() {
-  Block& b = *current_block;
-  std::lock_guard<std::mutex> l(b.m);
-  --b.active;
-  Block::Warp& w = b.warps[flat_tid / 32];
-  w.exited |= 1u << (flat_tid % 32);
-  if (b.arrived > 0 && b.arrived == b.active) {
-    b.arrived = 0;
-    ++b.gen;
+uint64_t warp_exchange(WarpOp op, uint32_t mask, uint64_t bits, unsigned src) {
+  Worker& w = *t_worker;
+  Fiber& f = self();
+  const unsigned lane = f.tid % 32;
+  Warp& wp = w.warps[f.tid / 32];
+  if (!((mask >> lane) & 1u)) fail("%s: calling lane %u is not in its mask 0x%08x", op_name(int(op)), lane, mask);
+  if ((mask & ~wp.members) != 0u)
+    fail("%s: mask 0x%08x names lanes the block does not have (lanes 0x%08x)", op_name(int(op)), mask, wp.members);
+  if ((mask & ld(wp.exited)) != 0u)
+    fail("%s: lanes 0x%08x named in mask 0x%08x have returned", op_name(int(op)), mask & ld(wp.exited), mask);
+  if (op == WarpOp::kShuffle && !((mask >> src) & 1u))
+    fail("shuffle: source lane %u is not in mask 0x%08x", src, mask);
+  uint32_t arrived = ld(wp.arrived);
+  if (arrived != 0u && (ld(wp.mask) != mask || ld(wp.op) != int(op)))
+    fail("%s with mask 0x%08x while lanes 0x%08x wait in %s with mask 0x%08x", op_name(int(op)), mask, arrived,
+         op_name(ld(wp.op)), ld(wp.mask));
+  st(wp.vals[lane], bits);
+  st(wp.src[lane], src);
+  st(wp.mask, mask);
+  st(wp.op, int(op));
+  char* sync = &wp.sync[ld(wp.gen) & 1];
+  if (op == WarpOp::kSync) hb_release(sync);
+  arrived |= 1u << lane;
+  if (arrived == mask) {
+    uint64_t ballot = 0;
+    for (unsigned l = 0; l < 32; ++l)
+      if (((mask >> l) & 1u) && ld(wp.vals[l]) != 0u) ballot |= 1ull << l;
+    const unsigned base = f.tid / 32 * 32;
+    for (unsigned l = 0; l < 32; ++l) {
+      if (!((mask >> l) & 1u)) continue;
+      Fiber& g = *w.fibers[base + l];
+      st(g.result, op == WarpOp::kBallot ? ballot : ld(wp.vals[ld(wp.src[l])]));
+      if (l != lane) st(g.state, kRunnable);
+    }
+    st(wp.arrived, 0u);
+    st(wp.gen, ld(wp.gen) + 1);
+  } else {
+    st(wp.arrived, arrived);
+    st(f.state, kAtWarp);
+    yield(w, f);
   }
-  b.cv.notify_all();
-}
-
-const uint64_t* warp_exchange(uint32_t mask, uint64_t bits) {
-  Block& b = *current_block;
-  const unsigned lane = flat_tid % 32;
-  std::unique_lock<std::mutex> l(b.m);
-  Block::Warp& w = b.warps[flat_tid / 32];
-  if (!((mask >> lane) & 1u)) fail("warp intrinsic: calling lane %u is not in its mask 0x%08x", lane, mask);
-  if ((mask & ~w.members) != 0u)
-    fail("warp intrinsic: mask 0x%08x names lanes the block does not have (lanes 0x%08x)", mask, w.members);
-  if (w.arrived != 0u && (w.arrived & ~mask) != 0u)
-    fail("warp intrinsic: lanes 0x%08x wait with another mask than 0x%08x", w.arrived, mask);
-  w.vals[lane] = bits;
-  w.arrived |= 1u << lane;
-  const uint64_t gen = w.gen;
-  if (w.arrived == mask) {
-    std::memcpy(w.snap[gen & 1], w.vals, sizeof w.vals);
-    w.arrived = 0;
-    ++w.gen;
-    b.cv.notify_all();
-    return w.snap[gen & 1];
-  }
-  const bool done = b.cv.wait_for(l, kDeadlock, [&] {
-    if (w.gen != gen) return true;
-    if ((w.exited & mask) != 0u)
-      fail("warp intrinsic: lanes 0x%08x named in mask 0x%08x exited without arriving", w.exited & mask, mask);
-    return false;
-  });
-  if (!done) fail("warp intrinsic: lanes 0x%08x of mask 0x%08x never arrived", mask & ~w.arrived, mask);
-  return w.snap[gen & 1];
+  if (op == WarpOp::kSync) hb_acquire(sync);
+  return ld(f.result);
 }
 
 void run_grid(const Config& c, const void* func, void (*body)(void*), void* ctx) {
@@ -131,57 +603,22 @@ void run_grid(const Config& c, const void* func, void (*body)(void*), void* ctx)
     set_error(cudaErrorInvalidValue);
     return;
   }
+  if (t_worker != nullptr) fail("a kernel launched from a kernel (dynamic parallelism is not emulated)");
   blockDim = c.block;
   gridDim = c.grid;
-  const uint64_t blocks = uint64_t(c.grid.x) * c.grid.y * c.grid.z;
-  Block block;
-  block.warps.resize((threads + 31) / 32);
-  for (size_t w = 0; w < block.warps.size(); ++w) {
-    const uint64_t lanes = std::min<uint64_t>(32, threads - 32 * w);
-    block.warps[w].members = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+  Launch L{c, body, ctx, unsigned(threads), 0, uint64_t(c.grid.x) * c.grid.y * c.grid.z};
+  L.workers = unsigned(std::min<uint64_t>(kWorkers, L.blocks));
+  Worker* ws = pool();
+  for (unsigned i = 0; i < L.workers; ++i) {
+    std::lock_guard<std::mutex> l(ws[i].m);
+    ws[i].launch = &L;
+    ++ws[i].posted;
   }
-  std::vector<unsigned char> smem(c.smem + 1);
-  // Block-end barrier: every thread has finished block i before block i + 1 starts.
-  std::mutex end_m;
-  std::condition_variable end_cv;
-  uint64_t end_count = 0, end_gen = 0;
-
-  auto reset = [&] {
-    block.active = int(threads);
-    block.arrived = 0;
-    for (auto& w : block.warps) w.arrived = w.exited = 0;
-    // Shared memory starts as garbage on the device: NaN bytes, so a read of
-    // an unwritten element shows in the results.
-    std::memset(smem.data(), 0xff, smem.size());
-  };
-  reset();
-  block.dynamic_smem = c.smem ? smem.data() : nullptr;
-
-  auto worker = [&](unsigned tid) {
-    current_block = &block;
-    flat_tid = tid;
-    threadIdx = uint3{tid % c.block.x, (tid / c.block.x) % c.block.y, tid / (c.block.x * c.block.y)};
-    for (uint64_t i = 0; i < blocks; ++i) {
-      blockIdx = uint3{unsigned(i % c.grid.x), unsigned((i / c.grid.x) % c.grid.y),
-                       unsigned(i / (uint64_t(c.grid.x) * c.grid.y))};
-      body(ctx);
-      thread_exit();
-      std::unique_lock<std::mutex> l(end_m);
-      const uint64_t gen = end_gen;
-      if (++end_count == threads) {
-        end_count = 0;
-        reset();
-        ++end_gen;
-        end_cv.notify_all();
-      } else {
-        end_cv.wait(l, [&] { return end_gen != gen; });
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(threads);
-  for (unsigned t = 0; t < threads; ++t) pool.emplace_back(worker, t);
-  for (auto& t : pool) t.join();
+  for (unsigned i = 0; i < L.workers; ++i) ws[i].cv.notify_all();
+  for (unsigned i = 0; i < L.workers; ++i) {
+    std::unique_lock<std::mutex> l(ws[i].m);
+    ws[i].cv.wait(l, [&] { return ws[i].finished == ws[i].posted; });
+  }
 }
 
 }  // namespace emu
@@ -229,8 +666,7 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int d) {
 }
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   // 256-byte aligned like cudaMalloc; exact size so AddressSanitizer sees overruns.
-  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  return posix_memalign(p, 256, bytes ? bytes : 1) == 0 ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {

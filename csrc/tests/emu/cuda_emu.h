@@ -7,14 +7,22 @@
 // - An emulated sm_90 device, "emulated sm_90 (specdec CPU harness)", 132 SMs,
 //   48 KB of dynamic shared memory per block unless cudaFuncSetAttribute raised
 //   it, at most 227 KB (the H100/H200 opt-in limit).
-// - Every CUDA thread of a block is a host thread; the blocks of a grid run one
-//   after another. __syncthreads is a real barrier (threads that returned no
-//   longer count, as on the device); warp intrinsics exchange values among the
-//   lanes named in their mask and fail if a named lane has exited or does not
-//   arrive; calling lanes must be named in the mask.
+// - Every CUDA thread is a fiber; the fibers of a block run on one host thread
+//   (a worker), switching at __syncthreads and warp intrinsics, and the blocks
+//   of a grid are dealt round-robin to kWorkers host threads that run at once,
+//   so blocks on different workers are concurrent. The sanitizers are told
+//   about every switch, so ThreadSanitizer sees each CUDA thread as a thread
+//   and __syncthreads / __syncwarp as the only happens-before edges inside a
+//   block. __syncthreads is a barrier (threads that returned no longer count,
+//   as on the device); warp intrinsics exchange values among the lanes named in
+//   their mask and fail if a named lane has exited or never arrives; calling
+//   lanes must be named in the mask. A block whose fibers all wait is a
+//   deadlock, reported with what each one waits for.
 // - Launch checks: block size <= 1024 (x, y <= 1024, z <= 64), grid y, z <=
 //   65535, dynamic shared memory within the function's limit. A failed launch
 //   runs nothing and sets the error cudaGetLastError returns, as on the device.
+// - Shared memory (static and dynamic) is allocated per block at its exact
+//   size, so AddressSanitizer sees overruns, and starts as NaN bytes.
 // - WMMA fragments are kept whole in every lane (fp32 accumulation); loads
 //   check the documented 256-bit pointer alignment and ldm multiples; stores
 //   are split among the lanes so each element has one writer.
@@ -24,13 +32,10 @@
 #pragma once
 
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -42,8 +47,9 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-// Blocks run one after another, so a function-static variable is the block's shared memory.
-#define __shared__ static
+// `__shared__ T x;` is rewritten by rewrite_cuda.py into a per-block allocation
+// (emu::static_shared); one left over is an error.
+#define __shared__ __shared___is_rewritten_by_rewrite_cuda_py
 
 // ------------------------------------------------------------------ vector types
 struct uint3 { unsigned x, y, z; };
@@ -98,30 +104,24 @@ cudaError_t take_error();
 size_t smem_limit(const void* func);
 void set_smem_limit(const void* func, size_t bytes);
 
-// State of the block being run; the launch owns it.
-struct Block {
-  std::mutex m;
-  std::condition_variable cv;
-  int active = 0, arrived = 0;
-  uint64_t gen = 0;
-  unsigned char* dynamic_smem = nullptr;
-  struct Warp {
-    uint32_t arrived = 0, exited = 0, members = 0;
-    uint64_t gen = 0;
-    uint64_t vals[32] = {};
-    uint64_t snap[2][32] = {};
-  };
-  std::vector<Warp> warps;
-};
+// The block's dynamic shared memory; static `__shared__` variables (one
+// allocation per declaration and block, keyed by the address of a static).
+unsigned char* dynamic_shared();
+void* static_shared_bytes(const void* key, size_t bytes, size_t align);
+template <typename T>
+T& static_shared(const void* key, size_t align) {
+  return *static_cast<T*>(static_shared_bytes(key, sizeof(T), align > alignof(T) ? align : alignof(T)));
+}
 
-extern thread_local Block* current_block;
-extern thread_local unsigned flat_tid;
-inline unsigned char* dynamic_shared() { return current_block->dynamic_smem; }
-
+uint3 thread_idx();
+uint3 block_idx();
+unsigned lane();
 void syncthreads();
-void thread_exit();
-// Every lane of `mask` contributes `bits`; returns the lanes' values (index = lane).
-const uint64_t* warp_exchange(uint32_t mask, uint64_t bits);
+// The warp intrinsics. An exchange among the lanes of `mask`: every lane gives
+// `bits` and gets the bits of lane `src` (shuffles) or the ballot (src < 0).
+// Only __syncwarp orders memory (as documented); shuffles and ballots do not.
+enum class WarpOp { kSync, kShuffle, kBallot, kConverge };
+uint64_t warp_exchange(WarpOp op, uint32_t mask, uint64_t bits, unsigned src);
 
 struct Config {
   dim3 grid, block;
@@ -166,36 +166,27 @@ T from_bits(uint64_t b) {
 
 }  // namespace emu
 
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block_idx())
 extern dim3 blockDim;
 extern dim3 gridDim;
 constexpr int warpSize = 32;
 
 inline void __syncthreads() { emu::syncthreads(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_exchange(mask, 0); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_exchange(emu::WarpOp::kSync, mask, 0, 0); }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   if (width != 32) emu::fail("__shfl_xor_sync: width %d is not emulated", width);
-  const uint64_t* vals = emu::warp_exchange(mask, emu::to_bits(v));
-  const unsigned src = (emu::flat_tid % 32) ^ unsigned(lane_mask);
-  if (!((mask >> src) & 1u)) emu::fail("__shfl_xor_sync: source lane %u is not in mask 0x%08x", src, mask);
-  return emu::from_bits<T>(vals[src]);
+  const unsigned src = emu::lane() ^ unsigned(lane_mask);
+  return emu::from_bits<T>(emu::warp_exchange(emu::WarpOp::kShuffle, mask, emu::to_bits(v), src % 32));
 }
 template <typename T>
 T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
   if (width != 32) emu::fail("__shfl_sync: width %d is not emulated", width);
-  const uint64_t* vals = emu::warp_exchange(mask, emu::to_bits(v));
-  const unsigned src = unsigned(src_lane) % 32;
-  if (!((mask >> src) & 1u)) emu::fail("__shfl_sync: source lane %u is not in mask 0x%08x", src, mask);
-  return emu::from_bits<T>(vals[src]);
+  return emu::from_bits<T>(emu::warp_exchange(emu::WarpOp::kShuffle, mask, emu::to_bits(v), unsigned(src_lane) % 32));
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
-  const uint64_t* vals = emu::warp_exchange(mask, pred ? 1 : 0);
-  unsigned r = 0;
-  for (int l = 0; l < 32; ++l)
-    if (((mask >> l) & 1u) && vals[l]) r |= 1u << l;
-  return r;
+  return unsigned(emu::warp_exchange(emu::WarpOp::kBallot, mask, pred ? 1 : 0, 0));
 }
 inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == mask; }
@@ -238,10 +229,22 @@ struct __nv_bfloat16 {
   __nv_bfloat16() = default;
 };
 typedef __half half;
+// Exact, and inline: _Float16's conversion is a libgcc call without F16C.
 inline float __half2float(__half h) {
-  _Float16 f;
-  std::memcpy(&f, &h.bits, 2);
-  return float(f);
+  const uint32_t sign = uint32_t(h.bits & 0x8000u) << 16, em = h.bits & 0x7fffu;
+  uint32_t u;
+  if (em >= 0x7c00u) {
+    u = sign | 0x7f800000u | ((em & 0x3ffu) << 13);  // inf, nan
+  } else if (em >= 0x0400u) {
+    u = sign | ((em + 0x1c000u) << 13);  // normal: exponent rebiased by 127 - 15
+  } else {
+    const float f = float(em) * 5.9604644775390625e-8f;  // subnormal: em * 2^-24, exact
+    std::memcpy(&u, &f, 4);
+    u |= sign;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
 }
 inline __half __float2half_rn(float x) {
   const _Float16 f = _Float16(x);  // IEEE round to nearest even
@@ -307,17 +310,28 @@ struct row_major {};
 struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
 
+// matrix_a / matrix_b fragments hold the whole tile in every lane. An
+// accumulator holds M*N/32 elements per lane, as on the device: element i of
+// lane l is tile element l + 32 * i (the device's mapping is unspecified, so a
+// kernel can only use num_elements-wide element-wise operations, which work on
+// either). mma_sync computes each lane's own elements only.
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
+  static constexpr bool acc = std::is_same<Use, accumulator>::value;
   static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
   static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
-  static constexpr int num_elements = rows * cols;  // whole tile in every lane (see the header)
-  float x[rows * cols];
+  static_assert(!acc || (M * N) % 32 == 0, "accumulator tiles split evenly over a warp");
+  static constexpr int num_elements = acc ? rows * cols / 32 : rows * cols;
+  float x[num_elements];
 };
 
 inline float elem_to_float(const float& v) { return v; }
 inline float elem_to_float(const __half& v) { return __half2float(v); }
 inline float elem_to_float(const __nv_bfloat16& v) { return __bfloat162float(v); }
+
+// The lanes of a warp meet at a WMMA call, which (unlike __syncwarp) orders no
+// memory: a tile read before the writers synchronised is a race.
+inline void converge() { emu::warp_exchange(emu::WarpOp::kConverge, 0xffffffffu, 0, 0); }
 
 template <typename T>
 void check_ptr(const T* p, unsigned ldm, const char* what) {
@@ -332,52 +346,62 @@ void fill_fragment(fragment<Use, M, N, K, FT, Layout>& f, float v) {
   for (float& e : f.x) e = v;
 }
 
+// Each lane reads the rows of A and the columns of B its accumulator elements
+// need (together the lanes read the whole tile); the rest stay NaN.
 template <typename Use, int M, int N, int K, typename FT, typename Layout, typename T>
 void load_matrix_sync(fragment<Use, M, N, K, FT, Layout>& f, const T* p, unsigned ldm) {
   static_assert(!std::is_same<Use, accumulator>::value, "accumulator loads take a layout_t");
   static_assert(std::is_same<T, FT>::value, "wmma: pointer and fragment element types differ");
-  __syncwarp();
+  converge();
   check_ptr(p, ldm, "load_matrix_sync");
   using F = fragment<Use, M, N, K, FT, Layout>;
-  constexpr bool row = std::is_same<Layout, row_major>::value;
+  constexpr bool row = std::is_same<Layout, row_major>::value, is_a = std::is_same<Use, matrix_a>::value;
+  bool need[is_a ? M : N] = {};
+  for (int i = 0; i < M * N / 32; ++i) {
+    const int e = int(emu::lane()) + 32 * i;
+    need[is_a ? e / N : e % N] = true;
+  }
   for (int r = 0; r < F::rows; ++r)
-    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = elem_to_float(row ? p[r * ldm + c] : p[c * ldm + r]);
-  __syncwarp();
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = need[is_a ? r : c] ? elem_to_float(row ? p[r * ldm + c] : p[c * ldm + r]) : NAN;
+  converge();
 }
 
 template <int M, int N, int K>
 void load_matrix_sync(fragment<accumulator, M, N, K, float, void>& f, const float* p, unsigned ldm, layout_t l) {
-  __syncwarp();
+  converge();
   check_ptr(p, ldm, "load_matrix_sync");
-  for (int r = 0; r < M; ++r)
-    for (int c = 0; c < N; ++c) f.x[r * N + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
-  __syncwarp();
+  for (int i = 0; i < M * N / 32; ++i) {
+    const int e = int(emu::lane()) + 32 * i, r = e / N, c = e % N;
+    f.x[i] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  }
+  converge();
 }
 
+// fp32 accumulation, one rounding per multiply and add (not the tensor cores' order).
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
 void mma_sync(fragment<accumulator, M, N, K, float, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
               const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float, void>& c) {
-  __syncwarp();
-  float out[M * N];
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      float acc = c.x[i * N + j];
-      for (int k = 0; k < K; ++k) acc = std::fma(a.x[i * K + k], b.x[k * N + j], acc);
-      out[i * N + j] = acc;
-    }
+  converge();
+  float out[M * N / 32];
+  for (int i = 0; i < M * N / 32; ++i) {
+    const int e = int(emu::lane()) + 32 * i, r = e / N, col = e % N;
+    float acc = c.x[i];
+    for (int k = 0; k < K; ++k) acc += a.x[r * K + k] * b.x[k * N + col];
+    out[i] = acc;
+  }
   std::memcpy(d.x, out, sizeof out);
 }
 
 template <int M, int N, int K>
 void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float, void>& f, unsigned ldm, layout_t l) {
-  __syncwarp();
+  converge();
   check_ptr(p, ldm, "store_matrix_sync");
-  // One writer per element, as the lanes of a warp share a tile on the device.
-  for (int e = int(emu::flat_tid % 32); e < M * N; e += 32) {
-    const int r = e / N, c = e % N;
-    (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[e];
+  for (int i = 0; i < M * N / 32; ++i) {
+    const int e = int(emu::lane()) + 32 * i, r = e / N, c = e % N;
+    (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[i];
   }
-  __syncwarp();
+  converge();
 }
 }  // namespace wmma
 }  // namespace nvcuda

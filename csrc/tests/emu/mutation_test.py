@@ -5,10 +5,9 @@ harness that fails everything proves nothing).
 
     python csrc/tests/emu/mutation_test.py [--only NAME]
 
-Run by CI after the CMake stage. Mutations of the tree-attention and verify
-kernels (a lane missing from a shuffle mask, an unraised shared-memory limit,
-a tile bound off by one) wait for a faster harness: their emulated tests take
-many minutes on 2 cores with one host thread per CUDA thread.
+Run by CI after the CMake stage. A mutation names a kernel header
+(csrc/include/specdec) or a launcher (csrc/cuda/*.cu); the tree-attention test
+runs its --subset.
 """
 from __future__ import annotations
 
@@ -40,26 +39,85 @@ MUTATIONS = [
      "const int64_t total = a.layout.num_heads * vecs_per_row;\n  const char* k_src",
      "const int64_t total = a.layout.num_heads * vecs_per_row - 1;\n  const char* k_src",
      "asan", "kv_cache"),
+    ("tree attention: warp_max's shuffle mask misses lane 0", "tree_attention.cuh",
+     "v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));", "v = fmaxf(v, __shfl_xor_sync(0xfffffffeu, v, o));",
+     "asan", "tree_attention"),
+    ("tree attention: K tile loop one vector past its bound", "tree_attention.cuh",
+     "      for (int x = tid; x < kKeyTile * (D / kVec); x += kThreads) {\n        const int c = x / (D / kVec);\n"
+     "        const int d = (x % (D / kVec)) * kVec;\n        const int64_t off = sKeyOff[c];\n"
+     "        copy_vec<T>(sK + c * C::kLdT + d, off < 0 ? nullptr : k_cache + off + d, vec_ok);\n        if constexpr",
+     "      for (int x = tid; x <= kKeyTile * (D / kVec); x += kThreads) {\n        const int c = x / (D / kVec);\n"
+     "        const int d = (x % (D / kVec)) * kVec;\n        const int64_t off = sKeyOff[c];\n"
+     "        copy_vec<T>(sK + c * C::kLdT + d, off < 0 ? nullptr : k_cache + off + d, vec_ok);\n        if constexpr",
+     "asan", "tree_attention"),
+    ("tree attention: shared-memory limit never raised", "tree_attention.cu",
+     "if (smem > 48 * 1024) {", "if (smem > 227 * 1024) {", "asan", "tree_attention"),
+    ("verify: barrier between the block sum's partials and their fold removed", "sampling.cuh",
+     "  if ((threadIdx.x & 31) == 0) s.f[threadIdx.x >> 5] = v;\n  __syncthreads();\n  float r = s.f[0];\n"
+     "  for (int w = 1; w < kWarps; ++w) r += s.f[w];",
+     "  if ((threadIdx.x & 31) == 0) s.f[threadIdx.x >> 5] = v;\n  float r = s.f[0];\n"
+     "  for (int w = 1; w < kWarps; ++w) r += s.f[w];", "tsan", "sampling"),
 ]
+ARGS = {"tree_attention": ["--subset"]}
+
+# The harness's own checks (selftest.cu): case -> the sanitizer whose build must fail on it.
+SELFTEST = {"inter_block_race": "tsan", "intra_block_race": "tsan", "deadlock": "asan",
+            "smem_overrun": "asan", "misaligned_vector": "asan", "smem_over_limit": "asan"}
 
 
-def build(work: Path, headers: Path, san: str, test: str) -> Path:
+def selftest(tmp: Path) -> int:
+    failures = 0
+    for san in ("tsan", "asan"):
+        src = tmp / f"selftest-{san}"
+        rewrite_cuda.main([str(src), str(EMU / "selftest.cu")])
+        exe = src / "selftest"
+        subprocess.run(["g++", "-std=c++17", "-O2", "-g", "-include", str(EMU / "cuda_emu.h"), f"-I{EMU / 'include'}",
+                        *SAN[san], str(EMU / "cuda_emu.cpp"), str(src / "selftest.cpp"), "-o", str(exe), "-pthread"],
+                       check=True)
+        for case in ["ok", *[c for c, s in SELFTEST.items() if s == san]]:
+            env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=0")
+            r = subprocess.run([str(exe), case], capture_output=True, text=True, env=env, timeout=120)
+            good = (r.returncode == 0) == (case == "ok")
+            print(f"{'ok  ' if good else 'FAIL'} harness self-check {case} [{san}]: rc {r.returncode}", flush=True)
+            if not good:
+                print(r.stderr[-1500:])
+            failures += not good
+    return failures
+
+
+def sources(work: Path, header: str | None = None, find: str = "", repl: str = "") -> tuple[Path, Path]:
+    """Copies of the kernel headers and launchers under `work`, one of them mutated."""
+    headers, launchers = work / "include" / "specdec", work / "cuda"
+    launchers.mkdir(parents=True)
+    for f in (ROOT / "csrc" / "cuda").glob("*.cu"):
+        (launchers / f.name).write_text(f.read_text())
+    rewrite_cuda.main(["--headers", str(headers), str(ROOT / "csrc" / "include" / "specdec")])
+    if header is not None:
+        target = (launchers if header.endswith(".cu") else headers) / header
+        text = target.read_text()
+        if text.count(find) != 1:
+            raise LookupError(f"the mutation no longer applies to {header} (update its text)")
+        target.write_text(text.replace(find, repl))
+    return headers, launchers
+
+
+def build(work: Path, headers: Path, launchers: Path, san: str, test: str) -> Path:
     src = work / "src"
-    rewrite_cuda.main([str(src), *map(str, sorted((ROOT / "csrc" / "cuda").glob("*.cu"))),
+    rewrite_cuda.main([str(src), *map(str, sorted(launchers.glob("*.cu"))),
                        str(ROOT / "csrc" / "tests" / f"test_{test}_cuda.cu")])
     exe = work / f"{test}_{san}"
-    flags = ["-std=c++17", "-O1", "-g", "-Wno-unknown-pragmas", "-DSPECDEC_EMULATED", "-include",
+    flags = ["-std=c++17", "-O2", "-g", "-Wno-unknown-pragmas", "-DSPECDEC_EMULATED", "-include",
              str(EMU / "cuda_emu.h"), f"-I{EMU / 'include'}", f"-I{headers.parent}", f"-I{ROOT / 'csrc' / 'include'}",
              f"-I{ROOT / 'csrc' / 'tests'}", *SAN[san]]
-    sources = [EMU / "cuda_emu.cpp", src / f"{test}.cpp", src / f"test_{test}_cuda.cpp",
+    files = [EMU / "cuda_emu.cpp", src / f"{test}.cpp", src / f"test_{test}_cuda.cpp",
                *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
-    subprocess.run(["g++", *flags, *map(str, sources), "-o", str(exe), "-pthread"], check=True)
+    subprocess.run(["g++", *flags, *map(str, files), "-o", str(exe), "-pthread"], check=True)
     return exe
 
 
-def run(exe: Path) -> subprocess.CompletedProcess:
+def run(exe: Path, test: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=0")
-    return subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run([str(exe), *ARGS.get(test, [])], capture_output=True, text=True, env=env, timeout=900)
 
 
 def main(argv=None) -> int:
@@ -69,31 +127,28 @@ def main(argv=None) -> int:
     chosen = [m for m in MUTATIONS if not args.only or args.only in m[0]]
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for san in sorted({m[4] for m in chosen}):
-            work = Path(tmp) / f"clean-{san}"
-            headers = work / "include" / "specdec"
-            rewrite_cuda.main(["--headers", str(headers), str(ROOT / "csrc" / "include" / "specdec")])
-            r = run(build(work, headers, san, "kv_cache"))
+        failures += selftest(Path(tmp)) if not args.only else 0
+        for san, test in sorted({(m[4], m[5]) for m in chosen}):
+            work = Path(tmp) / f"clean-{san}-{test}"
+            r = run(build(work, *sources(work), san, test), test)
             if r.returncode != 0:
-                print(f"FAIL: the unmutated kernels fail under {san}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+                print(f"FAIL: the unmutated {test} kernels fail under {san}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
                 return 1
-            print(f"ok   unmutated kernels pass under {san}")
+            print(f"ok   unmutated {test} kernels pass under {san}")
         for i, (name, header, find, repl, san, test) in enumerate(chosen):
             work = Path(tmp) / f"m{i}"
-            headers = work / "include" / "specdec"
-            rewrite_cuda.main(["--headers", str(headers), str(ROOT / "csrc" / "include" / "specdec")])
-            text = (headers / header).read_text()
-            if text.count(find) != 1:
-                print(f"FAIL: mutation '{name}' no longer applies to {header} (update its text)")
+            try:
+                paths = sources(work, header, find, repl)
+            except LookupError as e:
+                print(f"FAIL: mutation '{name}': {e}")
                 failures += 1
                 continue
-            (headers / header).write_text(text.replace(find, repl))
-            r = run(build(work, headers, san, test))
+            r = run(build(work, *paths, san, test), test)
             caught = r.returncode != 0
             why = "sanitizer report" if "Sanitizer" in r.stderr else ("emulator error" if "[cuda emulator]" in r.stderr
                                                                       else "test failure")
             print(f"{'ok  ' if caught else 'FAIL'} {name} [{san}]: "
-                  f"{'caught (' + why + ', rc ' + str(r.returncode) + ')' if caught else 'NOT caught'}")
+                  f"{'caught (' + why + ', rc ' + str(r.returncode) + ')' if caught else 'NOT caught'}", flush=True)
             failures += not caught
     return 1 if failures else 0
 

@@ -2,6 +2,7 @@
 
     kernel<<<grid, block, smem, stream>>>(args)  ->  ::emu::launch(kernel, ::emu::config(grid, block, smem, stream), args)
     extern __shared__ __align__(N) T name[];     ->  T* name = reinterpret_cast<T*>(::emu::dynamic_shared());
+    __shared__ T name[N];                         ->  auto& name = ::emu::static_shared<T[N]>(&key)  (one per block)
 
     python rewrite_cuda.py OUT_DIR SRC [SRC ...]      (each SRC is written to OUT_DIR/<basename>[.cpp for .cu])
     python rewrite_cuda.py --headers OUT_DIR SRC_DIR  (every header of SRC_DIR, same names)
@@ -13,6 +14,15 @@ import sys
 from pathlib import Path
 
 _DYN_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
+_STATIC_SMEM = re.compile(r"__shared__\s+(?:__align__\(\s*(\d+)\s*\)\s+)?([\w:<>,\s]+?)\s+(\w+)\s*((?:\[[^\]]*\])*)\s*;")
+
+
+def _static_smem(m: re.Match) -> str:
+    # The address of a function-local static is the declaration's key: one per
+    # declaration and template instantiation.
+    align, t, name, dims = m.group(1) or "0", m.group(2).strip(), m.group(3), m.group(4)
+    return (f"static char {name}__emu_key; "
+            f"auto& {name} = ::emu::static_shared<{t}{dims}>(&{name}__emu_key, {align});")
 
 
 def _kernel_start(text: str, end: int) -> int:
@@ -35,6 +45,7 @@ def _kernel_start(text: str, end: int) -> int:
 
 def rewrite(text: str) -> str:
     text = _DYN_SMEM.sub(lambda m: f"{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>(::emu::dynamic_shared());", text)
+    text = _STATIC_SMEM.sub(_static_smem, text)
     out, pos = [], 0
     while True:
         lt = text.find("<<<", pos)
