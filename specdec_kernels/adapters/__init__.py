@@ -1,10 +1,11 @@
 """Drop-in call conventions of other engines on our kernels: swap the import.
 
     adapters.vllm.rejection_sample     vLLM V1's ``vllm/v1/sample/rejection_sampler.py`` function
+    adapters.flashinfer.chain_speculative_sampling   ``flashinfer.sampling``'s
 
 Each module documents what it allocates beyond the engine's own op and where
 its draws differ from the engine's (same distribution, other random numbers).
 """
-from . import vllm
+from . import flashinfer, vllm
 
-__all__ = ["vllm"]
+__all__ = ["flashinfer", "vllm"]
