@@ -105,17 +105,22 @@ inline void hb_release(void*) {}
 inline void hb_acquire(void*) {}
 #endif
 
+// A saved execution context.
+struct Context {
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+};
+
 struct Fiber {
   unsigned tid = 0;
   uint3 idx{};
   std::atomic<int> state{kIdle};
   std::atomic<uint64_t> result{0};  // of the fiber's last warp exchange
   unsigned char* stack = nullptr;   // [stack, stack + kStackBytes), a guard page below
-#if defined(__x86_64__)
-  void* sp = nullptr;
-#else
-  ucontext_t uc;
-#endif
+  Context ctx;
   void* tsan = nullptr;
 };
 
@@ -171,11 +176,7 @@ struct Worker {
   std::atomic<size_t> alloc_bytes{0}, alloc_align{0};
 
   // The scheduler's context.
-#if defined(__x86_64__)
-  void* sched_sp = nullptr;
-#else
-  ucontext_t sched_uc;
-#endif
+  Context sched;
   void* sched_tsan = nullptr;
   void* sched_stack = nullptr;
   size_t sched_stack_size = 0;
@@ -195,43 +196,38 @@ Fiber& self() { return *ld(t_worker->current); }
 [[noreturn]] void fiber_main();
 
 // ---------------------------------------------------------------- switching
-void enter(Worker& w, Fiber& f) {
-  st(w.current, &f);
+// From the running context to `to`, whose stack is [stack, stack + size) and
+// whose ThreadSanitizer fiber is `tsan_to`; returns when switched back.
+void transfer(Context& from, Context& to, void* tsan_to, void* stack, size_t size) {
 #if EMU_ASAN
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, f.stack, kStackBytes);
+  __sanitizer_start_switch_fiber(&fake, stack, size);
+#else
+  (void)stack;
+  (void)size;
 #endif
 #if EMU_TSAN
-  __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(tsan_to, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)tsan_to;
 #endif
 #if defined(__x86_64__)
-  emu_switch_stack(&w.sched_sp, f.sp);
+  emu_switch_stack(&from.sp, to.sp);
 #else
-  swapcontext(&w.sched_uc, &f.uc);
+  swapcontext(&from.uc, &to.uc);
 #endif
 #if EMU_ASAN
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
 }
 
-// Back to the scheduler; returns when the scheduler runs this fiber again.
-void yield(Worker& w, Fiber& f) {
-#if EMU_ASAN
-  void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, w.sched_stack, w.sched_stack_size);
-#endif
-#if EMU_TSAN
-  __tsan_switch_to_fiber(w.sched_tsan, __tsan_switch_to_fiber_no_sync);
-#endif
-#if defined(__x86_64__)
-  emu_switch_stack(&f.sp, w.sched_sp);
-#else
-  swapcontext(&f.uc, &w.sched_uc);
-#endif
-#if EMU_ASAN
-  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#endif
+void enter(Worker& w, Fiber& f) {
+  st(w.current, &f);
+  transfer(w.sched, f.ctx, f.tsan, f.stack, kStackBytes);
 }
+
+// Back to the scheduler; returns when the scheduler runs this fiber again.
+void yield(Worker& w, Fiber& f) { transfer(f.ctx, w.sched, w.sched_tsan, w.sched_stack, w.sched_stack_size); }
 
 #if !defined(__x86_64__)
 void fiber_trampoline() { fiber_main(); }
@@ -255,13 +251,13 @@ std::unique_ptr<Fiber> make_fiber(Worker& w, unsigned tid) {
   for (int i = 1; i <= 6; ++i) sp[i] = 0;
   sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
   sp[8] = 0;
-  f->sp = sp;
+  f->ctx.sp = sp;
 #else
-  getcontext(&f->uc);
-  f->uc.uc_stack.ss_sp = f->stack;
-  f->uc.uc_stack.ss_size = kStackBytes;
-  f->uc.uc_link = nullptr;
-  makecontext(&f->uc, fiber_trampoline, 0);
+  getcontext(&f->ctx.uc);
+  f->ctx.uc.uc_stack.ss_sp = f->stack;
+  f->ctx.uc.uc_stack.ss_size = kStackBytes;
+  f->ctx.uc.uc_link = nullptr;
+  makecontext(&f->ctx.uc, fiber_trampoline, 0);
 #endif
 #if EMU_TSAN
   f->tsan = __tsan_create_fiber(0);
