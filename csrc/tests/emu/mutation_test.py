@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -126,29 +127,36 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or args.only in m[0]]
     failures = 0
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         failures += selftest(Path(tmp)) if not args.only else 0
-        for san, test in sorted({(m[4], m[5]) for m in chosen}):
+
+        def clean(job):
+            san, test = job
             work = Path(tmp) / f"clean-{san}-{test}"
-            r = run(build(work, *sources(work), san, test), test)
+            return job, run(build(work, *sources(work), san, test), test)
+
+        for (san, test), r in pool.map(clean, sorted({(m[4], m[5]) for m in chosen})):
             if r.returncode != 0:
                 print(f"FAIL: the unmutated {test} kernels fail under {san}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
                 return 1
-            print(f"ok   unmutated {test} kernels pass under {san}")
-        for i, (name, header, find, repl, san, test) in enumerate(chosen):
+            print(f"ok   unmutated {test} kernels pass under {san}", flush=True)
+
+        def mutate(job):
+            i, (name, header, find, repl, san, test) = job
             work = Path(tmp) / f"m{i}"
             try:
                 paths = sources(work, header, find, repl)
             except LookupError as e:
-                print(f"FAIL: mutation '{name}': {e}")
-                failures += 1
-                continue
+                return f"FAIL: mutation '{name}': {e}", False
             r = run(build(work, *paths, san, test), test)
             caught = r.returncode != 0
             why = "sanitizer report" if "Sanitizer" in r.stderr else ("emulator error" if "[cuda emulator]" in r.stderr
                                                                       else "test failure")
-            print(f"{'ok  ' if caught else 'FAIL'} {name} [{san}]: "
-                  f"{'caught (' + why + ', rc ' + str(r.returncode) + ')' if caught else 'NOT caught'}", flush=True)
+            return (f"{'ok  ' if caught else 'FAIL'} {name} [{san}]: "
+                    f"{'caught (' + why + ', rc ' + str(r.returncode) + ')' if caught else 'NOT caught'}"), caught
+
+        for line, caught in pool.map(mutate, enumerate(chosen)):
+            print(line, flush=True)
             failures += not caught
     return 1 if failures else 0
 
