@@ -19,6 +19,16 @@ NEXT_SIBLING = [[-1, 3, -1, -1, -1, -1], [-1, -1, -1, -1, 1, -1]]
 def test_parents_from_linked_lists():
     p = sg.parents_from_linked_lists(torch.tensor(NEXT_TOKEN), torch.tensor(NEXT_SIBLING))
     assert p.tolist() == [[-1, 0, 1, 0, 3, 4], [-1, 0, 1, 2, 0, 4]]
+    # A root with five children (a sibling chain longer than one jump) and a grandchild.
+    nt = torch.tensor([[1, -1, -1, 6, -1, -1, -1]])
+    ns = torch.tensor([[-1, 2, 3, 4, 5, -1, -1]])
+    assert sg.parents_from_linked_lists(nt, ns).tolist() == [[-1, 0, 0, 0, 0, 0, 3]]
+    # 63 children of the root: the chain is as long as the tree.
+    n = 64
+    nt = torch.full((1, n), -1)
+    nt[0, 0] = 1
+    ns = torch.cat([torch.tensor([-1]), torch.arange(2, n), torch.tensor([-1])]).unsqueeze(0)
+    assert sg.parents_from_linked_lists(nt, ns).tolist() == [[-1] + [0] * (n - 1)]
 
 
 def call(device, backend, candidates, probs, uniforms=None, final=None, width=4):

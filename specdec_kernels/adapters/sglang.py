@@ -67,10 +67,11 @@ def parents_from_linked_lists(next_token: torch.Tensor, next_sibling: torch.Tens
     prev = torch.full((batch, n + 1), -1, dtype=torch.int64, device=device)
     prev[rows, torch.where(ns >= 0, ns, n)] = nodes
     prev = prev[:, :n]
+    # Pointer doubling: a chain head points at itself, and each round doubles
+    # how far back every pointer reaches.
     head = torch.where(prev < 0, nodes, prev)
     for _ in range(max(1, math.ceil(math.log2(max(n, 2))))):
-        up = prev.gather(1, head)
-        head = torch.where(up < 0, head, up)
+        head = head.gather(1, head)
     parents = head_parent[:, :n].gather(1, head)
     parents[:, 0] = -1
     return parents.to(torch.int32)
