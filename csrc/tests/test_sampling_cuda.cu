@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -220,11 +219,9 @@ int main() {
   }
   std::mt19937 rng(7);
   int differ = 0, requests = 0;
-  const std::initializer_list<int64_t> vocabs = {1, 7, 50, 3000};
-  const int batch = 16;
-  for (int64_t vocab : vocabs) {
+  for (int64_t vocab : {1, 7, 50, 3000}) {
     for (bool bf16 : {false, true}) {
-      const Case c = make_case(rng, vocab, bf16, batch);
+      const Case c = make_case(rng, vocab, bf16, 16);
       differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
       for (bool philox : {false, true}) {
         differ += compare(c, specdec::VerifyMode::kRejection, false, philox, 0, 1.f, &requests);

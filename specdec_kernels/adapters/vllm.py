@@ -105,12 +105,8 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
 
     all_greedy = bool(getattr(sampling_metadata, "all_greedy", False))
     temperature = getattr(sampling_metadata, "temperature", None)
-    if not all_greedy:
-        if not isinstance(temperature, torch.Tensor) or temperature.shape != (batch,):
-            fail(_OP, f"sampling_metadata.temperature must be a [B={batch}] tensor unless all_greedy")
-        greedy = temperature.to(device=device, dtype=torch.float32) <= 0
-    else:
-        greedy = torch.ones(batch, dtype=torch.bool, device=device)
+    if not all_greedy and (not isinstance(temperature, torch.Tensor) or temperature.shape != (batch,)):
+        fail(_OP, f"sampling_metadata.temperature must be a [B={batch}] tensor unless all_greedy")
 
     # Our layout: request b is a chain of n_b + 1 nodes. Node 0 is the root
     # (its token unread); row j (j < n_b) is the distribution draft j is judged
@@ -120,6 +116,7 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
     total = num_tokens + batch
     indptr = torch.zeros(batch + 1, dtype=torch.int64, device=device)
     torch.cumsum(n + 1, 0, out=indptr[1:])
+    indptr32 = indptr.to(torch.int32)
     # Draft t of request b is judged on our row t + b and is node t + b + 1.
     row_of = torch.arange(num_tokens, device=device) + torch.repeat_interleave(
         torch.arange(batch, device=device), n, output_size=num_tokens)
@@ -138,7 +135,7 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
         q.index_copy_(0, row_of, draft_probs)
 
     if all_greedy:
-        res = sampling.verify_greedy(tokens, parents, indptr.to(torch.int32), logits, max_depth=max_spec_len,
+        res = sampling.verify_greedy(tokens, parents, indptr32, logits, max_depth=max_spec_len,
                                      validate=False, backend=backend)
     else:
         uniforms = torch.rand(total, dtype=torch.float32, device=device)
@@ -151,7 +148,7 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
                 if 0 <= b < batch and num_draft_tokens[b] > 0:  # as vLLM: no draws for a request with no drafts
                     uniforms[starts[b]:starts[b + 1]] = torch.rand(num_draft_tokens[b] + 1, generator=g,
                                                                    device=device, dtype=torch.float32)
-        res = sampling.verify_rejection(tokens, parents, indptr.to(torch.int32), logits, q,
-                                        temperature=torch.where(greedy, 0.0, 1.0).float(), uniforms=uniforms,
+        res = sampling.verify_rejection(tokens, parents, indptr32, logits, q,
+                                        temperature=torch.where(temperature.to(device) <= 0, 0.0, 1.0).float(), uniforms=uniforms,
                                         max_depth=max_spec_len, validate=False, backend=backend)
     return res.tokens.to(torch.int32)

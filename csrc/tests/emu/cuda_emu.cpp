@@ -233,7 +233,7 @@ void yield(Worker& w, Fiber& f) { transfer(f.ctx, w.sched, w.sched_tsan, w.sched
 void fiber_trampoline() { fiber_main(); }
 #endif
 
-std::unique_ptr<Fiber> make_fiber(Worker& w, unsigned tid) {
+std::unique_ptr<Fiber> make_fiber(unsigned tid) {
   auto f = std::make_unique<Fiber>();
   f->tid = tid;
   const size_t page = 4096;
@@ -262,7 +262,6 @@ std::unique_ptr<Fiber> make_fiber(Worker& w, unsigned tid) {
 #if EMU_TSAN
   f->tsan = __tsan_create_fiber(0);
 #endif
-  (void)w;
   return f;
 }
 
@@ -387,7 +386,7 @@ void run_block(Worker& w) {
 void run_launch(Worker& w, const Launch& L) {
   w.run = &L;
   const Config& c = L.cfg;
-  while (w.fibers.size() < L.threads) w.fibers.push_back(make_fiber(w, unsigned(w.fibers.size())));
+  while (w.fibers.size() < L.threads) w.fibers.push_back(make_fiber(unsigned(w.fibers.size())));
   for (unsigned t = 0; t < L.threads; ++t)
     w.fibers[t]->idx = uint3{t % c.block.x, (t / c.block.x) % c.block.y, t / (c.block.x * c.block.y)};
   const unsigned nwarps = (L.threads + 31) / 32;
