@@ -48,10 +48,20 @@ i)`` itself (ints or int64 device tensors, so a CUDA graph can replay the call
 while the caller advances ``offset`` by N), or a ``generator`` (or nothing: the
 default generator), which fills uniforms with ``torch.rand``.
 
+Probabilities in: pass ``target_probs=`` instead of ``target_logits`` when
+the caller holds probabilities (vLLM, FlashInfer and SGLang do). Each rule
+then reads a row p as the logits log(p), element by element inside the
+kernel (no log pass, no copy), so softmax gives p / sum(p): rows need not be
+normalised, temperature acts as p^(1/T), top-k / top-p filter p. Greedy takes
+the argmax of p itself (log would only blur near-ties). Probabilities that
+already carry the temperature and filters want ``temperature=1`` and no
+filters.
+
 Invalid rows: a row the rule reads that holds a NaN, or whose largest logit
-is not finite (+inf, or all -inf), cannot define a distribution. That request
-gets ``num_accepted = -1`` and all -1 rows; with ``validate=True`` the op
-raises instead, naming the request and the row.
+is not finite (+inf, or all -inf), cannot define a distribution (for
+probabilities: a NaN or negative value, or no finite positive maximum). That
+request gets ``num_accepted = -1`` and all -1 rows; with ``validate=True`` the
+op raises instead, naming the request and the row.
 """
 from __future__ import annotations
 
@@ -84,8 +94,8 @@ class VerifyResult(NamedTuple):
     tokens: torch.Tensor
 
 
-def verify_greedy(draft_tokens, parents, qo_indptr, target_logits, *, max_depth: int | None = None,
-                  validate: bool = True, backend: str = "auto") -> VerifyResult:
+def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None,
+                  max_depth: int | None = None, validate: bool = True, backend: str = "auto") -> VerifyResult:
     """Greedy verification of a ragged batch of chains or trees.
 
     Args:
@@ -95,22 +105,25 @@ def verify_greedy(draft_tokens, parents, qo_indptr, target_logits, *, max_depth:
             (at most 256 nodes; an empty request yields num_accepted 0 and -1 rows).
         target_logits: float32, bfloat16 or float16 ``[N, V]``, last dim
             contiguous; read in place, never copied.
+        target_probs: the same, holding probabilities, in place of
+            target_logits (module docstring); pass exactly one of the two.
         max_depth: output width - 1. None: the deepest tree (reads ``parents``,
             a sync on CUDA). Nodes deeper than max_depth are ignored.
         validate: check index values and raise on invalid logits (syncs).
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
     """
     return _verify("verify_greedy", ref_sampling.GREEDY, draft_tokens, parents, qo_indptr, target_logits,
-                   None, {}, None, None, None, 0, max_depth, validate, backend)
+                   target_probs, None, {}, None, None, None, 0, max_depth, validate, backend)
 
 
-def verify_rejection(draft_tokens, parents, qo_indptr, target_logits, draft_probs=None, *,
-                     temperature=1.0, top_k=0, top_p=1.0, uniforms=None, seed=None, offset=0,
+def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft_probs=None, *,
+                     target_probs=None, temperature=1.0, top_k=0, top_p=1.0, uniforms=None, seed=None, offset=0,
                      generator=None, max_depth: int | None = None, validate: bool = True,
                      backend: str = "auto") -> VerifyResult:
     """Exact (lossless) rejection sampling over a ragged batch of chains or trees.
 
     Args (beyond ``verify_greedy``'s):
+        target_probs: probabilities in place of target_logits (module docstring).
         draft_probs: ``[N, V]`` float32/bfloat16/float16 or None. Row n is the
             drafter's distribution that node n's children were sampled from
             (rows of leaves are not read). None: children are deterministic
@@ -120,23 +133,23 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits, draft_prob
         uniforms / seed + offset / generator: the randomness (module docstring).
     """
     batch = _batch_size("verify_rejection", qo_indptr)
-    device = target_logits.device if isinstance(target_logits, torch.Tensor) else None
+    device = _target_device(target_logits, target_probs)
     params = {
         "temperature": _per_request("verify_rejection", "temperature", temperature, batch, torch.float32, device),
         "top_k": _per_request("verify_rejection", "top_k", top_k, batch, torch.int32, device),
         "top_p": _per_request("verify_rejection", "top_p", top_p, batch, torch.float32, device),
     }
     return _verify("verify_rejection", ref_sampling.REJECTION, draft_tokens, parents, qo_indptr, target_logits,
-                   draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend)
+                   target_probs, draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend)
 
 
-def verify_typical(draft_tokens, parents, qo_indptr, target_logits, *, temperature=1.0,
+def verify_typical(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None, temperature=1.0,
                    posterior_threshold=0.09, posterior_alpha=0.3, uniforms=None, seed=None, offset=0,
                    generator=None, max_depth: int | None = None, validate: bool = True,
                    backend: str = "auto") -> VerifyResult:
     """Medusa's typical acceptance (lossy: faster, not distributed as the target).
 
-    Args (beyond ``verify_greedy``'s):
+    Args (beyond ``verify_greedy``'s, target_probs included):
         temperature: float or float32 ``[B]``, >= 0; 0 = greedy for that request.
         posterior_threshold (eps), posterior_alpha: float or float32 ``[B]``, > 0.
         uniforms / seed + offset / generator: the randomness (module docstring);
@@ -144,15 +157,21 @@ def verify_typical(draft_tokens, parents, qo_indptr, target_logits, *, temperatu
     """
     op = "verify_typical"
     batch = _batch_size(op, qo_indptr)
-    device = target_logits.device if isinstance(target_logits, torch.Tensor) else None
+    device = _target_device(target_logits, target_probs)
     params = {
         "temperature": _per_request(op, "temperature", temperature, batch, torch.float32, device),
         "posterior_threshold": _per_request(op, "posterior_threshold", posterior_threshold, batch,
                                             torch.float32, device),
         "posterior_alpha": _per_request(op, "posterior_alpha", posterior_alpha, batch, torch.float32, device),
     }
-    return _verify(op, ref_sampling.TYPICAL, draft_tokens, parents, qo_indptr, target_logits, None, params,
+    return _verify(op, ref_sampling.TYPICAL, draft_tokens, parents, qo_indptr, target_logits, target_probs, None,
+                   params,
                    uniforms, seed, generator, offset, max_depth, validate, backend)
+
+
+def _target_device(target_logits, target_probs):
+    target = target_logits if target_logits is not None else target_probs
+    return target.device if isinstance(target, torch.Tensor) else None
 
 
 def _batch_size(op, qo_indptr) -> int:
@@ -175,16 +194,22 @@ def _per_request(op, name, value, batch, dtype, device):
     return torch.full((batch,), value, dtype=dtype, device=device)
 
 
-def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, draft_probs, params, uniforms, seed,
-            generator, offset, max_depth, validate, backend) -> VerifyResult:
-    _checks.check_tensor(op, "target_logits", target_logits, dim=2, dtype=LOGITS_DTYPES)
+def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_probs, draft_probs, params, uniforms,
+            seed, generator, offset, max_depth, validate, backend) -> VerifyResult:
+    if (target_logits is None) == (target_probs is None):
+        fail(op, "pass exactly one of target_logits and target_probs, got "
+                 f"{'both' if target_logits is not None else 'neither'}", TypeError)
+    is_probs = target_probs is not None
+    target_name = "target_probs" if is_probs else "target_logits"
+    target_logits = target_probs if is_probs else target_logits
+    _checks.check_tensor(op, target_name, target_logits, dim=2, dtype=LOGITS_DTYPES)
     device = target_logits.device
     num_tokens, vocab = target_logits.shape
     if vocab == 0:
-        fail(op, "target_logits must have a vocabulary of at least 1 (V >= 1), got V = 0")
-    _checks.check_last_dim_contiguous(op, "target_logits", target_logits)
+        fail(op, f"{target_name} must have a vocabulary of at least 1 (V >= 1), got V = 0")
+    _checks.check_last_dim_contiguous(op, target_name, target_logits)
     _checks.check_tensor(op, "draft_tokens", draft_tokens, dim=1, dtype=(torch.int64, torch.int32), device=device)
-    _checks.check_shape(op, "draft_tokens", draft_tokens, (num_tokens,), f"[N={num_tokens}] (target_logits' rows)")
+    _checks.check_shape(op, "draft_tokens", draft_tokens, (num_tokens,), f"[N={num_tokens}] ({target_name}' rows)")
     _checks.check_index_vector(op, "parents", parents, num_tokens, device)
     batch = _batch_size(op, qo_indptr)
     _checks.check_index_vector(op, "qo_indptr", qo_indptr, batch + 1, device)
@@ -213,16 +238,16 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, draft_pro
     if chosen == "reference":
         if uniforms is None and philox is not None:
             uniforms = _philox_tensor_uniforms(philox, num_tokens, device)
-        out = ref_sampling.verify(*args, uniforms, mode, width)
+        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs)
     elif chosen == "triton":
         from .triton import sampling as triton_sampling
 
-        out = triton_sampling.verify(*args, uniforms, philox, mode, width)
+        out = triton_sampling.verify(*args, uniforms, philox, mode, width, is_probs)
     else:
-        out = torch.ops.specdec.verify_tree(*args, uniforms, philox, mode, width)
+        out = torch.ops.specdec.verify_tree(*args, uniforms, philox, mode, width, is_probs)
     result = VerifyResult(*out)
     if validate:
-        _raise_on_invalid_rows(op, result, qo_indptr, parents, target_logits)
+        _raise_on_invalid_rows(op, result, qo_indptr, target_logits, target_name)
     return result
 
 
@@ -328,18 +353,22 @@ def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, d
             fail(op, f"draft_probs row {i} holds a negative, NaN or infinite value")
 
 
-def _raise_on_invalid_rows(op, result, qo_indptr, parents, target_logits) -> None:
+def _raise_on_invalid_rows(op, result, qo_indptr, target, target_name) -> None:
     flagged = (result.num_accepted < 0).cpu()
     if not flagged.any():
         return
     b = int(flagged.nonzero()[0, 0])
     s, e = (int(x) for x in qo_indptr[b:b + 2].cpu())
-    rows = target_logits[s:e].float()
+    rows = target[s:e].float()
+    if target_name == "target_probs":
+        rows = torch.log(rows)  # NaN where negative, -inf where 0: the logits the rule reads
+        rule = "rows without NaN or negative values whose largest probability is finite and positive"
+    else:
+        rule = "rows without NaN whose largest logit is finite"
     bad = (torch.isnan(rows).any(dim=1) | ~torch.isfinite(rows.max(dim=1).values)).cpu()
     detail = ""
     if bad.any():
         i = int(bad.nonzero()[0, 0])
-        detail = f" (row {s + i}, node {i}, holds a NaN or has no finite maximum)"
-    fail(op, f"target_logits of request {b} cannot define a distribution{detail}; the rule reads "
-             "rows without NaN whose largest logit is finite. With validate=False such a request "
-             "returns num_accepted = -1 instead of raising.")
+        detail = f" (row {s + i}, node {i})"
+    fail(op, f"{target_name} of request {b} cannot define a distribution{detail}; the rule reads {rule}. "
+             "With validate=False such a request returns num_accepted = -1 instead of raising.")

@@ -74,14 +74,23 @@ float load_one(const void* base, DType dtype, int64_t stride, int64_t row, int64
   }
 }
 
-// No NaN and a finite maximum: the row defines a distribution.
-bool row_valid(const std::vector<float>& x) {
+// No NaN and a finite maximum: the row defines a distribution. For a row of
+// probabilities (the same test on its log): no NaN or negative value, and a
+// finite positive maximum.
+bool row_valid(const std::vector<float>& x, bool probs) {
   float best = -kInf;
   for (float v : x) {
-    if (std::isnan(v)) return false;
+    if (std::isnan(v) || (probs && v < 0.f)) return false;
     best = std::max(best, v);
   }
-  return std::isfinite(best);
+  return std::isfinite(best) && (!probs || best > 0.f);
+}
+
+// A row of probabilities read as logits: z = log(p), so softmax(z) = p / sum(p).
+void as_logits(std::vector<float>& row, bool probs) {
+  if (probs) {
+    for (float& v : row) v = std::log(v);
+  }
 }
 
 int64_t argmax_lowest(const std::vector<float>& x) {
@@ -186,8 +195,8 @@ Outcome walk_greedy(const Request& req, std::vector<float>& row) {
   int64_t node = 0;
   while (true) {
     load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + node, a.vocab, row);
-    if (!row_valid(row)) return Outcome{false, {}, -1};
-    const int64_t best = argmax_lowest(row);
+    if (!row_valid(row, a.logits_are_probs)) return Outcome{false, {}, -1};
+    const int64_t best = argmax_lowest(row);  // of p itself for probabilities: log would only blur ties
     int64_t next = -1;
     if (int64_t(out.path.size()) < a.width) {
       req.first_child(node, [&](int64_t c) { return req.token(c) == best ? (next = c, true) : false; });
@@ -211,7 +220,8 @@ Outcome walk_rejection(const Request& req, std::vector<float>& row) {
   int64_t node = 0;
   while (true) {
     load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + node, a.vocab, row);
-    if (!row_valid(row)) return Outcome{false, {}, -1};
+    if (!row_valid(row, a.logits_are_probs)) return Outcome{false, {}, -1};
+    as_logits(row, a.logits_are_probs);
     target_probs(row, temperature, top_k, top_p, r);
     const bool with_q = a.draft_probs != nullptr;
     if (with_q) load_row(a.draft_probs, a.probs_dtype, a.probs_stride, req.start + node, a.vocab, q);
@@ -257,8 +267,9 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     if (s.computed) return s;
     s.computed = true;
     load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + n, a.vocab, row);
-    s.valid = row_valid(row);
+    s.valid = row_valid(row, a.logits_are_probs);
     if (!s.valid) return s;
+    as_logits(row, a.logits_are_probs);
     for (int64_t i = 0; i < a.vocab; ++i) z[i] = row[i] / temperature;
     s.m = *std::max_element(z.begin(), z.end());
     double total = 0.0, entropy = 0.0;
@@ -272,8 +283,8 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     return s;
   };
   auto prob = [&](const TypicalStats& s, int64_t n, int64_t x) {
-    return std::exp(load_one(a.logits, a.logits_dtype, a.logits_stride, req.start + n, x) / temperature - s.m) /
-           s.total;
+    const float v = load_one(a.logits, a.logits_dtype, a.logits_stride, req.start + n, x);
+    return std::exp((a.logits_are_probs ? std::log(v) : v) / temperature - s.m) / s.total;
   };
 
   std::vector<char> ok(req.size, 0);
@@ -302,6 +313,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
   const TypicalStats& s = stats_of(best);
   if (!s.valid) return Outcome{false, {}, -1};
   load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + best, a.vocab, row);
+  as_logits(row, a.logits_are_probs);
   std::vector<float> w(a.vocab);
   for (int64_t i = 0; i < a.vocab; ++i) {
     const float p = std::exp(row[i] / temperature - s.m) / s.total;

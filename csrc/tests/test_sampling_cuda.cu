@@ -1,6 +1,6 @@
 // verify_cuda against verify_cpu on random ragged batches of chains and
-// trees, every mode, fp32 and bf16 logits, explicit uniforms and in-kernel
-// Philox. Outputs are poisoned first, so an unwritten element fails. Greedy
+// trees, every mode, fp32 and bf16 logits or probabilities (logits_are_probs),
+// explicit uniforms and in-kernel Philox. Outputs are poisoned first, so an unwritten element fails. Greedy
 // must match exactly; sampled requests may differ only through rounding at a
 // boundary (counted, at most 1%). Exits 77 (skipped) without a CUDA device.
 #include <cuda_bf16.h>
@@ -53,6 +53,7 @@ uint16_t bf16_bits(float f) {  // round to nearest even (finite inputs)
 struct Case {
   int64_t vocab;
   bool bf16;
+  bool target_probs;  // rows hold unnormalised probabilities (some exactly 0)
   std::vector<int64_t> tokens;
   std::vector<int32_t> parents, indptr{0};
   std::vector<float> logits, probs, uniforms;  // logits as stored (bf16-rounded when bf16)
@@ -60,10 +61,11 @@ struct Case {
   int32_t width = 1;
 };
 
-Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, int batch) {
+Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, bool target_probs, int batch) {
   Case c;
   c.vocab = vocab;
   c.bf16 = bf16;
+  c.target_probs = target_probs;
   std::uniform_int_distribution<int> size_d(0, 12), tok_d(0, int(vocab) - 1);
   std::normal_distribution<float> n_d(0.f, 2.f);
   std::uniform_real_distribution<float> u_d(0.f, 1.f);
@@ -76,6 +78,7 @@ Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, int batch) {
       std::vector<float> row(vocab);
       for (auto& v : row) {
         v = n_d(rng);
+        if (target_probs) v = u_d(rng) < 0.1f ? 0.f : std::exp(v);
         if (bf16) {
           const uint16_t h = bf16_bits(v);
           c.logits_bf16.push_back(h);
@@ -120,6 +123,7 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
   a.logits = logits;
   a.logits_dtype = c.bf16 ? specdec::DType::kBFloat16 : specdec::DType::kFloat32;
   a.logits_stride = c.vocab;
+  a.logits_are_probs = c.target_probs;
   if (with_q) {
     a.draft_probs = probs;
     a.probs_dtype = specdec::DType::kFloat32;
@@ -220,8 +224,10 @@ int main() {
   std::mt19937 rng(7);
   int differ = 0, requests = 0;
   for (int64_t vocab : {1, 7, 50, 3000}) {
-    for (bool bf16 : {false, true}) {
-      const Case c = make_case(rng, vocab, bf16, 16);
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool bf16 = variant & 1, target_probs = variant & 2;
+      if (target_probs && (vocab == 1 || vocab == 50)) continue;  // probabilities: two vocabularies suffice
+      const Case c = make_case(rng, vocab, bf16, target_probs, 16);
       differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
       for (bool philox : {false, true}) {
         differ += compare(c, specdec::VerifyMode::kRejection, false, philox, 0, 1.f, &requests);

@@ -114,6 +114,7 @@ VerifyArgs verify_args(const VerifyTensors& t, at::Tensor& num_accepted, at::Ten
   a.logits = t.target_logits.data_ptr();
   a.logits_dtype = dtype_of(kOp, t.target_logits);
   a.logits_stride = t.target_logits.stride(0);
+  a.logits_are_probs = t.target_is_probs;
   if (t.draft_probs.has_value()) {
     a.draft_probs = t.draft_probs->data_ptr();
     a.probs_dtype = dtype_of(kOp, *t.draft_probs);

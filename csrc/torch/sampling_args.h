@@ -27,6 +27,7 @@ struct VerifyTensors {
   const std::optional<at::Tensor>& philox;
   int64_t mode;
   int64_t width;
+  bool target_is_probs;
 };
 
 // Shapes, dtypes, devices, strides, and which optional tensors the mode needs;

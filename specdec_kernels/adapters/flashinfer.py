@@ -29,9 +29,11 @@ Conventions (FlashInfer's):
 * A request whose rows hold no valid distribution gets -1 tokens and adds 0 to
   the counters.
 
-Cost, beyond FlashInfer's op: our verify ops take logits, so ``log(target_probs)``
-is one fp32 ``[B (n + 1), V]`` copy, and ``draft_probs`` gets a zero bonus row
-(a ``[B, n + 1, V]`` copy in its dtype). No host sync on CUDA.
+Cost, beyond FlashInfer's op: ``target_probs`` is read in place (our ops take
+probabilities natively; a non-contiguous tensor is made contiguous first).
+``draft_probs`` gets a zero row per request at the bonus position, so it lines
+up with our one-row-per-node layout: one ``[B, n + 1, V]`` copy in its own
+dtype (no fp32 conversion). The rest is O(B n). No host sync on CUDA.
 """
 from __future__ import annotations
 
@@ -90,14 +92,14 @@ def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch
     # Our layout: request b is a chain of n + 1 nodes (root, then the drafts);
     # row j is the distribution draft j (node j + 1) is judged against.
     rows = batch * n1
-    logits = target_probs.reshape(rows, vocab).float().log()
+    probs = target_probs.reshape(rows, vocab)
     q = torch.cat([draft_probs, draft_probs.new_zeros(batch, 1, vocab)], 1).reshape(rows, vocab)
     tokens = torch.cat([torch.zeros(batch, 1, dtype=torch.int64, device=device), draft_token_ids.long()], 1)
     tokens = tokens.reshape(rows)
     local = torch.arange(n1, dtype=torch.int32, device=device) - 1
     parents = local.repeat(batch)
     indptr = (torch.arange(batch + 1, dtype=torch.int32, device=device) * n1)
-    res = sampling.verify_rejection(tokens, parents, indptr, logits, q, temperature=1.0,
+    res = sampling.verify_rejection(tokens, parents, indptr, None, q, target_probs=probs, temperature=1.0,
                                     generator=generator, seed=seed, offset=0 if offset is None else offset,
                                     max_depth=n, validate=False, backend=backend)
     emitted = res.num_accepted.clamp(min=0)

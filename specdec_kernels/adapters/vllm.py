@@ -35,11 +35,15 @@ ours (one uniform per position, the recovered token by inverse CDF), not
 vLLM's exponential race, so a seeded request reproduces itself here but not
 vLLM's exact tokens; the distribution is the same.
 
-Cost, beyond vLLM's op: the request's chain becomes our ragged layout, which
-needs one fp32 ``[num_tokens + B, V]`` copy of ``log(target_probs)`` (plus the
-bonus rows) and, with draft probabilities, one ``[num_tokens + B, V]`` copy of
-them; index tensors are O(num_tokens). No host sync on CUDA beyond what
-``num_draft_tokens`` (a host list, as in vLLM) already gives.
+Cost, beyond vLLM's op: our layout has one row per node, so each request needs
+a row for its bonus position, which vLLM's ``target_probs`` lacks (vLLM
+samples the bonus token itself). The adapter builds ``[num_tokens + B, V]``
+rows in ``target_probs``' own dtype: the given rows copied, plus a point mass
+on the bonus token per request; our ops read them as probabilities natively
+(no log pass, no fp32 conversion). With draft probabilities, one
+``[num_tokens + B, V]`` copy of them in their dtype. Index tensors are
+O(num_tokens). No host sync on CUDA beyond what ``num_draft_tokens`` (a host
+list, as in vLLM) already gives.
 """
 from __future__ import annotations
 
@@ -122,9 +126,12 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
         torch.arange(batch, device=device), n, output_size=num_tokens)
     bonus_rows = indptr[1:] - 1
 
-    logits = torch.full((total, vocab), float("-inf"), dtype=torch.float32, device=device)
-    logits.index_copy_(0, row_of, target_probs.float() if all_greedy else target_probs.float().log())
-    logits[bonus_rows, bonus_token_ids.reshape(-1).long()] = 0.0
+    # all_greedy: vLLM passes logits, and -inf / 0 make the bonus point mass;
+    # otherwise probabilities, and 0 / 1 do.
+    empty, mass = (float("-inf"), 0.0) if all_greedy else (0.0, 1.0)
+    rows = torch.full((total, vocab), empty, dtype=target_probs.dtype, device=device)
+    rows.index_copy_(0, row_of, target_probs)
+    rows[bonus_rows, bonus_token_ids.reshape(-1).long()] = mass
     tokens = torch.zeros(total, dtype=torch.int64, device=device)
     tokens.index_copy_(0, row_of + 1, draft_token_ids.long())
     req = torch.repeat_interleave(torch.arange(batch, device=device), n + 1, output_size=total)
@@ -135,7 +142,7 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
         q.index_copy_(0, row_of, draft_probs)
 
     if all_greedy:
-        res = sampling.verify_greedy(tokens, parents, indptr32, logits, max_depth=max_spec_len,
+        res = sampling.verify_greedy(tokens, parents, indptr32, rows, max_depth=max_spec_len,
                                      validate=False, backend=backend)
     else:
         uniforms = torch.rand(total, dtype=torch.float32, device=device)
@@ -148,7 +155,8 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
                 if 0 <= b < batch and num_draft_tokens[b] > 0:  # as vLLM: no draws for a request with no drafts
                     uniforms[starts[b]:starts[b + 1]] = torch.rand(num_draft_tokens[b] + 1, generator=g,
                                                                    device=device, dtype=torch.float32)
-        res = sampling.verify_rejection(tokens, parents, indptr32, logits, q,
-                                        temperature=torch.where(temperature.to(device) <= 0, 0.0, 1.0).float(), uniforms=uniforms,
+        res = sampling.verify_rejection(tokens, parents, indptr32, None, q, target_probs=rows,
+                                        temperature=torch.where(temperature.to(device) <= 0, 0.0, 1.0).float(),
+                                        uniforms=uniforms,
                                         max_depth=max_spec_len, validate=False, backend=backend)
     return res.tokens.to(torch.int32)

@@ -101,11 +101,13 @@ def _children(parents: list[int], node: int) -> list[int]:
     return [c for c in range(node + 1, len(parents)) if parents[c] == node]
 
 
-def _walk_greedy(rows, tokens, parents, width):
-    """Accept the first child whose token is the argmax; bonus = argmax at the end."""
+def _walk_greedy(rows, logit_rows, tokens, parents, width):
+    """Accept the first child whose token is the argmax; bonus = argmax at the end.
+    The argmax is of ``rows`` (probabilities, when given: their log would only
+    blur near-ties); validity is judged on ``logit_rows``."""
     path, node = [0], 0
     while True:
-        if not row_is_valid(rows[node]):
+        if not row_is_valid(logit_rows[node]):
             return None
         best = argmax_lowest(rows[node])
         nxt = None
@@ -215,9 +217,14 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha):
 
 
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
-           posterior_threshold, posterior_alpha, uniforms, mode, width):
+           posterior_threshold, posterior_alpha, uniforms, mode, width, target_is_probs=False):
     """Returns (num_accepted int32 [B], accepted_nodes int32 [B, width],
-    tokens int64 [B, width]) on the logits' device; uniforms float32 [N]."""
+    tokens int64 [B, width]) on the logits' device; uniforms float32 [N].
+
+    target_is_probs: ``target_logits`` holds probabilities (not necessarily
+    normalised); every rule reads them as the logits ``log(p)``, so a row is
+    valid iff it has no NaN or negative value and a finite positive maximum,
+    and greedy takes the argmax of p itself."""
     device = target_logits.device
     batch = qo_indptr.numel() - 1
     num_accepted = torch.zeros(batch, dtype=torch.int32)
@@ -232,16 +239,17 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         if e == s:
             continue
         rows = target_logits[s:e].cpu()
+        logit_rows = torch.log(rows.float()) if target_is_probs else rows
         tokens, par = all_tokens[s:e], all_parents[s:e]
         temp = 0.0 if mode == GREEDY else float(temperature[b])
         u = u_all[s:e] if u_all is not None else None
         if temp == 0.0:
-            result = _walk_greedy(rows, tokens, par, width)
+            result = _walk_greedy(rows, logit_rows, tokens, par, width)
         elif mode == REJECTION:
             q_rows = draft_probs[s:e].cpu() if draft_probs is not None else None
-            result = _walk_rejection(rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]))
+            result = _walk_rejection(logit_rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]))
         else:
-            result = _walk_typical(rows, tokens, par, width, u, temp, float(posterior_threshold[b]),
+            result = _walk_typical(logit_rows, tokens, par, width, u, temp, float(posterior_threshold[b]),
                                    float(posterior_alpha[b]))
         if result is None:  # a row the rule reads cannot define a distribution
             num_accepted[b] = -1

@@ -69,79 +69,98 @@ def _pick(vec, idx, i):
 
 
 @triton.jit
-def _z(row_ptr, offs, V, temperature):
-    x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-    return tl.math.div_rn(x, temperature)
+def _logit(ptrs, mask, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    """The logits at ptrs, -inf where masked off; log(p) for a row of probabilities."""
+    if PROBS:
+        x = _log(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), LIBDEVICE)
+    else:
+        x = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
+    return x
 
 
 @triton.jit
-def _e(row_ptr, offs, V, temperature, m, thr, LIBDEVICE: tl.constexpr):
+def _z(row_ptr, offs, V, temperature, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    return tl.math.div_rn(_logit(row_ptr + offs, offs < V, PROBS, LIBDEVICE), temperature)
+
+
+@triton.jit
+def _e(row_ptr, offs, V, temperature, m, thr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr):
     """exp(z - m) of the tokens whose key is >= thr, 0 elsewhere and past V."""
-    z = _z(row_ptr, offs, V, temperature)
+    z = _z(row_ptr, offs, V, temperature, PROBS, LIBDEVICE)
     return tl.where((_key(z) >= thr) & (offs < V), _exp(z - m, LIBDEVICE), 0.0)
 
 
 @triton.jit
-def _e_at(row_ptr, x, V, temperature, m, thr, LIBDEVICE: tl.constexpr):
+def _e_at(row_ptr, x, V, temperature, m, thr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr):
     """_e of one token; 0 outside [0, V), without reading there."""
     inside = (x >= 0) & (x < V)
-    z = tl.math.div_rn(tl.load(row_ptr + tl.where(inside, x, 0)).to(tl.float32), temperature)
+    z = tl.math.div_rn(_logit(row_ptr + tl.where(inside, x, 0), inside, PROBS, LIBDEVICE), temperature)
     return tl.where(inside & (_key(z) >= thr), _exp(z - m, LIBDEVICE), 0.0)
 
 
 @triton.jit
-def _scan(row_ptr, V, BLOCK_V: tl.constexpr):
-    """-> (argmax, lowest index on ties; max; valid: no NaN and a finite max)."""
+def _scan(row_ptr, V, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """-> (argmax, lowest index on ties; max logit; valid: no NaN and a finite max).
+    A row of probabilities: the argmax of p itself (log would only blur
+    near-ties), max logit log(max p), valid iff no NaN or negative value and
+    a finite positive max, the same test on log(p)."""
     best = tl.full([], float("-inf"), tl.float32)
     idx = tl.full([], 0, tl.int32)
     nans = tl.full([], 0, tl.int32)
     for s in range(0, V, BLOCK_V):
         offs = s + tl.arange(0, BLOCK_V)
         x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        nans += tl.sum((x != x).to(tl.int32), 0)
+        bad = x != x
+        if PROBS:
+            bad = bad | ((x < 0.0) & (offs < V))
+        nans += tl.sum(bad.to(tl.int32), 0)
         x = tl.where(x != x, float("-inf"), x)
         cm = tl.max(x, 0)
         ci = tl.min(tl.where(x == cm, offs, _BIG), 0)
         better = cm > best
         idx = tl.where(better, ci, idx)
         best = tl.where(better, cm, best)
+    if PROBS:
+        best = _log(best, LIBDEVICE)
     valid = (nans == 0) & (best > float("-inf")) & (best < float("inf"))
     return idx, best, valid
 
 
 @triton.jit
-def _total(row_ptr, V, temperature, m, thr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
+def _total(row_ptr, V, temperature, m, thr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
     """-> (sum of _e in float64, how many tokens have _e > 0)."""
     total = tl.full([], 0.0, tl.float64)
     count = tl.full([], 0, tl.int32)
     for s in range(0, V, BLOCK_V):
-        e = _e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, thr, LIBDEVICE)
+        e = _e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, thr, PROBS, LIBDEVICE)
         total += tl.sum(e.to(tl.float64), 0)
         count += tl.sum((e > 0.0).to(tl.int32), 0)
     return total, count
 
 
 @triton.jit
-def _count_at_least(row_ptr, V, temperature, key, BLOCK_V: tl.constexpr):
+def _count_at_least(row_ptr, V, temperature, key, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                    BLOCK_V: tl.constexpr):
     n = tl.full([], 0, tl.int32)
     for s in range(0, V, BLOCK_V):
         offs = s + tl.arange(0, BLOCK_V)
-        n += tl.sum(((_key(_z(row_ptr, offs, V, temperature)) >= key) & (offs < V)).to(tl.int32), 0)
+        n += tl.sum(((_key(_z(row_ptr, offs, V, temperature, PROBS, LIBDEVICE)) >= key) & (offs < V)).to(tl.int32), 0)
     return n
 
 
 @triton.jit
-def _mass_above(row_ptr, V, temperature, m, key, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
+def _mass_above(row_ptr, V, temperature, m, key, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
     """Sum of exp(z - m) over the tokens whose key is > key, in float64."""
     mass = tl.full([], 0.0, tl.float64)
     for s in range(0, V, BLOCK_V):
-        mass += tl.sum(_e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, key + 1, LIBDEVICE)
+        mass += tl.sum(_e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, key + 1, PROBS, LIBDEVICE)
                        .to(tl.float64), 0)
     return mass
 
 
 @triton.jit
-def _target_stats(row_ptr, V, temperature, m, top_k, top_p, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
+def _target_stats(row_ptr, V, temperature, m, top_k, top_p, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                  BLOCK_V: tl.constexpr):
     """-> (thr, total, count): p(x) = exp(z - m) / float32(total) where key(z) >= thr,
     else 0; count = how many tokens have p > 0. m = max z, which every filter keeps."""
     thr = tl.full([], 0, tl.int64)
@@ -152,12 +171,12 @@ def _target_stats(row_ptr, V, temperature, m, top_k, top_p, LIBDEVICE: tl.conste
         hi = top
         while lo < hi:
             mid = lo + (hi - lo + 1) // 2
-            if _count_at_least(row_ptr, V, temperature, mid, BLOCK_V) >= top_k:
+            if _count_at_least(row_ptr, V, temperature, mid, PROBS, LIBDEVICE, BLOCK_V) >= top_k:
                 lo = mid
             else:
                 hi = mid - 1
         thr = lo
-    total, count = _total(row_ptr, V, temperature, m, thr, LIBDEVICE, BLOCK_V)
+    total, count = _total(row_ptr, V, temperature, m, thr, PROBS, LIBDEVICE, BLOCK_V)
     if top_p < 1.0:
         # The smallest key whose strictly larger (top-k kept) mass is < top_p * total;
         # the max qualifies, as nothing is above it.
@@ -166,13 +185,13 @@ def _target_stats(row_ptr, V, temperature, m, top_k, top_p, LIBDEVICE: tl.conste
         hi = top
         while lo < hi:
             mid = lo + (hi - lo) // 2
-            if _mass_above(row_ptr, V, temperature, m, mid, LIBDEVICE, BLOCK_V).to(tl.float32) < limit:
+            if _mass_above(row_ptr, V, temperature, m, mid, PROBS, LIBDEVICE, BLOCK_V).to(tl.float32) < limit:
                 hi = mid
             else:
                 lo = mid + 1
         if lo > thr:
             thr = lo
-            total, count = _total(row_ptr, V, temperature, m, thr, LIBDEVICE, BLOCK_V)
+            total, count = _total(row_ptr, V, temperature, m, thr, PROBS, LIBDEVICE, BLOCK_V)
     return thr, total, count
 
 
@@ -190,7 +209,8 @@ def _uniform(unif_ptr, philox_ptr, row, HAS_UNIFORMS: tl.constexpr):
 
 @triton.jit
 def _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, thr_p, res_on, res_total,
-             tokens_ptr, parents_ptr, start, node, c_lo, c_hi, LIBDEVICE: tl.constexpr, HAS_RES: tl.constexpr):
+             tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+             HAS_RES: tl.constexpr):
     """The weights of a chunk the final draw is taken from: the residual row
     when res_on, else p (above the key threshold thr) restricted to p >= thr_p,
     less the tokens of node's children among [c_lo, c_hi) (all rejected)."""
@@ -198,9 +218,9 @@ def _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, thr_p, res_o
         if res_on != 0:
             w = tl.load(res_row + offs, mask=offs < V, other=0.0) / res_total
         else:
-            w = _e(row_ptr, offs, V, temperature, m, thr, LIBDEVICE) / total
+            w = _e(row_ptr, offs, V, temperature, m, thr, PROBS, LIBDEVICE) / total
     else:
-        p = _e(row_ptr, offs, V, temperature, m, thr, LIBDEVICE) / total
+        p = _e(row_ptr, offs, V, temperature, m, thr, PROBS, LIBDEVICE) / total
         w = tl.where(p >= thr_p, p, 0.0)
         for c in range(c_lo, c_hi):
             if tl.load(parents_ptr + start + c) == node:
@@ -211,13 +231,13 @@ def _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, thr_p, res_o
 @triton.jit
 def _sample(row_ptr, res_row, V, temperature, m, thr, total, thr_p, res_on, res_total,
             tokens_ptr, parents_ptr, start, node, c_lo, c_hi, u,
-            LIBDEVICE: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_V: tl.constexpr):
+            PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_V: tl.constexpr):
     """Inverse CDF over _weights: the first index whose running sum exceeds
     u * sum(w), else the last index with weight."""
     w_total = tl.full([], 0.0, tl.float64)
     for s in range(0, V, BLOCK_V):
         w = _weights(row_ptr, res_row, s + tl.arange(0, BLOCK_V), V, temperature, m, thr, total, thr_p, res_on,
-                     res_total, tokens_ptr, parents_ptr, start, node, c_lo, c_hi, LIBDEVICE, HAS_RES)
+                     res_total, tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS, LIBDEVICE, HAS_RES)
         w_total += tl.sum(w.to(tl.float64), 0)
     target = u * w_total.to(tl.float32)
     running = tl.full([], 0.0, tl.float64)
@@ -227,7 +247,7 @@ def _sample(row_ptr, res_row, V, temperature, m, thr, total, thr_p, res_on, res_
     while (s < V) & (found == _BIG):
         offs = s + tl.arange(0, BLOCK_V)
         w = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, thr_p, res_on, res_total,
-                     tokens_ptr, parents_ptr, start, node, c_lo, c_hi, LIBDEVICE, HAS_RES)
+                     tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS, LIBDEVICE, HAS_RES)
         cum = running + tl.cumsum(w.to(tl.float64), 0)
         found = tl.min(tl.where(cum.to(tl.float32) > target, offs, _BIG), 0)
         last = tl.maximum(last, tl.max(tl.where(w > 0.0, offs, 0), 0))
@@ -244,14 +264,14 @@ def _push(nodes, toks, w_offs, depth, node, token):
 
 @triton.jit
 def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, V, width, nodes, toks, w_offs,
-                 BLOCK_V: tl.constexpr):
+                 PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
     """Accept the first child equal to the argmax; the bonus is the last argmax."""
     valid = tl.full([], 1, tl.int32)
     accepted = tl.full([], 0, tl.int32)
     node = tl.full([], 0, tl.int32)
     done = tl.full([], 0, tl.int32)
     while done == 0:
-        best_tok, _, ok_row = _scan(logits_ptr + (start + node) * logits_stride, V, BLOCK_V)
+        best_tok, _, ok_row = _scan(logits_ptr + (start + node) * logits_stride, V, PROBS, LIBDEVICE, BLOCK_V)
         nxt = tl.full([], -1, tl.int32)
         c = node + 1
         while (c < size) & (nxt < 0) & ok_row & (accepted + 1 < width):
@@ -274,7 +294,7 @@ def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size
 @triton.jit
 def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, V, width, nodes, toks,
                     w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr, res_ptr,
-                    HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                    HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
                     BLOCK_V: tl.constexpr):
     """Children tried in order against the running residual (module docstring)."""
     valid = tl.full([], 1, tl.int32)
@@ -284,14 +304,14 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
     res_row = res_ptr + b.to(tl.int64) * V
     while done == 0:
         row_ptr = logits_ptr + (start + node) * logits_stride
-        _, row_max, ok_row = _scan(row_ptr, V, BLOCK_V)
+        _, row_max, ok_row = _scan(row_ptr, V, PROBS, LIBDEVICE, BLOCK_V)
         if ok_row == 0:
             valid = tl.full([], 0, tl.int32)
             done = 1
         else:
             # Rounding is monotone, so max(x / t) = max(x) / t.
             m = tl.math.div_rn(row_max, temperature)
-            thr, total_d, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, LIBDEVICE, BLOCK_V)
+            thr, total_d, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, PROBS, LIBDEVICE, BLOCK_V)
             total = total_d.to(tl.float32)
             nxt = tl.full([], -1, tl.int32)
             res_on = tl.full([], 0, tl.int32)  # with q: r lives in res_row, normalised by res_total
@@ -311,7 +331,7 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                         if res_on != 0:
                             rx = tl.where(inside, tl.load(res_row + xs), 0.0) / res_total
                         else:
-                            rx = _e_at(row_ptr, x, V, temperature, m, thr, LIBDEVICE) / total
+                            rx = _e_at(row_ptr, x, V, temperature, m, thr, PROBS, LIBDEVICE) / total
                         if u * qx < rx:
                             nxt = c
                         else:
@@ -321,7 +341,7 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                             for s in range(0, V, BLOCK_V):
                                 offs = s + tl.arange(0, BLOCK_V)
                                 r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0, res_on,
-                                             res_total, tokens_ptr, parents_ptr, start, node, 0, 0, LIBDEVICE,
+                                             res_total, tokens_ptr, parents_ptr, start, node, 0, 0, PROBS, LIBDEVICE,
                                              HAS_Q)
                                 q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
                                 mass += tl.sum(tl.maximum(r - q, 0.0, propagate_nan=tl.PropagateNan.ALL)
@@ -331,7 +351,7 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                                     offs = s + tl.arange(0, BLOCK_V)
                                     r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0,
                                                  res_on, res_total, tokens_ptr, parents_ptr, start, node, 0, 0,
-                                                 LIBDEVICE, HAS_Q)
+                                                 PROBS, LIBDEVICE, HAS_Q)
                                     q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
                                     tl.store(res_row + offs, tl.maximum(r - q, 0.0), mask=offs < V)
                                 # The next child's r(x) is one element, read by every thread.
@@ -339,7 +359,7 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                                 res_on = 1
                                 res_total = mass.to(tl.float32)
                     else:
-                        ex = _e_at(row_ptr, x, V, temperature, m, thr, LIBDEVICE)
+                        ex = _e_at(row_ptr, x, V, temperature, m, thr, PROBS, LIBDEVICE)
                         # A token already rejected here has r(x) = 0, as has one p gives 0.
                         fresh = ex > 0.0
                         for c2 in range(node + 1, c):
@@ -364,26 +384,27 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                 c_hi = tl.where(remaining < count, size, node + 1)
                 bonus = _sample(row_ptr, res_row, V, temperature, m, thr, total, 0.0, res_on, res_total,
                                 tokens_ptr, parents_ptr, start, node, node + 1, c_hi,
-                                _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), LIBDEVICE, HAS_Q, BLOCK_V)
+                                _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE, HAS_Q, BLOCK_V)
                 toks = tl.where(w_offs == accepted, bonus.to(tl.int64), toks)
                 done = 1
     return accepted, valid, nodes, toks
 
 
 @triton.jit
-def _typical_stats(row_ptr, V, temperature, eps, alpha, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
+def _typical_stats(row_ptr, V, temperature, eps, alpha, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                   BLOCK_V: tl.constexpr):
     """-> (m, total, threshold, valid) of a row: p = exp(z - m) / total."""
-    _, row_max, valid = _scan(row_ptr, V, BLOCK_V)
+    _, row_max, valid = _scan(row_ptr, V, PROBS, LIBDEVICE, BLOCK_V)
     m = tl.full([], 0.0, tl.float32)
     total = tl.full([], 1.0, tl.float32)
     thr = tl.full([], 0.0, tl.float32)
     if valid:
         m = tl.math.div_rn(row_max, temperature)
-        total_d, _ = _total(row_ptr, V, temperature, m, 0, LIBDEVICE, BLOCK_V)
+        total_d, _ = _total(row_ptr, V, temperature, m, 0, PROBS, LIBDEVICE, BLOCK_V)
         total = total_d.to(tl.float32)
         neg_entropy = tl.full([], 0.0, tl.float64)
         for s in range(0, V, BLOCK_V):
-            p = _e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, 0, LIBDEVICE) / total
+            p = _e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, 0, PROBS, LIBDEVICE) / total
             neg_entropy += tl.sum((p * _log(p + 1e-5, LIBDEVICE)).to(tl.float64), 0)
         thr = tl.minimum(eps, alpha * _exp(neg_entropy.to(tl.float32), LIBDEVICE))
     return m, total, thr, valid
@@ -392,7 +413,7 @@ def _typical_stats(row_ptr, V, temperature, eps, alpha, LIBDEVICE: tl.constexpr,
 @triton.jit
 def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, V, width, nodes, toks, w_offs,
                   temperature, eps, alpha, unif_ptr, philox_ptr, HAS_UNIFORMS: tl.constexpr,
-                  LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr, MAX_T: tl.constexpr):
+                  PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr, MAX_T: tl.constexpr):
     """Deepest node whose path passes Medusa's typical test; bonus from p >= threshold.
     Per-node state lives in [MAX_T] register vectors, indexed with t_offs."""
     t_offs = tl.arange(0, MAX_T)
@@ -418,7 +439,7 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
         if needed:
             if _pick(st_state, t_offs, par) == 0:
                 m, total, thr, ok_row = _typical_stats(logits_ptr + (start + par) * logits_stride, V, temperature,
-                                                       eps, alpha, LIBDEVICE, BLOCK_V)
+                                                       eps, alpha, PROBS, LIBDEVICE, BLOCK_V)
                 here = t_offs == par
                 st_state = tl.where(here, tl.where(ok_row, 1, 2), st_state)
                 st_m = tl.where(here, m, st_m)
@@ -429,7 +450,7 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
             elif c < size:
                 row_ptr = logits_ptr + (start + par) * logits_stride
                 px = _e_at(row_ptr, tl.load(tokens_ptr + start + c), V, temperature, _pick(st_m, t_offs, par), 0,
-                           LIBDEVICE) / _pick(st_total, t_offs, par)
+                           PROBS, LIBDEVICE) / _pick(st_total, t_offs, par)
                 if px > _pick(st_thr, t_offs, par):
                     depth = par_depth1
                     sc = _pick(score, t_offs, par) + _log(px, LIBDEVICE)
@@ -445,7 +466,7 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
         row_ptr = logits_ptr + (start + best) * logits_stride
         bonus = _sample(row_ptr, row_ptr, V, temperature, _pick(st_m, t_offs, best), 0,
                         _pick(st_total, t_offs, best), _pick(st_thr, t_offs, best), 0, 1.0, tokens_ptr, parents_ptr,
-                        start, best, 0, 0, _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), LIBDEVICE, False,
+                        start, best, 0, 0, _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE, False,
                         BLOCK_V)
         toks = tl.where(w_offs == best_depth, bonus.to(tl.int64), toks)
         n = best
@@ -462,7 +483,8 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
 def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_stride, q_ptr, q_stride,
                    temp_ptr, topk_ptr, topp_ptr, eps_ptr, alpha_ptr, unif_ptr, philox_ptr, res_ptr,
                    num_acc_ptr, nodes_ptr, out_tok_ptr, num_rows, V, width,
-                   MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                   MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr,
+                   LIBDEVICE: tl.constexpr,
                    BLOCK_V: tl.constexpr, BLOCK_W: tl.constexpr, MAX_T: tl.constexpr):
     b = tl.program_id(0)
     # Clamped so that a malformed qo_indptr (validate=False) cannot read past the rows.
@@ -478,7 +500,8 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
     if size > 0:
         if MODE == 0:
             accepted, valid, nodes, toks = _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start,
-                                                        size, V, width, nodes, toks, w_offs, BLOCK_V)
+                                                        size, V, width, nodes, toks, w_offs, PROBS, LIBDEVICE,
+                                                        BLOCK_V)
         else:
             temperature = tl.load(temp_ptr + b)
             if temperature > 0.0:
@@ -486,15 +509,16 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
                     accepted, valid, nodes, toks = _walk_rejection(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, V, width, nodes, toks,
                         w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b), tl.load(topp_ptr + b),
-                        unif_ptr, philox_ptr, res_ptr, HAS_Q, HAS_UNIFORMS, LIBDEVICE, BLOCK_V)
+                        unif_ptr, philox_ptr, res_ptr, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V)
                 else:
                     accepted, valid, nodes, toks = _walk_typical(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, V, width, nodes, toks,
                         w_offs, temperature, tl.load(eps_ptr + b), tl.load(alpha_ptr + b), unif_ptr, philox_ptr,
-                        HAS_UNIFORMS, LIBDEVICE, BLOCK_V, MAX_T)
+                        HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, MAX_T)
             else:
                 accepted, valid, nodes, toks = _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride,
-                                                            start, size, V, width, nodes, toks, w_offs, BLOCK_V)
+                                                            start, size, V, width, nodes, toks, w_offs, PROBS,
+                                                            LIBDEVICE, BLOCK_V)
     else:
         nodes = tl.full([BLOCK_W], -1, tl.int32)
     if valid == 0:
@@ -508,7 +532,7 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
 
 
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
-           posterior_threshold, posterior_alpha, uniforms, philox, mode, width):
+           posterior_threshold, posterior_alpha, uniforms, philox, mode, width, target_is_probs=False):
     """The verify_tree op on Triton, in one launch (one program per request).
 
     Args:
@@ -521,6 +545,7 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         uniforms: float32 [N], or None with philox: int64 [2] = (seed, offset),
             read in the kernel.
         mode: 0 greedy, 1 rejection, 2 typical. width: max_depth + 1 (<= 256).
+        target_is_probs: target_logits holds probabilities, read as log(p).
 
     Returns num_accepted int32 [B], accepted_nodes int32 [B, width], tokens
     int64 [B, width], all on the logits' device; every element is written by
@@ -546,7 +571,8 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         pick(posterior_alpha, dummy_f), pick(uniforms, dummy_f),
         pick(philox, torch.zeros(2, dtype=torch.int64, device=device)), residual,
         num_accepted, nodes, tokens, num_rows, vocab, width,
-        MODE=mode, HAS_Q=with_q, HAS_UNIFORMS=uniforms is not None, LIBDEVICE=not triton_interpreted(),
+        MODE=mode, HAS_Q=with_q, HAS_UNIFORMS=uniforms is not None, PROBS=bool(target_is_probs),
+        LIBDEVICE=not triton_interpreted(),
         BLOCK_V=min(1024, triton.next_power_of_2(vocab)), BLOCK_W=triton.next_power_of_2(max(width, 2)),
         MAX_T=MAX_NODES)
     return num_accepted, nodes, tokens

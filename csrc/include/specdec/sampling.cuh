@@ -94,25 +94,32 @@ struct Row {
   DType dtype;
   int64_t offset;  // element offset of the row
   int64_t vocab;
+  bool probs;      // the row holds probabilities: its logits are log(raw)
   __device__ float raw(int64_t x) const { return load(base, dtype, offset + x); }
+  __device__ float logit(int64_t x) const {
+    const float v = raw(x);
+    return probs ? logf(v) : v;
+  }
 };
 
 // z = logit / t with IEEE division, so every backend gets the same z.
-__device__ __forceinline__ float z_of(const Row& row, int64_t x, float t) { return __fdiv_rn(row.raw(x), t); }
+__device__ __forceinline__ float z_of(const Row& row, int64_t x, float t) { return __fdiv_rn(row.logit(x), t); }
 
 struct Scan {
   int64_t argmax;
   bool valid;
 };
 
-// Argmax of the raw row (lowest index on ties); valid = no NaN, finite max.
+// Argmax of the raw row (lowest index on ties); valid = no NaN, finite max
+// (probabilities: no NaN or negative value, a finite positive max, i.e. the
+// same test on log(row)).
 __device__ Scan scan_row(const Row& row, Scratch& s) {
   float best = -kInf;
   int64_t idx = row.vocab;  // this thread's first maximum (strided x increases)
   int nan = 0;
   for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
     const float v = row.raw(x);
-    if (v != v) {
+    if (v != v || (row.probs && v < 0.f)) {
       nan = 1;
     } else if (idx == row.vocab || v > best) {
       best = v;
@@ -122,7 +129,7 @@ __device__ Scan scan_row(const Row& row, Scratch& s) {
   const float m = block_max(best, s);
   const int64_t first = block_min(best == m && idx < row.vocab ? idx : row.vocab, s);
   const float nans = block_sum(float(nan), s);
-  return Scan{first < row.vocab ? first : 0, nans == 0.f && m > -kInf && m < kInf};
+  return Scan{first < row.vocab ? first : 0, nans == 0.f && m > (row.probs ? 0.f : -kInf) && m < kInf};
 }
 
 struct Stats {
@@ -233,7 +240,7 @@ struct Walk {
   __device__ int64_t token(int64_t node) const { return a.draft_tokens[start + node]; }
   __device__ int32_t parent(int64_t node) const { return a.parents[start + node]; }
   __device__ Row row(int64_t node) const {
-    return Row{a.logits, a.logits_dtype, (start + node) * a.logits_stride, a.vocab};
+    return Row{a.logits, a.logits_dtype, (start + node) * a.logits_stride, a.vocab, a.logits_are_probs};
   }
   __device__ float q(int64_t node, int64_t x) const {
     return load(a.draft_probs, a.probs_dtype, (start + node) * a.probs_stride + x);

@@ -7,7 +7,11 @@
 //     is the root. Row i of `logits` is the target's distribution after node i.
 //     A node's children are the later nodes c with parents[row of c] == local
 //     index of the node, tried in increasing c.
-//   * A row is valid iff it holds no NaN and its largest logit is finite. A
+//   * logits_are_probs: the rows hold probabilities (need not be normalised),
+//     read as logits z = log(row) (so softmax(z) = row / sum(row)); greedy's
+//     argmax is taken on the row itself, which log would only blur.
+//   * A row is valid iff it holds no NaN and its largest logit is finite (for
+//     probabilities: no NaN, nothing negative, a finite positive maximum). A
 //     request that must read an invalid row gets num_accepted = -1 and all -1
 //     rows in accepted_nodes and tokens.
 //   * greedy (mode 0, and any request whose temperature is 0): accept the first
@@ -63,6 +67,7 @@ struct VerifyArgs {
   const void* logits;           // [num_tokens, vocab], row stride logits_stride (elements)
   DType logits_dtype;
   int64_t logits_stride;
+  bool logits_are_probs;        // rows are probabilities (header comment)
   const void* draft_probs;      // [num_tokens, vocab] or nullptr (point-mass proposals); mode 1 only
   DType probs_dtype;
   int64_t probs_stride;
