@@ -57,6 +57,16 @@ the argmax of p itself (log would only blur near-ties). Probabilities that
 already carry the temperature and filters want ``temperature=1`` and no
 filters.
 
+Row map: by default node i reads row i of the target (and of draft_probs).
+With ``target_indptr`` (int32 [B + 1]) and ``bonus_tokens`` ([B]) the target
+has rows of its own: request b's are ``target_indptr[b]:target_indptr[b+1]``,
+its node j reading the j-th of them, and a node past them has no row. Its
+children are never accepted and a path that ends there emits
+``bonus_tokens[b]``, a token the caller sampled itself. This is vLLM's layout
+(one row per draft, none for the position after the last one, whose token the
+engine samples): verification reads vLLM's rows in place instead of copying
+them into one row per node. Uniforms stay one per node.
+
 Invalid rows: a row the rule reads that holds a NaN, or whose largest logit
 is not finite (+inf, or all -inf), cannot define a distribution (for
 probabilities: a NaN or negative value, or no finite positive maximum). That
@@ -94,8 +104,9 @@ class VerifyResult(NamedTuple):
     tokens: torch.Tensor
 
 
-def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None,
-                  max_depth: int | None = None, validate: bool = True, backend: str = "auto") -> VerifyResult:
+def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None, target_indptr=None,
+                  bonus_tokens=None, max_depth: int | None = None, validate: bool = True,
+                  backend: str = "auto") -> VerifyResult:
     """Greedy verification of a ragged batch of chains or trees.
 
     Args:
@@ -107,23 +118,30 @@ def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, targe
             contiguous; read in place, never copied.
         target_probs: the same, holding probabilities, in place of
             target_logits (module docstring); pass exactly one of the two.
+        target_indptr, bonus_tokens: the row map (module docstring), both or
+            neither: int32 ``[B + 1]`` into the rows of the target (then
+            ``[R, V]`` with ``R = target_indptr[B]``, and draft_probs too) and
+            int64/int32 ``[B]`` tokens the caller sampled for a path that ends
+            at a node without a row.
         max_depth: output width - 1. None: the deepest tree (reads ``parents``,
             a sync on CUDA). Nodes deeper than max_depth are ignored.
         validate: check index values and raise on invalid logits (syncs).
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
     """
     return _verify("verify_greedy", ref_sampling.GREEDY, draft_tokens, parents, qo_indptr, target_logits,
-                   target_probs, None, {}, None, None, None, 0, max_depth, validate, backend)
+                   target_probs, None, {}, None, None, None, 0, max_depth, validate, backend,
+                   target_indptr, bonus_tokens)
 
 
 def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft_probs=None, *,
-                     target_probs=None, temperature=1.0, top_k=0, top_p=1.0, uniforms=None, seed=None, offset=0,
-                     generator=None, max_depth: int | None = None, validate: bool = True,
-                     backend: str = "auto") -> VerifyResult:
+                     target_probs=None, target_indptr=None, bonus_tokens=None, temperature=1.0, top_k=0,
+                     top_p=1.0, uniforms=None, seed=None, offset=0, generator=None, max_depth: int | None = None,
+                     validate: bool = True, backend: str = "auto") -> VerifyResult:
     """Exact (lossless) rejection sampling over a ragged batch of chains or trees.
 
     Args (beyond ``verify_greedy``'s):
         target_probs: probabilities in place of target_logits (module docstring).
+        target_indptr, bonus_tokens: the row map, as in ``verify_greedy``.
         draft_probs: ``[N, V]`` float32/bfloat16/float16 or None. Row n is the
             drafter's distribution that node n's children were sampled from
             (rows of leaves are not read). None: children are deterministic
@@ -140,16 +158,18 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
         "top_p": _per_request("verify_rejection", "top_p", top_p, batch, torch.float32, device),
     }
     return _verify("verify_rejection", ref_sampling.REJECTION, draft_tokens, parents, qo_indptr, target_logits,
-                   target_probs, draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend)
+                   target_probs, draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend,
+                   target_indptr, bonus_tokens)
 
 
-def verify_typical(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None, temperature=1.0,
-                   posterior_threshold=0.09, posterior_alpha=0.3, uniforms=None, seed=None, offset=0,
+def verify_typical(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None, target_indptr=None,
+                   bonus_tokens=None, temperature=1.0, posterior_threshold=0.09, posterior_alpha=0.3, uniforms=None,
+                   seed=None, offset=0,
                    generator=None, max_depth: int | None = None, validate: bool = True,
                    backend: str = "auto") -> VerifyResult:
     """Medusa's typical acceptance (lossy: faster, not distributed as the target).
 
-    Args (beyond ``verify_greedy``'s, target_probs included):
+    Args (beyond ``verify_greedy``'s, target_probs and the row map included):
         temperature: float or float32 ``[B]``, >= 0; 0 = greedy for that request.
         posterior_threshold (eps), posterior_alpha: float or float32 ``[B]``, > 0.
         uniforms / seed + offset / generator: the randomness (module docstring);
@@ -165,8 +185,7 @@ def verify_typical(draft_tokens, parents, qo_indptr, target_logits=None, *, targ
         "posterior_alpha": _per_request(op, "posterior_alpha", posterior_alpha, batch, torch.float32, device),
     }
     return _verify(op, ref_sampling.TYPICAL, draft_tokens, parents, qo_indptr, target_logits, target_probs, None,
-                   params,
-                   uniforms, seed, generator, offset, max_depth, validate, backend)
+                   params, uniforms, seed, generator, offset, max_depth, validate, backend, target_indptr, bonus_tokens)
 
 
 def _target_device(target_logits, target_probs):
@@ -195,7 +214,8 @@ def _per_request(op, name, value, batch, dtype, device):
 
 
 def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_probs, draft_probs, params, uniforms,
-            seed, generator, offset, max_depth, validate, backend) -> VerifyResult:
+            seed, generator, offset, max_depth, validate, backend, target_indptr=None,
+            bonus_tokens=None) -> VerifyResult:
     if (target_logits is None) == (target_probs is None):
         fail(op, "pass exactly one of target_logits and target_probs, got "
                  f"{'both' if target_logits is not None else 'neither'}", TypeError)
@@ -204,18 +224,30 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
     target_logits = target_probs if is_probs else target_logits
     _checks.check_tensor(op, target_name, target_logits, dim=2, dtype=LOGITS_DTYPES)
     device = target_logits.device
-    num_tokens, vocab = target_logits.shape
+    num_rows, vocab = target_logits.shape
     if vocab == 0:
         fail(op, f"{target_name} must have a vocabulary of at least 1 (V >= 1), got V = 0")
     _checks.check_last_dim_contiguous(op, target_name, target_logits)
     _checks.check_tensor(op, "draft_tokens", draft_tokens, dim=1, dtype=(torch.int64, torch.int32), device=device)
-    _checks.check_shape(op, "draft_tokens", draft_tokens, (num_tokens,), f"[N={num_tokens}] ({target_name}' rows)")
+    mapped = target_indptr is not None
+    if mapped != (bonus_tokens is not None):
+        fail(op, "pass target_indptr and bonus_tokens together (the row map), got "
+                 f"{'target_indptr' if mapped else 'bonus_tokens'} alone", TypeError)
+    num_tokens = draft_tokens.numel() if mapped else num_rows
+    if not mapped:
+        _checks.check_shape(op, "draft_tokens", draft_tokens, (num_tokens,), f"[N={num_tokens}] ({target_name}' rows)")
     _checks.check_index_vector(op, "parents", parents, num_tokens, device)
     batch = _batch_size(op, qo_indptr)
     _checks.check_index_vector(op, "qo_indptr", qo_indptr, batch + 1, device)
+    if mapped:
+        _checks.check_index_vector(op, "target_indptr", target_indptr, batch + 1, device)
+        _checks.check_tensor(op, "bonus_tokens", bonus_tokens, dim=1, dtype=(torch.int64, torch.int32), device=device)
+        _checks.check_shape(op, "bonus_tokens", bonus_tokens, (batch,), f"[B={batch}]")
+        bonus_tokens = bonus_tokens.long().contiguous()
     if draft_probs is not None:
         _checks.check_tensor(op, "draft_probs", draft_probs, dim=2, dtype=LOGITS_DTYPES, device=device)
-        _checks.check_shape(op, "draft_probs", draft_probs, (num_tokens, vocab), f"[N={num_tokens}, V={vocab}]")
+        _checks.check_shape(op, "draft_probs", draft_probs, (num_rows, vocab),
+                            f"[{'R' if mapped else 'N'}={num_rows}, V={vocab}] ({target_name}' rows)")
         _checks.check_last_dim_contiguous(op, "draft_probs", draft_probs)
     philox = None
     if mode != ref_sampling.GREEDY:
@@ -230,6 +262,8 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
     width = max_depth + 1
     if validate:
         _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, draft_probs, params)
+        if mapped:
+            _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab)
     draft_tokens = draft_tokens.long()
     chosen = backends.choose(op, backend, device)
     args = (draft_tokens, parents, qo_indptr, target_logits, draft_probs, params.get("temperature"),
@@ -238,16 +272,17 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
     if chosen == "reference":
         if uniforms is None and philox is not None:
             uniforms = _philox_tensor_uniforms(philox, num_tokens, device)
-        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs)
+        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs, target_indptr, bonus_tokens)
     elif chosen == "triton":
         from .triton import sampling as triton_sampling
 
-        out = triton_sampling.verify(*args, uniforms, philox, mode, width, is_probs)
+        out = triton_sampling.verify(*args, uniforms, philox, mode, width, is_probs, target_indptr, bonus_tokens)
     else:
-        out = torch.ops.specdec.verify_tree(*args, uniforms, philox, mode, width, is_probs)
+        out = torch.ops.specdec.verify_tree(*args, uniforms, philox, mode, width, is_probs, target_indptr,
+                                            bonus_tokens)
     result = VerifyResult(*out)
     if validate:
-        _raise_on_invalid_rows(op, result, qo_indptr, target_logits, target_name)
+        _raise_on_invalid_rows(op, result, target_indptr if mapped else qo_indptr, target_logits, target_name)
     return result
 
 
@@ -353,7 +388,25 @@ def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, d
             fail(op, f"draft_probs row {i} holds a negative, NaN or infinite value")
 
 
+def _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab) -> None:
+    rows = target_indptr.cpu().long()
+    if int(rows[0]) != 0 or int(rows[-1]) != num_rows:
+        fail(op, f"target_indptr must run from 0 to the {num_rows} rows of the target, got "
+                 f"{int(rows[0])} .. {int(rows[-1])}")
+    if (rows[1:] < rows[:-1]).any():
+        b = int((rows[1:] < rows[:-1]).nonzero()[0, 0])
+        fail(op, f"target_indptr must be non-decreasing, but target_indptr[{b + 1}] = {int(rows[b + 1])} < "
+                 f"target_indptr[{b}] = {int(rows[b])}")
+    bonus = bonus_tokens.cpu()
+    bad = (bonus < 0) | (bonus >= vocab)
+    if bad.any():
+        b = int(bad.nonzero()[0, 0])
+        fail(op, f"bonus_tokens[{b}] = {int(bonus[b])} is outside the vocabulary [0, {vocab})")
+
+
 def _raise_on_invalid_rows(op, result, qo_indptr, target, target_name) -> None:
+    """qo_indptr: where each request's rows of ``target`` lie (the row map's
+    target_indptr when given)."""
     flagged = (result.num_accepted < 0).cpu()
     if not flagged.any():
         return

@@ -23,6 +23,11 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 struct Request {
   const VerifyArgs& a;
   int64_t b, start, size;
+  RowSpan rows;
+
+  bool has_row(int64_t node) const { return node < rows.count; }
+  int64_t row(int64_t node) const { return rows.start + node; }
+  int64_t bonus() const { return a.bonus_tokens[b]; }
 
   int64_t token(int64_t node) const { return a.draft_tokens[start + node]; }
   bool in_vocab(int64_t x) const { return x >= 0 && x < a.vocab; }
@@ -194,7 +199,11 @@ Outcome walk_greedy(const Request& req, std::vector<float>& row) {
   Outcome out;
   int64_t node = 0;
   while (true) {
-    load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + node, a.vocab, row);
+    if (!req.has_row(node)) {
+      out.bonus = req.bonus();
+      return out;
+    }
+    load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(node), a.vocab, row);
     if (!row_valid(row, a.logits_are_probs)) return Outcome{false, {}, -1};
     const int64_t best = argmax_lowest(row);  // of p itself for probabilities: log would only blur ties
     int64_t next = -1;
@@ -219,12 +228,16 @@ Outcome walk_rejection(const Request& req, std::vector<float>& row) {
   std::vector<float> r, q, scratch;
   int64_t node = 0;
   while (true) {
-    load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + node, a.vocab, row);
+    if (!req.has_row(node)) {
+      out.bonus = req.bonus();
+      return out;
+    }
+    load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(node), a.vocab, row);
     if (!row_valid(row, a.logits_are_probs)) return Outcome{false, {}, -1};
     as_logits(row, a.logits_are_probs);
     target_probs(row, temperature, top_k, top_p, r);
     const bool with_q = a.draft_probs != nullptr;
-    if (with_q) load_row(a.draft_probs, a.probs_dtype, a.probs_stride, req.start + node, a.vocab, q);
+    if (with_q) load_row(a.draft_probs, a.probs_dtype, a.probs_stride, req.row(node), a.vocab, q);
     int64_t next = -1;
     if (int64_t(out.path.size()) < a.width) {
       req.first_child(node, [&](int64_t c) {
@@ -266,7 +279,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     TypicalStats& s = stats[n];
     if (s.computed) return s;
     s.computed = true;
-    load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + n, a.vocab, row);
+    load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(n), a.vocab, row);
     s.valid = row_valid(row, a.logits_are_probs);
     if (!s.valid) return s;
     as_logits(row, a.logits_are_probs);
@@ -283,7 +296,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     return s;
   };
   auto prob = [&](const TypicalStats& s, int64_t n, int64_t x) {
-    const float v = load_one(a.logits, a.logits_dtype, a.logits_stride, req.start + n, x);
+    const float v = load_one(a.logits, a.logits_dtype, a.logits_stride, req.row(n), x);
     return std::exp((a.logits_are_probs ? std::log(v) : v) / temperature - s.m) / s.total;
   };
 
@@ -294,7 +307,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
   int64_t best = 0;
   for (int64_t c = 1; c < req.size; ++c) {
     const int64_t par = a.parents[req.start + c];
-    if (par < 0 || par >= c || !ok[par] || depth[par] + 1 >= a.width) continue;
+    if (par < 0 || par >= c || !ok[par] || depth[par] + 1 >= a.width || !req.has_row(par)) continue;
     const TypicalStats& s = stats_of(par);
     if (!s.valid) return Outcome{false, {}, -1};
     const int64_t x = req.token(c);
@@ -310,9 +323,13 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
   for (int64_t n = best; n != 0; n = a.parents[req.start + n]) out.path.push_back(n);
   out.path.push_back(0);
   std::reverse(out.path.begin(), out.path.end());
+  if (!req.has_row(best)) {
+    out.bonus = req.bonus();
+    return out;
+  }
   const TypicalStats& s = stats_of(best);
   if (!s.valid) return Outcome{false, {}, -1};
-  load_row(a.logits, a.logits_dtype, a.logits_stride, req.start + best, a.vocab, row);
+  load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(best), a.vocab, row);
   as_logits(row, a.logits_are_probs);
   std::vector<float> w(a.vocab);
   for (int64_t i = 0; i < a.vocab; ++i) {
@@ -354,7 +371,7 @@ void verify_cpu(const VerifyArgs& args, int64_t begin, int64_t end) {
       write(args, b, nullptr, Outcome{});
       continue;
     }
-    const Request req{args, b, start, size};
+    const Request req{args, b, start, size, row_span(args, b, start, size)};
     const bool greedy = args.mode == VerifyMode::kGreedy || args.temperature[b] == 0.f;
     const Outcome out = greedy ? walk_greedy(req, row)
                         : args.mode == VerifyMode::kRejection ? walk_rejection(req, row)

@@ -22,6 +22,7 @@ cudaError_t verify_cuda(const VerifyArgs& args, void* workspace, size_t workspac
                   (!sampled || (args.temperature && (args.uniforms || args.philox))) &&
                   (args.mode != VerifyMode::kRejection || (args.top_k && args.top_p)) &&
                   (args.mode != VerifyMode::kTypical || (args.posterior_threshold && args.posterior_alpha)) &&
+                  (args.target_indptr == nullptr) == (args.bonus_tokens == nullptr) &&
                   workspace_bytes >= verify_cuda_workspace_bytes(args) &&
                   (verify_cuda_workspace_bytes(args) == 0 || workspace != nullptr);
   if (!ok) return cudaErrorInvalidValue;

@@ -27,13 +27,17 @@ TORCH_LIBRARY(specdec, m) {
   // qo_indptr int32 [B + 1], target_logits [N, V], draft_probs [N, V] or None; per-request
   // float32/int32 [B] parameters as the mode needs them; uniforms float32 [N] or philox
   // int64 [2] (seed, offset). mode: 0 greedy, 1 rejection, 2 typical; width = max_depth + 1;
-  // target_is_probs: target_logits holds probabilities, read as log(p).
+  // target_is_probs: target_logits holds probabilities, read as log(p);
+  // target_indptr int32 [B + 1] + bonus_tokens int64 [B] (both or neither): target_logits and
+  // draft_probs have their own rows, request b's being target_indptr[b]..[b+1]-1 for its nodes
+  // 0, 1, ...; a path ending at a node past them emits bonus_tokens[b] (specdec/sampling.h).
   // Returns num_accepted int32 [B], accepted_nodes int32 [B, width], tokens int64 [B, width].
   m.def(
       "verify_tree(Tensor draft_tokens, Tensor parents, Tensor qo_indptr, Tensor target_logits, "
       "Tensor? draft_probs, Tensor? temperature, Tensor? top_k, Tensor? top_p, "
       "Tensor? posterior_threshold, Tensor? posterior_alpha, Tensor? uniforms, Tensor? philox, "
-      "int mode, int width, bool target_is_probs=False) -> (Tensor, Tensor, Tensor)");
+      "int mode, int width, bool target_is_probs=False, Tensor? target_indptr=None, "
+      "Tensor? bonus_tokens=None) -> (Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, module) {

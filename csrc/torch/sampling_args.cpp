@@ -42,14 +42,24 @@ void check_verify(const VerifyTensors& t) {
   TORCH_CHECK(logits.size(1) <= 1 || logits.stride(1) == 1, kOp,
               ": target_logits must be contiguous in its last dim, got strides ", logits.strides());
   const at::Device device = logits.device();
-  const int64_t n = logits.size(0);
+  const int64_t rows = logits.size(0);
   const int64_t vocab = logits.size(1);
+  const bool mapped = t.target_indptr.has_value();
+  TORCH_CHECK(mapped == t.bonus_tokens.has_value(), kOp, ": pass target_indptr and bonus_tokens together, got ",
+              mapped ? "target_indptr alone" : "bonus_tokens alone");
+  // Without a row map node i reads row i, so the nodes are the rows.
+  const int64_t n = mapped ? t.draft_tokens.size(0) : rows;
+  TORCH_CHECK(t.draft_tokens.dim() == 1, kOp, ": draft_tokens must have 1 dim, got shape ", shape_of(t.draft_tokens));
   check_vector(t.draft_tokens, "draft_tokens", at::kLong, n, device);
   check_vector(t.parents, "parents", at::kInt, n, device);
   TORCH_CHECK(t.qo_indptr.dim() == 1 && t.qo_indptr.size(0) >= 1, kOp,
               ": qo_indptr must be [B + 1], got shape ", shape_of(t.qo_indptr));
   const int64_t batch = t.qo_indptr.size(0) - 1;
   check_vector(t.qo_indptr, "qo_indptr", at::kInt, batch + 1, device);
+  if (mapped) {
+    check_vector(*t.target_indptr, "target_indptr", at::kInt, batch + 1, device);
+    check_vector(*t.bonus_tokens, "bonus_tokens", at::kLong, batch, device);
+  }
 
   const int64_t mode = t.mode;
   TORCH_CHECK(mode >= 0 && mode <= 2, kOp, ": mode must be 0 (greedy), 1 (rejection) or 2 (typical), got ", mode);
@@ -64,8 +74,9 @@ void check_verify(const VerifyTensors& t) {
   if (t.draft_probs.has_value()) {
     const at::Tensor& q = *t.draft_probs;
     TORCH_CHECK(mode == 1, kOp, ": draft_probs is only used in mode 1 (rejection)");
-    TORCH_CHECK(q.dim() == 2 && q.size(0) == n && q.size(1) == vocab, kOp, ": draft_probs must be [N=", n,
-                ", V=", vocab, "], got shape ", shape_of(q));
+    TORCH_CHECK(q.dim() == 2 && q.size(0) == rows && q.size(1) == vocab, kOp, ": draft_probs must be [",
+                mapped ? "R" : "N", "=", rows, ", V=", vocab, "] (the rows of target_logits), got shape ",
+                shape_of(q));
     TORCH_CHECK(is_float_dtype(q.scalar_type()), kOp, ": draft_probs must be float32, bfloat16 or float16, got ",
                 dtype_name(q.scalar_type()));
     TORCH_CHECK(q.device() == device, kOp, ": draft_probs is on ", q.device(), " but target_logits is on ",
@@ -82,10 +93,10 @@ void check_verify(const VerifyTensors& t) {
 
 void check_verify_values(const VerifyTensors& t) {
   const int64_t batch = t.qo_indptr.size(0) - 1;
-  const int64_t n = t.target_logits.size(0);
+  const int64_t n = t.draft_tokens.size(0);
   const int32_t* indptr = t.qo_indptr.data_ptr<int32_t>();
   TORCH_CHECK(indptr[0] == 0, kOp, ": qo_indptr[0] must be 0, got ", indptr[0]);
-  TORCH_CHECK(indptr[batch] == n, kOp, ": qo_indptr[B] must equal the number of rows ", n, ", got ",
+  TORCH_CHECK(indptr[batch] == n, kOp, ": qo_indptr[B] must equal the number of nodes ", n, ", got ",
               indptr[batch]);
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t len = int64_t(indptr[b + 1]) - indptr[b];
@@ -93,6 +104,17 @@ void check_verify_values(const VerifyTensors& t) {
                 " < qo_indptr[", b, "] = ", indptr[b]);
     TORCH_CHECK(len <= kMaxVerifyNodes, kOp, ": request ", b, " has ", len, " nodes (qo_indptr); at most ",
                 kMaxVerifyNodes, " are supported");
+  }
+  if (t.target_indptr.has_value()) {
+    const int32_t* rows = t.target_indptr->data_ptr<int32_t>();
+    const int64_t num_rows = t.target_logits.size(0);
+    TORCH_CHECK(rows[0] == 0, kOp, ": target_indptr[0] must be 0, got ", rows[0]);
+    TORCH_CHECK(rows[batch] == num_rows, kOp, ": target_indptr[B] must equal the rows of target_logits ", num_rows,
+                ", got ", rows[batch]);
+    for (int64_t b = 0; b < batch; ++b) {
+      TORCH_CHECK(rows[b + 1] >= rows[b], kOp, ": target_indptr must be non-decreasing, but target_indptr[", b + 1,
+                  "] = ", rows[b + 1], " < target_indptr[", b, "] = ", rows[b]);
+    }
   }
 }
 
@@ -128,7 +150,10 @@ VerifyArgs verify_args(const VerifyTensors& t, at::Tensor& num_accepted, at::Ten
   a.uniforms = ptr_or_null<float>(t.uniforms);
   a.philox = ptr_or_null<int64_t>(t.philox);
   a.batch = t.qo_indptr.size(0) - 1;
-  a.num_tokens = t.target_logits.size(0);
+  a.num_tokens = t.draft_tokens.size(0);
+  a.num_rows = t.target_logits.size(0);
+  a.target_indptr = ptr_or_null<int32_t>(t.target_indptr);
+  a.bonus_tokens = ptr_or_null<int64_t>(t.bonus_tokens);
   a.vocab = t.target_logits.size(1);
   a.width = static_cast<int32_t>(t.width);
   a.num_accepted = num_accepted.data_ptr<int32_t>();

@@ -28,6 +28,8 @@ struct VerifyTensors {
   int64_t mode;
   int64_t width;
   bool target_is_probs;
+  const std::optional<at::Tensor>& target_indptr;  // with bonus_tokens: the row map of VerifyArgs
+  const std::optional<at::Tensor>& bonus_tokens;
 };
 
 // Shapes, dtypes, devices, strides, and which optional tensors the mode needs;
@@ -35,7 +37,8 @@ struct VerifyTensors {
 void check_verify(const VerifyTensors& t);
 
 // Index values (CPU tensors only): qo_indptr monotone from 0 to N and at most
-// kMaxVerifyNodes nodes per request. Other values (tokens, parents) are safe
+// kMaxVerifyNodes nodes per request; target_indptr monotone from 0 to the rows
+// of target_logits. Other values (tokens, parents) are safe
 // by construction of the kernels.
 void check_verify_values(const VerifyTensors& t);
 

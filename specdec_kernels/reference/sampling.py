@@ -101,12 +101,15 @@ def _children(parents: list[int], node: int) -> list[int]:
     return [c for c in range(node + 1, len(parents)) if parents[c] == node]
 
 
-def _walk_greedy(rows, logit_rows, tokens, parents, width):
+def _walk_greedy(rows, logit_rows, tokens, parents, width, bonus):
     """Accept the first child whose token is the argmax; bonus = argmax at the end.
     The argmax is of ``rows`` (probabilities, when given: their log would only
-    blur near-ties); validity is judged on ``logit_rows``."""
+    blur near-ties); validity is judged on ``logit_rows``. A node past the
+    rows (row map) ends the walk with ``bonus``."""
     path, node = [0], 0
     while True:
+        if node >= rows.shape[0]:
+            return path, bonus
         if not row_is_valid(logit_rows[node]):
             return None
         best = argmax_lowest(rows[node])
@@ -137,7 +140,7 @@ def _residual_after_rejection(r: torch.Tensor, q_row: torch.Tensor | None, x: in
     return nr / mass if mass > 0 else r
 
 
-def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k, top_p):
+def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k, top_p, bonus):
     """Children tried in order against the running residual r (r = p at first):
     with q, accept x iff u * q(x) < r(x), else r = norm(max(0, r - q)); without
     q (point-mass proposals), accept x iff u < r(x), else r(x) = 0, renormalised.
@@ -146,6 +149,8 @@ def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k,
     vocab = rows.shape[1]
     path, node = [0], 0
     while True:
+        if node >= rows.shape[0]:  # no row (row map): the caller's bonus
+            return path, bonus
         if not row_is_valid(rows[node]):
             return None
         r = target_probs(rows[node], temperature, top_k, top_p)
@@ -166,7 +171,7 @@ def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k,
         node = nxt
 
 
-def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha):
+def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha, bonus):
     """Medusa: child c of an accepted node n is acceptable iff p_n(token c) >
     min(eps, alpha * exp(-H(p_n))). The answer is the deepest node whose whole
     path is acceptable; ties go to the larger sum of log p along the path, then
@@ -191,7 +196,7 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha):
     best = 0
     for c in range(1, t):
         par = parents[c]
-        if not (0 <= par < c) or not ok[par] or depth[par] + 1 >= width:
+        if not (0 <= par < c) or not ok[par] or depth[par] + 1 >= width or par >= rows.shape[0]:
             continue
         st = node_stats(par)
         if st is None:
@@ -209,6 +214,8 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha):
     while path[-1] != 0:
         path.append(parents[path[-1]])
     path.reverse()
+    if best >= rows.shape[0]:
+        return path, bonus
     st = node_stats(best)
     if st is None:
         return None
@@ -217,9 +224,17 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha):
 
 
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
-           posterior_threshold, posterior_alpha, uniforms, mode, width, target_is_probs=False):
+           posterior_threshold, posterior_alpha, uniforms, mode, width, target_is_probs=False, target_indptr=None,
+           bonus_tokens=None):
     """Returns (num_accepted int32 [B], accepted_nodes int32 [B, width],
     tokens int64 [B, width]) on the logits' device; uniforms float32 [N].
+
+    target_indptr int32 [B + 1] + bonus_tokens int64 [B] (both or neither):
+    the row map. Request b's rows of target_logits and draft_probs are
+    ``target_indptr[b]:target_indptr[b+1]``, node j reading the j-th of them;
+    a node past them has no row: its children are never accepted and a path
+    that ends there emits ``bonus_tokens[b]``. Without it request b's rows are
+    its nodes' (``qo_indptr``).
 
     target_is_probs: ``target_logits`` holds probabilities (not necessarily
     normalised); every rule reads them as the logits ``log(p)``, so a row is
@@ -234,23 +249,27 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
     all_tokens = draft_tokens.tolist()
     all_parents = parents.tolist()
     u_all = uniforms.cpu().tolist() if uniforms is not None else None
+    row_indptr = target_indptr.tolist() if target_indptr is not None else indptr
+    bonuses = bonus_tokens.tolist() if bonus_tokens is not None else [None] * batch
     for b in range(batch):
         s, e = indptr[b], indptr[b + 1]
         if e == s:
             continue
-        rows = target_logits[s:e].cpu()
+        rs, re = row_indptr[b], row_indptr[b + 1]
+        rows = target_logits[rs:re].cpu()
         logit_rows = torch.log(rows.float()) if target_is_probs else rows
         tokens, par = all_tokens[s:e], all_parents[s:e]
         temp = 0.0 if mode == GREEDY else float(temperature[b])
         u = u_all[s:e] if u_all is not None else None
         if temp == 0.0:
-            result = _walk_greedy(rows, logit_rows, tokens, par, width)
+            result = _walk_greedy(rows, logit_rows, tokens, par, width, bonuses[b])
         elif mode == REJECTION:
-            q_rows = draft_probs[s:e].cpu() if draft_probs is not None else None
-            result = _walk_rejection(logit_rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]))
+            q_rows = draft_probs[rs:re].cpu() if draft_probs is not None else None
+            result = _walk_rejection(logit_rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]),
+                                     bonuses[b])
         else:
             result = _walk_typical(logit_rows, tokens, par, width, u, temp, float(posterior_threshold[b]),
-                                   float(posterior_alpha[b]))
+                                   float(posterior_alpha[b]), bonuses[b])
         if result is None:  # a row the rule reads cannot define a distribution
             num_accepted[b] = -1
             continue

@@ -263,37 +263,43 @@ def _push(nodes, toks, w_offs, depth, node, token):
 
 
 @triton.jit
-def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, V, width, nodes, toks, w_offs,
-                 PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Accept the first child equal to the argmax; the bonus is the last argmax."""
+def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, V, width,
+                 nodes, toks, w_offs, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Accept the first child equal to the argmax; the bonus is the last argmax
+    (``bonus_tok`` at a node without a row: the row map)."""
     valid = tl.full([], 1, tl.int32)
     accepted = tl.full([], 0, tl.int32)
     node = tl.full([], 0, tl.int32)
     done = tl.full([], 0, tl.int32)
     while done == 0:
-        best_tok, _, ok_row = _scan(logits_ptr + (start + node) * logits_stride, V, PROBS, LIBDEVICE, BLOCK_V)
-        nxt = tl.full([], -1, tl.int32)
-        c = node + 1
-        while (c < size) & (nxt < 0) & ok_row & (accepted + 1 < width):
-            if (tl.load(parents_ptr + start + c) == node) & (tl.load(tokens_ptr + start + c) == best_tok):
-                nxt = c
-            c += 1
-        if ok_row == 0:
-            valid = tl.full([], 0, tl.int32)
+        if node >= rcount:
+            toks = tl.where(w_offs == accepted, bonus_tok, toks)
             done = 1
-        elif nxt >= 0:
-            accepted += 1
-            nodes, toks = _push(nodes, toks, w_offs, accepted, nxt, tl.load(tokens_ptr + start + nxt))
-            node = nxt
         else:
-            toks = tl.where(w_offs == accepted, best_tok.to(tl.int64), toks)
-            done = 1
+            best_tok, _, ok_row = _scan(logits_ptr + (rstart + node) * logits_stride, V, PROBS, LIBDEVICE, BLOCK_V)
+            nxt = tl.full([], -1, tl.int32)
+            c = node + 1
+            while (c < size) & (nxt < 0) & ok_row & (accepted + 1 < width):
+                if (tl.load(parents_ptr + start + c) == node) & (tl.load(tokens_ptr + start + c) == best_tok):
+                    nxt = c
+                c += 1
+            if ok_row == 0:
+                valid = tl.full([], 0, tl.int32)
+                done = 1
+            elif nxt >= 0:
+                accepted += 1
+                nodes, toks = _push(nodes, toks, w_offs, accepted, nxt, tl.load(tokens_ptr + start + nxt))
+                node = nxt
+            else:
+                toks = tl.where(w_offs == accepted, best_tok.to(tl.int64), toks)
+                done = 1
     return accepted, valid, nodes, toks
 
 
 @triton.jit
-def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, V, width, nodes, toks,
-                    w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr, res_ptr,
+def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b, V,
+                    width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr,
+                    res_ptr,
                     HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
                     BLOCK_V: tl.constexpr):
     """Children tried in order against the running residual (module docstring)."""
@@ -303,90 +309,94 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
     done = tl.full([], 0, tl.int32)
     res_row = res_ptr + b.to(tl.int64) * V
     while done == 0:
-        row_ptr = logits_ptr + (start + node) * logits_stride
-        _, row_max, ok_row = _scan(row_ptr, V, PROBS, LIBDEVICE, BLOCK_V)
-        if ok_row == 0:
-            valid = tl.full([], 0, tl.int32)
+        if node >= rcount:  # no row (row map): the caller's bonus
+            toks = tl.where(w_offs == accepted, bonus_tok, toks)
             done = 1
         else:
-            # Rounding is monotone, so max(x / t) = max(x) / t.
-            m = tl.math.div_rn(row_max, temperature)
-            thr, total_d, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, PROBS, LIBDEVICE, BLOCK_V)
-            total = total_d.to(tl.float32)
-            nxt = tl.full([], -1, tl.int32)
-            res_on = tl.full([], 0, tl.int32)  # with q: r lives in res_row, normalised by res_total
-            res_total = tl.full([], 1.0, tl.float32)
-            removed = tl.full([], 0.0, tl.float64)  # without q: exp(z - m) mass of the rejected tokens
-            remaining = count  # without q: tokens with r > 0
-            c = node + 1
-            while (c < size) & (nxt < 0) & (accepted + 1 < width):
-                if tl.load(parents_ptr + start + c) == node:
-                    x = tl.load(tokens_ptr + start + c)
-                    u = _uniform(unif_ptr, philox_ptr, start + c, HAS_UNIFORMS)
-                    if HAS_Q:
-                        q_row = q_ptr + (start + node) * q_stride
-                        inside = (x >= 0) & (x < V)
-                        xs = tl.where(inside, x, 0)
-                        qx = tl.where(inside, tl.load(q_row + xs).to(tl.float32), 0.0)
-                        if res_on != 0:
-                            rx = tl.where(inside, tl.load(res_row + xs), 0.0) / res_total
-                        else:
-                            rx = _e_at(row_ptr, x, V, temperature, m, thr, PROBS, LIBDEVICE) / total
-                        if u * qx < rx:
-                            nxt = c
-                        else:
-                            # r = norm(max(0, r - q)) unless that leaves no mass; a
-                            # NaN in q propagates into the mass, leaving r as is.
-                            mass = tl.full([], 0.0, tl.float64)
-                            for s in range(0, V, BLOCK_V):
-                                offs = s + tl.arange(0, BLOCK_V)
-                                r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0, res_on,
-                                             res_total, tokens_ptr, parents_ptr, start, node, 0, 0, PROBS, LIBDEVICE,
-                                             HAS_Q)
-                                q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
-                                mass += tl.sum(tl.maximum(r - q, 0.0, propagate_nan=tl.PropagateNan.ALL)
-                                               .to(tl.float64), 0)
-                            if mass > 0.0:
-                                for s in range(0, V, BLOCK_V):
-                                    offs = s + tl.arange(0, BLOCK_V)
-                                    r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0,
-                                                 res_on, res_total, tokens_ptr, parents_ptr, start, node, 0, 0,
-                                                 PROBS, LIBDEVICE, HAS_Q)
-                                    q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
-                                    tl.store(res_row + offs, tl.maximum(r - q, 0.0), mask=offs < V)
-                                # The next child's r(x) is one element, read by every thread.
-                                tl.debug_barrier()
-                                res_on = 1
-                                res_total = mass.to(tl.float32)
-                    else:
-                        ex = _e_at(row_ptr, x, V, temperature, m, thr, PROBS, LIBDEVICE)
-                        # A token already rejected here has r(x) = 0, as has one p gives 0.
-                        fresh = ex > 0.0
-                        for c2 in range(node + 1, c):
-                            fresh = fresh & ((tl.load(parents_ptr + start + c2) != node) |
-                                             (tl.load(tokens_ptr + start + c2) != x))
-                        if fresh:
-                            # The last token left has r = 1 exactly, as in the reference,
-                            # so rejecting one never leaves r without mass.
-                            rx = tl.where(remaining == 1, 1.0, ex / (total_d - removed).to(tl.float32))
-                            if u < rx:
+            row_ptr = logits_ptr + (rstart + node) * logits_stride
+            _, row_max, ok_row = _scan(row_ptr, V, PROBS, LIBDEVICE, BLOCK_V)
+            if ok_row == 0:
+                valid = tl.full([], 0, tl.int32)
+                done = 1
+            else:
+                # Rounding is monotone, so max(x / t) = max(x) / t.
+                m = tl.math.div_rn(row_max, temperature)
+                thr, total_d, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, PROBS, LIBDEVICE, BLOCK_V)
+                total = total_d.to(tl.float32)
+                nxt = tl.full([], -1, tl.int32)
+                res_on = tl.full([], 0, tl.int32)  # with q: r lives in res_row, normalised by res_total
+                res_total = tl.full([], 1.0, tl.float32)
+                removed = tl.full([], 0.0, tl.float64)  # without q: exp(z - m) mass of the rejected tokens
+                remaining = count  # without q: tokens with r > 0
+                c = node + 1
+                while (c < size) & (nxt < 0) & (accepted + 1 < width):
+                    if tl.load(parents_ptr + start + c) == node:
+                        x = tl.load(tokens_ptr + start + c)
+                        u = _uniform(unif_ptr, philox_ptr, start + c, HAS_UNIFORMS)
+                        if HAS_Q:
+                            q_row = q_ptr + (rstart + node) * q_stride
+                            inside = (x >= 0) & (x < V)
+                            xs = tl.where(inside, x, 0)
+                            qx = tl.where(inside, tl.load(q_row + xs).to(tl.float32), 0.0)
+                            if res_on != 0:
+                                rx = tl.where(inside, tl.load(res_row + xs), 0.0) / res_total
+                            else:
+                                rx = _e_at(row_ptr, x, V, temperature, m, thr, PROBS, LIBDEVICE) / total
+                            if u * qx < rx:
                                 nxt = c
                             else:
-                                removed += ex.to(tl.float64)
-                                remaining -= 1
-                c += 1
-            if nxt >= 0:
-                accepted += 1
-                nodes, toks = _push(nodes, toks, w_offs, accepted, nxt, tl.load(tokens_ptr + start + nxt))
-                node = nxt
-            else:
-                # Without q, the removed tokens are exactly node's children's (all rejected).
-                c_hi = tl.where(remaining < count, size, node + 1)
-                bonus = _sample(row_ptr, res_row, V, temperature, m, thr, total, 0.0, res_on, res_total,
-                                tokens_ptr, parents_ptr, start, node, node + 1, c_hi,
-                                _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE, HAS_Q, BLOCK_V)
-                toks = tl.where(w_offs == accepted, bonus.to(tl.int64), toks)
-                done = 1
+                                # r = norm(max(0, r - q)) unless that leaves no mass; a
+                                # NaN in q propagates into the mass, leaving r as is.
+                                mass = tl.full([], 0.0, tl.float64)
+                                for s in range(0, V, BLOCK_V):
+                                    offs = s + tl.arange(0, BLOCK_V)
+                                    r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0, res_on,
+                                                 res_total, tokens_ptr, parents_ptr, start, node, 0, 0, PROBS, LIBDEVICE,
+                                                 HAS_Q)
+                                    q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
+                                    mass += tl.sum(tl.maximum(r - q, 0.0, propagate_nan=tl.PropagateNan.ALL)
+                                                   .to(tl.float64), 0)
+                                if mass > 0.0:
+                                    for s in range(0, V, BLOCK_V):
+                                        offs = s + tl.arange(0, BLOCK_V)
+                                        r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0,
+                                                     res_on, res_total, tokens_ptr, parents_ptr, start, node, 0, 0,
+                                                     PROBS, LIBDEVICE, HAS_Q)
+                                        q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
+                                        tl.store(res_row + offs, tl.maximum(r - q, 0.0), mask=offs < V)
+                                    # The next child's r(x) is one element, read by every thread.
+                                    tl.debug_barrier()
+                                    res_on = 1
+                                    res_total = mass.to(tl.float32)
+                        else:
+                            ex = _e_at(row_ptr, x, V, temperature, m, thr, PROBS, LIBDEVICE)
+                            # A token already rejected here has r(x) = 0, as has one p gives 0.
+                            fresh = ex > 0.0
+                            for c2 in range(node + 1, c):
+                                fresh = fresh & ((tl.load(parents_ptr + start + c2) != node) |
+                                                 (tl.load(tokens_ptr + start + c2) != x))
+                            if fresh:
+                                # The last token left has r = 1 exactly, as in the reference,
+                                # so rejecting one never leaves r without mass.
+                                rx = tl.where(remaining == 1, 1.0, ex / (total_d - removed).to(tl.float32))
+                                if u < rx:
+                                    nxt = c
+                                else:
+                                    removed += ex.to(tl.float64)
+                                    remaining -= 1
+                    c += 1
+                if nxt >= 0:
+                    accepted += 1
+                    nodes, toks = _push(nodes, toks, w_offs, accepted, nxt, tl.load(tokens_ptr + start + nxt))
+                    node = nxt
+                else:
+                    # Without q, the removed tokens are exactly node's children's (all rejected).
+                    c_hi = tl.where(remaining < count, size, node + 1)
+                    bonus = _sample(row_ptr, res_row, V, temperature, m, thr, total, 0.0, res_on, res_total,
+                                    tokens_ptr, parents_ptr, start, node, node + 1, c_hi,
+                                    _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE, HAS_Q, BLOCK_V)
+                    toks = tl.where(w_offs == accepted, bonus.to(tl.int64), toks)
+                    done = 1
     return accepted, valid, nodes, toks
 
 
@@ -411,8 +421,8 @@ def _typical_stats(row_ptr, V, temperature, eps, alpha, PROBS: tl.constexpr, LIB
 
 
 @triton.jit
-def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, V, width, nodes, toks, w_offs,
-                  temperature, eps, alpha, unif_ptr, philox_ptr, HAS_UNIFORMS: tl.constexpr,
+def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, V, width,
+                  nodes, toks, w_offs, temperature, eps, alpha, unif_ptr, philox_ptr, HAS_UNIFORMS: tl.constexpr,
                   PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr, MAX_T: tl.constexpr):
     """Deepest node whose path passes Medusa's typical test; bonus from p >= threshold.
     Per-node state lives in [MAX_T] register vectors, indexed with t_offs."""
@@ -436,9 +446,9 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
         par_depth1 = _pick(depth1, t_offs, par)
         needed = (par_ok & (par_depth1 > 0) & (par_depth1 < width)) | (c == size)
         par = tl.where(c == size, best, par)
-        if needed:
+        if needed & (par < rcount):  # a node without a row (row map) accepts no child
             if _pick(st_state, t_offs, par) == 0:
-                m, total, thr, ok_row = _typical_stats(logits_ptr + (start + par) * logits_stride, V, temperature,
+                m, total, thr, ok_row = _typical_stats(logits_ptr + (rstart + par) * logits_stride, V, temperature,
                                                        eps, alpha, PROBS, LIBDEVICE, BLOCK_V)
                 here = t_offs == par
                 st_state = tl.where(here, tl.where(ok_row, 1, 2), st_state)
@@ -448,7 +458,7 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
             if _pick(st_state, t_offs, par) == 2:
                 valid = tl.full([], 0, tl.int32)
             elif c < size:
-                row_ptr = logits_ptr + (start + par) * logits_stride
+                row_ptr = logits_ptr + (rstart + par) * logits_stride
                 px = _e_at(row_ptr, tl.load(tokens_ptr + start + c), V, temperature, _pick(st_m, t_offs, par), 0,
                            PROBS, LIBDEVICE) / _pick(st_total, t_offs, par)
                 if px > _pick(st_thr, t_offs, par):
@@ -463,12 +473,14 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
         c += 1
     accepted = tl.full([], 0, tl.int32)
     if valid != 0:
-        row_ptr = logits_ptr + (start + best) * logits_stride
-        bonus = _sample(row_ptr, row_ptr, V, temperature, _pick(st_m, t_offs, best), 0,
-                        _pick(st_total, t_offs, best), _pick(st_thr, t_offs, best), 0, 1.0, tokens_ptr, parents_ptr,
-                        start, best, 0, 0, _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE, False,
-                        BLOCK_V)
-        toks = tl.where(w_offs == best_depth, bonus.to(tl.int64), toks)
+        bonus = bonus_tok
+        if best < rcount:
+            row_ptr = logits_ptr + (rstart + best) * logits_stride
+            bonus = _sample(row_ptr, row_ptr, V, temperature, _pick(st_m, t_offs, best), 0,
+                            _pick(st_total, t_offs, best), _pick(st_thr, t_offs, best), 0, 1.0, tokens_ptr,
+                            parents_ptr, start, best, 0, 0, _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS,
+                            LIBDEVICE, False, BLOCK_V).to(tl.int64)
+        toks = tl.where(w_offs == best_depth, bonus, toks)
         n = best
         j = best_depth
         while j > 0:
@@ -482,15 +494,24 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
 @triton.jit
 def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_stride, q_ptr, q_stride,
                    temp_ptr, topk_ptr, topp_ptr, eps_ptr, alpha_ptr, unif_ptr, philox_ptr, res_ptr,
-                   num_acc_ptr, nodes_ptr, out_tok_ptr, num_rows, V, width,
+                   num_acc_ptr, nodes_ptr, out_tok_ptr, rows_ptr, bonus_ptr, num_nodes, num_rows, V, width,
                    MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr,
-                   LIBDEVICE: tl.constexpr,
+                   MAPPED: tl.constexpr, LIBDEVICE: tl.constexpr,
                    BLOCK_V: tl.constexpr, BLOCK_W: tl.constexpr, MAX_T: tl.constexpr):
     b = tl.program_id(0)
     # Clamped so that a malformed qo_indptr (validate=False) cannot read past the rows.
-    start = tl.minimum(tl.maximum(tl.load(indptr_ptr + b), 0), num_rows).to(tl.int64)
-    end = tl.minimum(tl.maximum(tl.load(indptr_ptr + b + 1).to(tl.int64), start), num_rows)
+    start = tl.minimum(tl.maximum(tl.load(indptr_ptr + b), 0), num_nodes).to(tl.int64)
+    end = tl.minimum(tl.maximum(tl.load(indptr_ptr + b + 1).to(tl.int64), start), num_nodes)
     size = tl.minimum(end - start, MAX_T).to(tl.int32)
+    if MAPPED:  # the row map, clamped the same way
+        rstart = tl.minimum(tl.maximum(tl.load(rows_ptr + b), 0), num_rows).to(tl.int64)
+        rcount = (tl.minimum(tl.maximum(tl.load(rows_ptr + b + 1).to(tl.int64), rstart), num_rows) - rstart)
+        rcount = rcount.to(tl.int32)
+        bonus_tok = tl.load(bonus_ptr + b).to(tl.int64)
+    else:
+        rstart = start
+        rcount = size
+        bonus_tok = tl.full([], -1, tl.int64)
     w_offs = tl.arange(0, BLOCK_W)
     # The output rows are built in registers and stored once, by their owners.
     nodes = tl.where(w_offs == 0, 0, tl.full([BLOCK_W], -1, tl.int32))
@@ -500,25 +521,26 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
     if size > 0:
         if MODE == 0:
             accepted, valid, nodes, toks = _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start,
-                                                        size, V, width, nodes, toks, w_offs, PROBS, LIBDEVICE,
-                                                        BLOCK_V)
+                                                        size, rstart, rcount, bonus_tok, V, width, nodes, toks, w_offs,
+                                                        PROBS, LIBDEVICE, BLOCK_V)
         else:
             temperature = tl.load(temp_ptr + b)
             if temperature > 0.0:
                 if MODE == 1:
                     accepted, valid, nodes, toks = _walk_rejection(
-                        tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, b, V, width, nodes, toks,
-                        w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b), tl.load(topp_ptr + b),
+                        tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b,
+                        V, width, nodes, toks, w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b),
+                        tl.load(topp_ptr + b),
                         unif_ptr, philox_ptr, res_ptr, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V)
                 else:
                     accepted, valid, nodes, toks = _walk_typical(
-                        tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, V, width, nodes, toks,
-                        w_offs, temperature, tl.load(eps_ptr + b), tl.load(alpha_ptr + b), unif_ptr, philox_ptr,
-                        HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, MAX_T)
+                        tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok,
+                        V, width, nodes, toks, w_offs, temperature, tl.load(eps_ptr + b), tl.load(alpha_ptr + b),
+                        unif_ptr, philox_ptr, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, MAX_T)
             else:
                 accepted, valid, nodes, toks = _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride,
-                                                            start, size, V, width, nodes, toks, w_offs, PROBS,
-                                                            LIBDEVICE, BLOCK_V)
+                                                            start, size, rstart, rcount, bonus_tok, V, width, nodes,
+                                                            toks, w_offs, PROBS, LIBDEVICE, BLOCK_V)
     else:
         nodes = tl.full([BLOCK_W], -1, tl.int32)
     if valid == 0:
@@ -532,7 +554,8 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
 
 
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
-           posterior_threshold, posterior_alpha, uniforms, philox, mode, width, target_is_probs=False):
+           posterior_threshold, posterior_alpha, uniforms, philox, mode, width, target_is_probs=False,
+           target_indptr=None, bonus_tokens=None):
     """The verify_tree op on Triton, in one launch (one program per request).
 
     Args:
@@ -546,6 +569,9 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
             read in the kernel.
         mode: 0 greedy, 1 rejection, 2 typical. width: max_depth + 1 (<= 256).
         target_is_probs: target_logits holds probabilities, read as log(p).
+        target_indptr int32 [B + 1], bonus_tokens int64 [B]: the row map (both
+            or neither; specdec_kernels/sampling.py); target_logits and
+            draft_probs are then [R, V].
 
     Returns num_accepted int32 [B], accepted_nodes int32 [B, width], tokens
     int64 [B, width], all on the logits' device; every element is written by
@@ -554,6 +580,7 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
     device = target_logits.device
     batch = qo_indptr.numel() - 1
     num_rows, vocab = target_logits.shape
+    mapped = target_indptr is not None
     num_accepted = torch.empty(batch, dtype=torch.int32, device=device)
     nodes = torch.empty(batch, width, dtype=torch.int32, device=device)
     tokens = torch.empty(batch, width, dtype=torch.int64, device=device)
@@ -570,8 +597,9 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         pick(temperature, dummy_f), pick(top_k, dummy_i), pick(top_p, dummy_f), pick(posterior_threshold, dummy_f),
         pick(posterior_alpha, dummy_f), pick(uniforms, dummy_f),
         pick(philox, torch.zeros(2, dtype=torch.int64, device=device)), residual,
-        num_accepted, nodes, tokens, num_rows, vocab, width,
-        MODE=mode, HAS_Q=with_q, HAS_UNIFORMS=uniforms is not None, PROBS=bool(target_is_probs),
+        num_accepted, nodes, tokens, pick(target_indptr, dummy_i),
+        pick(bonus_tokens, torch.empty(1, dtype=torch.int64, device=device)), draft_tokens.numel(), num_rows, vocab,
+        width, MODE=mode, HAS_Q=with_q, HAS_UNIFORMS=uniforms is not None, PROBS=bool(target_is_probs), MAPPED=mapped,
         LIBDEVICE=not triton_interpreted(),
         BLOCK_V=min(1024, triton.next_power_of_2(vocab)), BLOCK_W=triton.next_power_of_2(max(width, 2)),
         MAX_T=MAX_NODES)

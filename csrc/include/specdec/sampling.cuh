@@ -235,15 +235,18 @@ __device__ int64_t sample(int64_t vocab, float u, W weight, Scratch& s) {
 struct Walk {
   const VerifyArgs& a;
   int64_t b, start, size;
+  RowSpan rows;
   Scratch& s;
 
   __device__ int64_t token(int64_t node) const { return a.draft_tokens[start + node]; }
   __device__ int32_t parent(int64_t node) const { return a.parents[start + node]; }
+  __device__ bool has_row(int64_t node) const { return node < rows.count; }
+  __device__ int64_t bonus() const { return a.bonus_tokens[b]; }
   __device__ Row row(int64_t node) const {
-    return Row{a.logits, a.logits_dtype, (start + node) * a.logits_stride, a.vocab, a.logits_are_probs};
+    return Row{a.logits, a.logits_dtype, (rows.start + node) * a.logits_stride, a.vocab, a.logits_are_probs};
   }
   __device__ float q(int64_t node, int64_t x) const {
-    return load(a.draft_probs, a.probs_dtype, (start + node) * a.probs_stride + x);
+    return load(a.draft_probs, a.probs_dtype, (rows.start + node) * a.probs_stride + x);
   }
   __device__ float uniform(int64_t node) const {
     const int64_t r = start + node;
@@ -264,6 +267,10 @@ struct Walk {
 __device__ int64_t walk_greedy(const Walk& w) {
   int64_t node = 0, accepted = 0;
   while (true) {
+    if (!w.has_row(node)) {
+      w.emit_bonus(accepted, w.bonus());
+      return accepted;
+    }
     const Scan sc = scan_row(w.row(node), w.s);
     if (!sc.valid) return -1;
     int64_t next = -1;
@@ -290,6 +297,10 @@ __device__ int64_t walk_rejection(const Walk& w, float* residual) {
   const int64_t vocab = a.vocab;
   int64_t node = 0, accepted = 0;
   while (true) {
+    if (!w.has_row(node)) {
+      w.emit_bonus(accepted, w.bonus());
+      return accepted;
+    }
     const Row row = w.row(node);
     if (!scan_row(row, w.s).valid) return -1;
     const Stats st = target_stats(row, t, top_k, top_p, w.s);
@@ -381,7 +392,7 @@ __device__ int64_t walk_typical(const Walk& w, TypicalNode* nodes) {
   int64_t best = 0;
   for (int64_t c = 1; c < w.size; ++c) {
     const int64_t par = w.parent(c);
-    if (par < 0 || par >= c || nodes[par].depth1 == 0 || nodes[par].depth1 >= a.width) continue;
+    if (par < 0 || par >= c || nodes[par].depth1 == 0 || nodes[par].depth1 >= a.width || !w.has_row(par)) continue;
     TypicalNode& pn = nodes[par];
     if (pn.stats == 0) {
       const bool ok = scan_row(w.row(par), w.s).valid;
@@ -406,15 +417,20 @@ __device__ int64_t walk_typical(const Walk& w, TypicalNode* nodes) {
     __syncthreads();
     if (depth1 > nodes[best].depth1 || (depth1 == nodes[best].depth1 && score > nodes[best].score)) best = c;
   }
-  const Row row = w.row(best);
-  if (!scan_row(row, w.s).valid) return -1;
-  TypicalNode bn{};
-  typical_stats(row, t, eps, alpha, w.s, bn);
-  const float u0 = w.uniform(0);
-  const int64_t bonus = sample(a.vocab, u0, [&](int64_t y) {
-    const float p = expf(z_of(row, y, t) - bn.m) / bn.total;
-    return p >= bn.thr ? p : 0.f;
-  }, w.s);
+  int64_t bonus;
+  if (w.has_row(best)) {
+    const Row row = w.row(best);
+    if (!scan_row(row, w.s).valid) return -1;
+    TypicalNode bn{};
+    typical_stats(row, t, eps, alpha, w.s, bn);
+    const float u0 = w.uniform(0);
+    bonus = sample(a.vocab, u0, [&](int64_t y) {
+      const float p = expf(z_of(row, y, t) - bn.m) / bn.total;
+      return p >= bn.thr ? p : 0.f;
+    }, w.s);
+  } else {
+    bonus = w.bonus();
+  }
   const int64_t accepted = nodes[best].depth1 - 1;
   for (int64_t n = best, j = accepted; j > 0; n = w.parent(n), --j) w.emit(j, n);
   w.emit_bonus(accepted, bonus);
@@ -437,7 +453,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(const VerifyArgs a, fl
   int64_t accepted = 0;
   if (size > 0) {
     if (threadIdx.x == 0) a.accepted_nodes[b * a.width] = 0;
-    const Walk w{a, b, start, size, scratch};
+    const Walk w{a, b, start, size, row_span(a, b, start, size), scratch};
     const bool greedy = a.mode == VerifyMode::kGreedy || !(a.temperature[b] > 0.f);
     if (greedy) {
       accepted = walk_greedy(w);

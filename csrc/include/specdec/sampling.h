@@ -38,6 +38,9 @@
 //     output word w gives (w >> 8) * 2^-24. seed, offset = philox[0], philox[1].
 //   * Sampling from weights w (an unnormalised r): the first index whose running
 //     sum exceeds u * sum(w); if rounding leaves none, the last index with w > 0.
+//   * Row map (target_indptr, bonus_tokens; see VerifyArgs): "the row of node
+//     i" above is then row target_indptr[b] + local i, and a node without a
+//     row ends the walk there with bonus_tokens[b].
 //   * Nodes deeper than width - 1 are ignored; tokens outside [0, vocab) are
 //     never accepted (they read as probability 0). Malformed parents simply
 //     make nodes unreachable. No input makes a kernel read or write out of
@@ -86,7 +89,33 @@ struct VerifyArgs {
   int32_t* num_accepted;        // [batch]
   int32_t* accepted_nodes;      // [batch, width], contiguous
   int64_t* tokens;              // [batch, width], contiguous
+  // Row map, both or neither (null: node i reads row i of logits and
+  // draft_probs, so num_rows == num_tokens). Request b's rows are
+  // target_indptr[b] .. target_indptr[b+1]-1 (clamped to [0, num_rows)) and
+  // its node j reads row target_indptr[b] + j. A node past them has no row:
+  // a path that ends there emits bonus_tokens[b] (the caller sampled it), and
+  // its children are never accepted. vLLM's layout: one row per draft, none
+  // for the bonus position.
+  const int32_t* target_indptr; // [batch + 1] or nullptr
+  const int64_t* bonus_tokens;  // [batch] or nullptr
+  int64_t num_rows;             // rows of logits (and of draft_probs)
 };
+
+// Where request b's rows lie: [start, start + count) of logits.
+struct RowSpan {
+  int64_t start, count;
+};
+
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline RowSpan row_span(const VerifyArgs& a, int64_t b, int64_t node_start, int64_t size) {
+  if (a.target_indptr == nullptr) return RowSpan{node_start, size};
+  const int64_t lo = a.target_indptr[b] < 0 ? 0 : (a.target_indptr[b] > a.num_rows ? a.num_rows : a.target_indptr[b]);
+  int64_t hi = a.target_indptr[b + 1];
+  hi = hi < lo ? lo : (hi > a.num_rows ? a.num_rows : hi);
+  return RowSpan{lo, hi - lo};
+}
 
 // CPU kernel (csrc/cpu/sampling.cpp): requests [begin, end), so callers can
 // split a batch over threads. Reads qo_indptr etc. as host memory.
