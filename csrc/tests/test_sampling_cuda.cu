@@ -1,6 +1,8 @@
 // verify_cuda against verify_cpu on random ragged batches of chains and
 // trees, every mode, fp32 and bf16 logits or probabilities (logits_are_probs),
-// explicit uniforms and in-kernel Philox. Outputs are poisoned first, so an unwritten element fails. Greedy
+// explicit uniforms and in-kernel Philox, with and without a row map
+// (target_indptr + bonus_tokens: a random suffix of each request's rows
+// dropped). Outputs are poisoned first, so an unwritten element fails. Greedy
 // must match exactly; sampled requests may differ only through rounding at a
 // boundary (counted, at most 1%). Exits 77 (skipped) without a CUDA device.
 #include <cuda_bf16.h>
@@ -59,7 +61,35 @@ struct Case {
   std::vector<float> logits, probs, uniforms;  // logits as stored (bf16-rounded when bf16)
   std::vector<uint16_t> logits_bf16;
   int32_t width = 1;
+  std::vector<int32_t> row_indptr;  // the row map, empty when none
+  std::vector<int64_t> bonus;
 };
+
+// The case with rows for a random prefix of each request's nodes only (all,
+// all but the last, or any count), and random bonus tokens.
+Case with_row_map(const Case& c, std::mt19937& rng) {
+  Case m = c;
+  m.logits.clear();
+  m.probs.clear();
+  m.logits_bf16.clear();
+  m.row_indptr = {0};
+  const int64_t batch = int64_t(c.indptr.size()) - 1;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t start = c.indptr[b], size = c.indptr[b + 1] - start;
+    const int64_t keep = b % 3 == 0 ? size : b % 3 == 1 ? std::max<int64_t>(size - 1, 0) : int64_t(rng() % (size + 1));
+    for (int64_t r = start; r < start + keep; ++r) {
+      m.logits.insert(m.logits.end(), c.logits.begin() + r * c.vocab, c.logits.begin() + (r + 1) * c.vocab);
+      m.probs.insert(m.probs.end(), c.probs.begin() + r * c.vocab, c.probs.begin() + (r + 1) * c.vocab);
+      if (c.bf16) {
+        m.logits_bf16.insert(m.logits_bf16.end(), c.logits_bf16.begin() + r * c.vocab,
+                             c.logits_bf16.begin() + (r + 1) * c.vocab);
+      }
+    }
+    m.row_indptr.push_back(m.row_indptr.back() + int32_t(keep));
+    m.bonus.push_back(int64_t(rng() % uint64_t(c.vocab)));
+  }
+  return m;
+}
 
 Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, bool target_probs, int batch) {
   Case c;
@@ -114,7 +144,8 @@ struct Result {
 specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, const void* logits,
                              const void* probs, const int64_t* tokens, const int32_t* parents, const int32_t* indptr,
                              const float* temp, const int32_t* top_k, const float* top_p, const float* eps,
-                             const float* alpha, const float* uniforms, const int64_t* seed_offset) {
+                             const float* alpha, const float* uniforms, const int64_t* seed_offset,
+                             const int32_t* row_indptr, const int64_t* bonus) {
   specdec::VerifyArgs a{};
   a.mode = mode;
   a.draft_tokens = tokens;
@@ -144,6 +175,11 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
   a.num_tokens = int64_t(c.tokens.size());
   a.vocab = c.vocab;
   a.width = c.width;
+  if (!c.row_indptr.empty()) {
+    a.target_indptr = row_indptr;
+    a.bonus_tokens = bonus;
+    a.num_rows = c.row_indptr.back();
+  }
   return a;
 }
 
@@ -160,7 +196,8 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   const void* host_logits = c.bf16 ? static_cast<const void*>(c.logits_bf16.data()) : c.logits.data();
   specdec::VerifyArgs ha = args_for(c, mode, with_q, philox, host_logits, c.probs.data(), c.tokens.data(),
                                     c.parents.data(), c.indptr.data(), temp.data(), tk.data(), tp.data(), eps.data(),
-                                    alpha.data(), c.uniforms.data(), seed_offset);
+                                    alpha.data(), c.uniforms.data(), seed_offset, c.row_indptr.data(),
+                                    c.bonus.data());
   ha.num_accepted = cpu.num.data();
   ha.accepted_nodes = cpu.nodes.data();
   ha.tokens = cpu.toks.data();
@@ -176,11 +213,13 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   int32_t* d_tk = to_device(tk);
   float* d_unif = to_device(c.uniforms);
   int64_t* d_seed = to_device(std::vector<int64_t>(seed_offset, seed_offset + 2));
+  int32_t* d_rows = to_device(c.row_indptr);
+  int64_t* d_bonus = to_device(c.bonus);
   int32_t* d_num = to_device(std::vector<int32_t>(batch, 0x5a5a5a5a));
   int32_t* d_nodes = to_device(std::vector<int32_t>(batch * c.width, 0x5a5a5a5a));
   int64_t* d_toks = to_device(std::vector<int64_t>(batch * c.width, 0x5a5a5a5a));
   specdec::VerifyArgs da = args_for(c, mode, with_q, philox, d_logits, d_probs, d_tokens, d_parents, d_indptr, d_temp,
-                                    d_tk, d_tp, d_eps, d_alpha, d_unif, d_seed);
+                                    d_tk, d_tp, d_eps, d_alpha, d_unif, d_seed, d_rows, d_bonus);
   da.num_accepted = d_num;
   da.accepted_nodes = d_nodes;
   da.tokens = d_toks;
@@ -207,7 +246,7 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   *requests += int(batch);
   for (void* p : {d_logits, (void*)d_probs, (void*)d_tokens, (void*)d_parents, (void*)d_indptr, (void*)d_temp,
                   (void*)d_tp, (void*)d_eps, (void*)d_alpha, (void*)d_tk, (void*)d_unif, (void*)d_seed, (void*)d_num,
-                  (void*)d_nodes, (void*)d_toks, ws}) {
+                  (void*)d_nodes, (void*)d_toks, (void*)d_rows, (void*)d_bonus, ws}) {
     cudaFree(p);
   }
   return differ;
@@ -227,12 +266,14 @@ int main() {
     for (int variant = 0; variant < 4; ++variant) {
       const bool bf16 = variant & 1, target_probs = variant & 2;
       if (target_probs && (vocab == 1 || vocab == 50)) continue;  // probabilities: two vocabularies suffice
-      const Case c = make_case(rng, vocab, bf16, target_probs, 16);
-      differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
-      for (bool philox : {false, true}) {
-        differ += compare(c, specdec::VerifyMode::kRejection, false, philox, 0, 1.f, &requests);
-        differ += compare(c, specdec::VerifyMode::kRejection, true, philox, 5, 0.9f, &requests);
-        differ += compare(c, specdec::VerifyMode::kTypical, false, philox, 0, 1.f, &requests);
+      const Case plain = make_case(rng, vocab, bf16, target_probs, 16);
+      for (const Case& c : {plain, with_row_map(plain, rng)}) {
+        differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
+        for (bool philox : {false, true}) {
+          differ += compare(c, specdec::VerifyMode::kRejection, false, philox, 0, 1.f, &requests);
+          differ += compare(c, specdec::VerifyMode::kRejection, true, philox, 5, 0.9f, &requests);
+          differ += compare(c, specdec::VerifyMode::kTypical, false, philox, 0, 1.f, &requests);
+        }
       }
     }
   }

@@ -35,15 +35,14 @@ ours (one uniform per position, the recovered token by inverse CDF), not
 vLLM's exponential race, so a seeded request reproduces itself here but not
 vLLM's exact tokens; the distribution is the same.
 
-Cost, beyond vLLM's op: our layout has one row per node, so each request needs
-a row for its bonus position, which vLLM's ``target_probs`` lacks (vLLM
-samples the bonus token itself). The adapter builds ``[num_tokens + B, V]``
-rows in ``target_probs``' own dtype: the given rows copied, plus a point mass
-on the bonus token per request; our ops read them as probabilities natively
-(no log pass, no fp32 conversion). With draft probabilities, one
-``[num_tokens + B, V]`` copy of them in their dtype. Index tensors are
-O(num_tokens). No host sync on CUDA beyond what ``num_draft_tokens`` (a host
-list, as in vLLM) already gives.
+Cost, beyond vLLM's op: nothing of vocabulary size. ``target_probs`` and
+``draft_probs`` are read in place (probabilities natively, no log pass, no
+fp32 copy): our verify ops' row map (``target_indptr`` + ``bonus_tokens``)
+lets request b read vLLM's rows ``cu[b] - n_b .. cu[b] - 1`` and emit
+``bonus_token_ids[b]`` when every draft is accepted, so no row is needed for
+the bonus position. Index tensors are O(num_tokens + B), plus one float32
+uniform per node. No host sync on CUDA beyond what ``num_draft_tokens`` (a
+host list, as in vLLM) already gives.
 """
 from __future__ import annotations
 
@@ -112,38 +111,36 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
     if not all_greedy and (not isinstance(temperature, torch.Tensor) or temperature.shape != (batch,)):
         fail(_OP, f"sampling_metadata.temperature must be a [B={batch}] tensor unless all_greedy")
 
-    # Our layout: request b is a chain of n_b + 1 nodes. Node 0 is the root
-    # (its token unread); row j (j < n_b) is the distribution draft j is judged
-    # against, row n_b a point mass on the bonus token, so a fully accepted
-    # request "draws" its bonus.
+    # Our layout: request b is a chain of n_b + 1 nodes; node 0 is the root
+    # (its token unread) and node j + 1 is draft j. vLLM's rows are read in
+    # place through the row map: request b's rows cu[b] - n_b .. cu[b] - 1
+    # judge its drafts, and its last node has no row, so a fully accepted
+    # request emits vLLM's bonus token.
     n = torch.tensor(num_draft_tokens, dtype=torch.int64, device=device)
     total = num_tokens + batch
     indptr = torch.zeros(batch + 1, dtype=torch.int64, device=device)
     torch.cumsum(n + 1, 0, out=indptr[1:])
-    indptr32 = indptr.to(torch.int32)
-    # Draft t of request b is judged on our row t + b and is node t + b + 1.
-    row_of = torch.arange(num_tokens, device=device) + torch.repeat_interleave(
-        torch.arange(batch, device=device), n, output_size=num_tokens)
-    bonus_rows = indptr[1:] - 1
-
-    # all_greedy: vLLM passes logits, and -inf / 0 make the bonus point mass;
-    # otherwise probabilities, and 0 / 1 do.
-    empty, mass = (float("-inf"), 0.0) if all_greedy else (0.0, 1.0)
-    rows = torch.full((total, vocab), empty, dtype=target_probs.dtype, device=device)
-    rows.index_copy_(0, row_of, target_probs)
-    rows[bonus_rows, bonus_token_ids.reshape(-1).long()] = mass
+    row_indptr = torch.zeros(batch + 1, dtype=torch.int32, device=device)
+    torch.cumsum(n, 0, out=row_indptr[1:])
+    bonus = bonus_token_ids.reshape(-1).long()
+    # Draft t of request b is node t + b + 1.
+    node_of = torch.arange(num_tokens, device=device) + torch.repeat_interleave(
+        torch.arange(batch, device=device), n, output_size=num_tokens) + 1
     tokens = torch.zeros(total, dtype=torch.int64, device=device)
-    tokens.index_copy_(0, row_of + 1, draft_token_ids.long())
+    tokens.index_copy_(0, node_of, draft_token_ids.long())
     req = torch.repeat_interleave(torch.arange(batch, device=device), n + 1, output_size=total)
     parents = (torch.arange(total, device=device) - indptr[req] - 1).to(torch.int32)  # local; the root's is -1
-    q = None
-    if draft_probs is not None:
-        q = torch.zeros((total, vocab), dtype=draft_probs.dtype, device=device)
-        q.index_copy_(0, row_of, draft_probs)
+    indptr32 = indptr.to(torch.int32)
+    row_map = dict(target_indptr=row_indptr, bonus_tokens=bonus)
+    # Our kernels need the vocabulary contiguous; vLLM's tensors are, so this copies nothing there.
+    target_probs = target_probs if target_probs.stride(-1) == 1 else target_probs.contiguous()
+    if draft_probs is not None and draft_probs.stride(-1) != 1:
+        draft_probs = draft_probs.contiguous()
 
     if all_greedy:
-        res = sampling.verify_greedy(tokens, parents, indptr32, rows, max_depth=max_spec_len,
-                                     validate=False, backend=backend)
+        # vLLM passes logits here (only their argmax is used).
+        res = sampling.verify_greedy(tokens, parents, indptr32, target_probs, max_depth=max_spec_len,
+                                     validate=False, backend=backend, **row_map)
     else:
         uniforms = torch.rand(total, dtype=torch.float32, device=device)
         generators = getattr(sampling_metadata, "generators", None) or {}
@@ -155,8 +152,8 @@ def rejection_sample(draft_token_ids: torch.Tensor, num_draft_tokens: list[int],
                 if 0 <= b < batch and num_draft_tokens[b] > 0:  # as vLLM: no draws for a request with no drafts
                     uniforms[starts[b]:starts[b + 1]] = torch.rand(num_draft_tokens[b] + 1, generator=g,
                                                                    device=device, dtype=torch.float32)
-        res = sampling.verify_rejection(tokens, parents, indptr32, None, q, target_probs=rows,
+        res = sampling.verify_rejection(tokens, parents, indptr32, None, draft_probs, target_probs=target_probs,
                                         temperature=torch.where(temperature.to(device) <= 0, 0.0, 1.0).float(),
                                         uniforms=uniforms,
-                                        max_depth=max_spec_len, validate=False, backend=backend)
+                                        max_depth=max_spec_len, validate=False, backend=backend, **row_map)
     return res.tokens.to(torch.int32)
