@@ -135,3 +135,43 @@ def test_bad_arguments_name_what_is_wrong():
         vllm.rejection_sample(draft, [2, 1], 3, cu, None, target, bonus, meta(torch.ones(3)))
     with pytest.raises(ValueError, match="bonus_token_ids"):
         vllm.rejection_sample(draft, [2, 1], 3, cu, None, target, bonus[:1], meta())
+
+
+@pytest.mark.parametrize("all_greedy", [True, False])
+def test_probabilities_are_read_in_place(monkeypatch, all_greedy):
+    """Item 5 of the adapters' contract: no [num_tokens, V] copy. The verify op
+    gets vLLM's own target_probs and draft_probs storage, and every other
+    tensor the adapter builds is O(num_tokens + B)."""
+    from specdec_kernels import sampling
+
+    num, vocab = [3, 0, 2], 64
+    draft, cu, target, bonus = layout(num, vocab, "cpu")
+    q = torch.softmax(torch.randn(sum(num), vocab), -1)
+    seen = {}
+
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(sampling, "verify_greedy", spy("greedy", sampling.verify_greedy))
+    monkeypatch.setattr(sampling, "verify_rejection", spy("rejection", sampling.verify_rejection))
+    allocated = []
+    for name in ("zeros", "full", "empty", "rand", "ones"):
+        real = getattr(torch, name)
+
+        def tracked(*args, _real=real, **kwargs):
+            t = _real(*args, **kwargs)
+            allocated.append(t.numel())
+            return t
+        monkeypatch.setattr(torch, name, tracked)
+    metadata = meta() if all_greedy else meta(torch.full((3,), 0.8))
+    out = vllm.rejection_sample(draft, num, 3, cu, None if all_greedy else q, target, bonus, metadata)
+    assert out.shape == (3, 4)
+    args, kwargs = seen["greedy" if all_greedy else "rejection"]
+    given = args[3] if all_greedy else kwargs["target_probs"]
+    assert given.data_ptr() == target.data_ptr()
+    if not all_greedy:
+        assert args[4].data_ptr() == q.data_ptr()
+    assert max(allocated) <= sum(num) + len(num), f"an allocation of {max(allocated)} elements"

@@ -58,6 +58,9 @@ MUTATIONS = [
      "  for (int w = 1; w < kWarps; ++w) r += s.f[w];",
      "  if ((threadIdx.x & 31) == 0) s.f[threadIdx.x >> 5] = v;\n  float r = s.f[0];\n"
      "  for (int w = 1; w < kWarps; ++w) r += s.f[w];", "tsan", "sampling"),
+    ("verify: the row map's start ignored (target rows read at the node index)", "sampling.cuh",
+     "return Row{a.logits, a.logits_dtype, (rows.start + node) * a.logits_stride",
+     "return Row{a.logits, a.logits_dtype, (start + node) * a.logits_stride", "asan", "sampling"),
 ]
 ARGS = {"tree_attention": ["--subset"]}
 
