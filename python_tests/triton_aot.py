@@ -49,15 +49,18 @@ def kernels():
                dict(HAS_MASK=has_mask, SPLIT=split, OUT_DTYPE=tl_dtype,
                     DOT_PRECISION="ieee" if name == "fp32" else "tf32", UPCAST=False,
                     BLOCK_M=64, BLOCK_N=64 if head_dim <= 128 else 32, HEAD_DIM=head_dim))
-    for mode, has_q, has_uniforms, logits in ((0, False, False, "*bf16"), (1, True, False, "*bf16"),
-                                              (1, False, True, "*fp32"), (2, False, True, "*fp16")):
-        yield (f"verify_tree/mode={mode}/q={has_q}/uniforms={has_uniforms}/{logits[1:]}", sampling._verify_kernel,
+    for mode, has_q, has_uniforms, logits, probs, mapped in (
+            (0, False, False, "*bf16", False, False), (1, True, False, "*bf16", False, False),
+            (1, False, True, "*fp32", False, False), (2, False, True, "*fp16", False, False),
+            (1, True, True, "*fp32", True, True), (0, False, False, "*fp32", True, True)):
+        yield (f"verify_tree/mode={mode}/q={has_q}/uniforms={has_uniforms}/{logits[1:]}/probs={probs}/"
+               f"row_map={mapped}", sampling._verify_kernel,
                dict(tokens_ptr="*i64", parents_ptr="*i32", indptr_ptr="*i32", logits_ptr=logits, q_ptr=logits,
                     temp_ptr="*fp32", topk_ptr="*i32", topp_ptr="*fp32", eps_ptr="*fp32", alpha_ptr="*fp32",
                     unif_ptr="*fp32", philox_ptr="*i64", res_ptr="*fp32", num_acc_ptr="*i32", nodes_ptr="*i32",
-                    out_tok_ptr="*i64", logits_stride="i64", q_stride="i64"),
-               dict(MODE=mode, HAS_Q=has_q, HAS_UNIFORMS=has_uniforms, LIBDEVICE=True, BLOCK_V=1024, BLOCK_W=16,
-                    MAX_T=sampling.MAX_NODES))
+                    out_tok_ptr="*i64", rows_ptr="*i32", bonus_ptr="*i64", logits_stride="i64", q_stride="i64"),
+               dict(MODE=mode, HAS_Q=has_q, HAS_UNIFORMS=has_uniforms, PROBS=probs, MAPPED=mapped, LIBDEVICE=True,
+                    BLOCK_V=1024, BLOCK_W=16, MAX_T=sampling.MAX_NODES))
     yield ("merge_splits/bf16", attention._merge_splits_kernel,
            dict(part_out="*fp32", part_lse="*fp32", out="*bf16", lse="*fp32"),
            dict(OUT_DTYPE=tl.bfloat16, BLOCK_S=16, HEAD_DIM=128))
