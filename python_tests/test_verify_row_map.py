@@ -17,18 +17,11 @@ import specdec_kernels as sk
 from conftest import backend_cases
 from test_verify import (DTYPES, MAX_BOUNDARY_MISMATCHES, assert_same, check_path_consistency, mismatched_requests,
                          poison_allocator, ref_depth)
+from test_verify_probs import OPS
 from verify_scenarios import make_case
 
 SHAPES = [([5, 1, 9, 0, 4], "chain", 37), ([12, 7, 1, 20], "tree", 50), ([3, 3, 3, 6], "chain", 2)]
 
-OPS = {  # name: (op, kwargs given a case)
-    "greedy": (sk.verify_greedy, lambda c: {}),
-    "rejection": (sk.verify_rejection, lambda c: dict(temperature=1.0, uniforms=c.uniforms)),
-    "rejection_filtered": (sk.verify_rejection,
-                           lambda c: dict(temperature=0.7, top_k=5, top_p=0.8, uniforms=c.uniforms)),
-    "rejection_q": (sk.verify_rejection, lambda c: dict(draft_probs=c.draft_probs, uniforms=c.uniforms)),
-    "typical": (sk.verify_typical, lambda c: dict(temperature=0.8, uniforms=c.uniforms)),
-}
 
 
 def mapped(case, seed, keep="random"):
