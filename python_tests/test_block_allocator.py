@@ -90,6 +90,9 @@ def test_block_table_and_lengths_tensors():
     assert a.lengths(["x", "y"]).tolist() == [5, 1]
     with pytest.raises(ValueError, match="width=2"):
         a.block_table(["x"], width=2)
+    with pytest.raises(ValueError, match="width=2"):
+        a.block_rows(["x"], 2)
+    assert torch.equal(a.block_rows(["y", "x"], 4), a.block_table(["y", "x"], width=4))
 
 
 @settings(max_examples=60, deadline=None)
@@ -122,3 +125,6 @@ def test_random_operation_sequences_keep_accounting(ops):
             pass
         a.check_invariants()
         assert {s: a.length(s) for s in a.sequences} == model
+        if model and len(model) % 2:  # rows kept in place (only some sequences watched, others join later)
+            seqs = sorted(model)
+            assert torch.equal(a.block_rows(seqs, 12), a.block_table(seqs, width=12))

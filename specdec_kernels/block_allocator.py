@@ -1,6 +1,7 @@
 """Paged KV-cache block allocator: which physical blocks each sequence owns.
 
-Pure bookkeeping on the host (no tensors until ``block_table()``), shared by
+Pure bookkeeping on the host (no tensors until ``block_table()`` or
+``block_rows()``), shared by
 every layer: one block id names the same slot range in every layer's cache.
 """
 from __future__ import annotations
@@ -38,6 +39,10 @@ class BlockAllocator:
         self._free = list(range(num_blocks - 1, -1, -1))
         self._blocks: dict[Hashable, list[int]] = {}
         self._lengths: dict[Hashable, int] = {}
+        # Per sequence an int32 row of its block ids (-1 past them), kept up to
+        # date in place from the first block_rows() call on, so a step's table
+        # costs O(batch) host work however long the sequences are.
+        self._rows: dict[Hashable, torch.Tensor] = {}
 
     # -- queries ---------------------------------------------------------
     @property
@@ -90,8 +95,15 @@ class BlockAllocator:
             raise OutOfBlocksError(
                 f"sequence {seq_id!r} needs {need} more blocks for {num_tokens} tokens; "
                 f"{len(self._free)} of {self.num_blocks} are free")
+        first = len(blocks)
         for _ in range(need):
             blocks.append(self._free.pop())
+        row = self._rows.get(seq_id)
+        if row is not None:
+            if row.numel() < len(blocks):
+                grow = max(len(blocks), 2 * row.numel()) - row.numel()
+                row = self._rows[seq_id] = torch.cat([row, torch.full((grow,), -1, dtype=torch.int32)])
+            row[first:len(blocks)] = torch.tensor(blocks[first:], dtype=torch.int32)
 
     def append(self, seq_id, num_tokens: int) -> int:
         """Commit ``num_tokens`` more tokens (reserving as needed); returns the
@@ -111,6 +123,8 @@ class BlockAllocator:
             raise ValueError(f"new_length must be in [0, {length}] for sequence {seq_id!r}, got {new_length}")
         blocks = self._blocks[seq_id]
         keep = self.blocks_needed(new_length)
+        if seq_id in self._rows and len(blocks) > keep:
+            self._rows[seq_id][keep:len(blocks)] = -1
         while len(blocks) > keep:
             self._free.append(blocks.pop())
         self._lengths[seq_id] = new_length
@@ -119,6 +133,7 @@ class BlockAllocator:
         """Forget the sequence and return all its blocks to the pool."""
         blocks = self._blocks.pop(self._known(seq_id))
         del self._lengths[seq_id]
+        self._rows.pop(seq_id, None)
         self._free.extend(reversed(blocks))
 
     # -- tensors for the kernels -------------------------------------------
@@ -134,6 +149,24 @@ class BlockAllocator:
         for i, r in enumerate(rows):
             table[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
         return table.to(device)
+
+    def block_rows(self, seq_ids: Sequence, width: int) -> torch.Tensor:
+        """The same table as ``block_table(seq_ids, width=width)`` on the host,
+        from rows kept up to date in place (O(len(seq_ids)) Python work).
+        Raises ``ValueError`` if a sequence holds more than ``width`` blocks."""
+        rows = []
+        for s in seq_ids:
+            count = len(self._blocks[self._known(s)])
+            if count > width:
+                raise ValueError(f"sequence {s!r} holds {count} blocks, more than width={width}")
+            row = self._rows.get(s)
+            if row is None:
+                row = self._rows[s] = torch.full((max(width, count),), -1, dtype=torch.int32)
+                row[:count] = torch.tensor(self._blocks[s], dtype=torch.int32)
+            elif row.numel() < width:
+                row = self._rows[s] = torch.cat([row, torch.full((width - row.numel(),), -1, dtype=torch.int32)])
+            rows.append(row[:width])
+        return torch.stack(rows) if rows else torch.empty(0, width, dtype=torch.int32)
 
     def lengths(self, seq_ids: Sequence, *, device="cpu") -> torch.Tensor:
         """int32 ``[len(seq_ids)]`` committed lengths (the ``prefix_lens`` of the next step)."""

@@ -19,6 +19,7 @@ import torch
 
 from ..trees import lookahead_mask
 from .step import Draft
+from .templates import DraftTemplate
 
 
 class NgramPool:
@@ -85,12 +86,10 @@ class LookaheadDrafter:
         lay = self.layout
         levels = ngram - 1
         self.last_level = torch.tensor(lay.last_level_rows, device=self.device)
-        positions = lay.positions.tolist()
-        self.positions = positions[1:]
-        self.visible = list(lay._rows[1:])
         # Window cells are inert; guess g's token k hangs under token k-1 (token 0 under the root).
-        self.parents = [-1] * (levels * window - 1) + [0 if k == 0 else lay.guess_rows[g][k - 1]
-                                                       for g in range(guesses) for k in range(levels)]
+        parents = [-1] * (levels * window - 1) + [0 if k == 0 else lay.guess_rows[g][k - 1]
+                                                  for g in range(guesses) for k in range(levels)]
+        self.template = DraftTemplate(parents, lay.positions.tolist()[1:], list(lay._rows[1:]))
 
     def max_rows(self, k):
         return self.layout.size
@@ -124,8 +123,7 @@ class LookaheadDrafter:
         guesses = torch.where(found[..., None], guesses, torch.full_like(guesses, -1))
         window = self.window[rows].reshape(len(seqs), -1)[:, 1:]
         tokens = torch.cat([window, guesses.reshape(len(seqs), -1)], 1)  # stays on the device
-        return [Draft(tokens=tokens[i], parents=self.parents, positions=self.positions, visible=self.visible)
-                for i in range(len(seqs))], 0
+        return [Draft(tokens=tokens[i], template=self.template) for i in range(len(seqs))], 0
 
     def accepted(self, seqs, old_lengths, result):
         rows = torch.tensor([self.rows[s] for s in seqs], device=self.device)

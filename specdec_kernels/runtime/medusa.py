@@ -26,6 +26,7 @@ from torch import nn
 
 from ..trees import MC_SIM_7B_63, Tree
 from .step import Draft
+from .templates import DraftTemplate
 
 
 class ResBlock(nn.Module):
@@ -118,6 +119,7 @@ class MedusaDrafter:
         device = next(heads.parameters()).device
         self._head_idx = torch.tensor(tree.head[1:], device=device)
         self._rank_idx = torch.tensor(tree.rank[1:], device=device)
+        self.template = DraftTemplate(tree.parents[1:])
         self.hidden = {}
 
     def max_rows(self, k):
@@ -136,9 +138,8 @@ class MedusaDrafter:
             if top.shape[-1] < self.top:  # vocab smaller than the ranks: repeat the last
                 top = torch.cat([top, top[..., -1:].expand(*top.shape[:-1], self.top - top.shape[-1])], -1)
             nodes = top[:, self._head_idx, self._rank_idx]  # stays on the device
-            parents = list(self.tree.parents[1:])
             for i, s in enumerate(ready):
-                drafts[s] = Draft(tokens=nodes[i], parents=parents)
+                drafts[s] = Draft(tokens=nodes[i], template=self.template)
         return [drafts[s] for s in seqs], 1 if ready else 0
 
     def accepted(self, seqs, old_lengths, result):

@@ -22,6 +22,7 @@ import torch
 from ..kv_cache import compact_kv
 from ..sampling import verify_greedy, verify_rejection, verify_typical
 from ..trees import _pack_rows, num_words
+from .templates import DraftTemplate
 
 MODES = ("greedy", "rejection", "typical")
 
@@ -46,6 +47,11 @@ class Draft:
         positions: RoPE offsets after the root per node; None: tree depths.
         visible: per node a bitset of the local rows it attends to (itself
             included); None: its ancestors (inert rows: only itself).
+        template: a ``DraftTemplate`` holding parents, positions and visible
+            (built once by the drafter, shared by its drafts); then the three
+            fields above stay None. Drafts of one step that share a template
+            (or are all plain chains of one length) get the device fast path:
+            their inputs are broadcast on the device, O(batch) host work.
     """
 
     tokens: list | torch.Tensor = field(default_factory=list)
@@ -53,27 +59,20 @@ class Draft:
     q: torch.Tensor | None = None
     positions: list | None = None
     visible: list | None = None
+    template: DraftTemplate | None = None
 
     def layout(self):
         """-> (parents, positions, visible, depths) for all ``1 + len(tokens)`` rows."""
-        n = 1 + len(self.tokens)
-        parents = [-1] + (list(self.parents) if self.parents is not None else list(range(n - 1)))
-        if len(parents) != n:
-            raise ValueError(f"Draft.parents has {len(parents) - 1} entries for {n - 1} tokens")
-        depth, anc = [0] * n, [1] * n
-        for i in range(1, n):
-            p = parents[i]
-            if p == -1:
-                anc[i] = 1 << i
-                continue
-            if not 0 <= p < i:
-                raise ValueError(f"Draft.parents[{i - 1}] = {p}: node {i} needs a parent in [0, {i}) or -1")
-            depth[i], anc[i] = depth[p] + 1, anc[p] | (1 << i)
-        positions = [0] + list(self.positions) if self.positions is not None else depth
-        visible = [1] + list(self.visible) if self.visible is not None else anc
-        if len(positions) != n or len(visible) != n:
-            raise ValueError(f"Draft.positions and Draft.visible need {n - 1} entries, one per token")
-        return parents, positions, visible, depth
+        return self.structure().layout()
+
+    def structure(self) -> DraftTemplate:
+        if self.template is not None:
+            if (self.parents, self.positions, self.visible) != (None, None, None):
+                raise ValueError("a Draft takes a template or parents/positions/visible, not both")
+            if self.template.size != 1 + len(self.tokens):
+                raise ValueError(f"Draft.template has {self.template.size - 1} nodes for {len(self.tokens)} tokens")
+            return self.template
+        return DraftTemplate(self.parents, self.positions, self.visible, num_tokens=len(self.tokens))
 
 
 @dataclass
@@ -164,6 +163,8 @@ class VerifyStep:
         self._graphs = {}  # bucket -> (graph, buffers, outputs)
         self._pool = None
         self._pad_seqs = []  # allocator ids of dummy requests
+        self._chains = {}  # k -> DraftTemplate.chain(k), for drafts given as plain chains
+        self._dummy = DraftTemplate.chain(0)  # a padding request: its root alone
         # Per-phase seconds of eager steps (None under capture): host input
         # building, verify_forward, verify_sampling, kv_compaction; replayed
         # graphs count as verify_graph.
@@ -172,8 +173,11 @@ class VerifyStep:
         self._last_lap = 0.0
 
     # -- host side ---------------------------------------------------------------------------
-    def _host_inputs(self, roots, prefix_lens, tables, drafts, rows_per_seq=None, batch=None):
+    def _host_inputs(self, seqs, roots, prefix_lens, drafts, rows_per_seq=None, batch=None):
         """Flatten the drafts; with ``rows_per_seq``/``batch``, pad to them."""
+        tmpl = self._shared_template(drafts)
+        if tmpl is not None:
+            return self._template_inputs(tmpl, seqs, roots, prefix_lens, drafts, rows_per_seq, batch)
         real = len(drafts)
         vocab = self.model.config.vocab_size
         layouts = [d.layout() for d in drafts]
@@ -206,13 +210,6 @@ class VerifyStep:
             positions += [start + o for o in pos] + [start] * pad
             parents += par + [-1] * pad
             masks += vis + [1 << (len(par) + j) for j in range(pad)]
-        prefix = list(prefix_lens) + [0] * ((batch or real) - real)
-        table = [list(t) for t in tables] + [self._pad_table(b - real, rows_per[b])
-                                             for b in range(real, batch or real)]
-        longest = max(len(t) for t in table)
-        if longest > self.max_blocks:
-            raise ValueError(f"a sequence needs {longest} cache blocks, more than max_blocks={self.max_blocks}")
-        table = [t + [0] * (self.max_blocks - len(t)) for t in table]
         indptr = [0]
         for r in rows_per:
             indptr.append(indptr[-1] + r)
@@ -220,7 +217,7 @@ class VerifyStep:
             tokens=torch.tensor(tokens, dtype=torch.int64), draft_tokens=torch.tensor(draft_tokens, dtype=torch.int64),
             positions=torch.tensor(positions, dtype=torch.int64), parents=torch.tensor(parents, dtype=torch.int32),
             mask=_pack_rows(masks, words), qo_indptr=torch.tensor(indptr, dtype=torch.int32),
-            prefix_lens=torch.tensor(prefix, dtype=torch.int32), block_table=torch.tensor(table, dtype=torch.int32))
+            **self._batch_inputs(seqs, prefix_lens, rows_per, real, batch or real))
         if uniforms:
             host["uniforms"] = torch.cat(uniforms)
         if device_rows:
@@ -240,8 +237,103 @@ class VerifyStep:
         max_depth = max((max(lay[3]) for lay in layouts), default=0)
         return host, words, max_depth
 
-    def _pad_table(self, b, rows):
-        """Block-table row of dummy request ``b``: its own scratch blocks."""
+    def _batch_inputs(self, seqs, prefix_lens, rows_per, real, batch) -> dict:
+        """prefix_lens and block_table of the (padded) batch: O(batch) host work
+        (the allocator keeps each sequence's table row up to date in place)."""
+        alloc = self.cache.allocator
+        pads = [self._pad_seq(b - real, rows_per[b]) for b in range(real, batch)]
+        try:
+            table = alloc.block_rows(list(seqs) + pads, self.max_blocks)
+        except ValueError as e:
+            raise ValueError(f"a sequence needs more cache blocks than max_blocks={self.max_blocks}: {e}") from None
+        return dict(prefix_lens=torch.tensor(list(prefix_lens) + [0] * (batch - real), dtype=torch.int32),
+                    block_table=table)
+
+    def _shared_template(self, drafts) -> DraftTemplate | None:
+        """The template every draft of the step uses (plain chains of one
+        length get a cached chain template), or None: the general path."""
+        def plain(d):
+            return d.template is None and (d.parents, d.positions, d.visible) == (None, None, None)
+
+        if not drafts:
+            return None
+        first = drafts[0]
+        if first.template is not None:
+            tmpl = first.template
+            if any(d.template is not tmpl for d in drafts):
+                return None
+        elif plain(first):
+            k = len(first.tokens)
+            if any(not plain(d) or len(d.tokens) != k for d in drafts):
+                return None
+            tmpl = self._chains.get(k) or self._chains.setdefault(k, DraftTemplate.chain(k))
+        else:
+            return None
+        on_device = [isinstance(d.tokens, torch.Tensor) for d in drafts]
+        with_q = [d.q is not None for d in drafts]
+        if len(set(on_device)) > 1 or len(set(with_q)) > 1:
+            return None  # mixed drafts: the general path (which raises on mixed q)
+        return tmpl
+
+    def _template_inputs(self, tmpl, seqs, roots, prefix_lens, drafts, rows_per_seq, batch):
+        """The step's inputs for drafts sharing ``tmpl``, built on the device
+        by broadcasting the template's tensors: O(batch) host work. Same
+        result, draw for draw, as the general path."""
+        real, vocab, dev = len(drafts), self.model.config.vocab_size, self.device
+        batch = batch or real
+        rows = rows_per_seq or tmpl.size
+        lay = tmpl.padded(rows, dev)
+        for b, d in enumerate(drafts):
+            if len(d.tokens) != tmpl.size - 1:
+                raise ValueError(f"drafts[{b}] has {len(d.tokens)} tokens for a template of {tmpl.size - 1}")
+        if isinstance(drafts[0].tokens, torch.Tensor):
+            drafted = torch.stack([d.tokens.reshape(-1) for d in drafts]).to(dev, torch.int64)
+        else:
+            drafted = torch.tensor([list(d.tokens) for d in drafts], dtype=torch.int64).reshape(real, tmpl.size - 1)
+            checked = drafted[:, torch.tensor(tmpl.parents[1:]) != -1]
+            bad = (checked < 0) | (checked >= vocab)
+            if bad.any():
+                b = int(bad.any(1).nonzero()[0, 0])
+                raise ValueError(f"drafts[{b}] proposes token {int(checked[b][bad[b]][0])} outside the vocabulary "
+                                 f"[0, {vocab})")
+            drafted = drafted.to(dev)
+        tok = torch.zeros(batch, rows, dtype=torch.int64, device=dev)
+        tok[:real, 0] = torch.tensor(roots, dtype=torch.int64).to(dev)
+        tok[:real, 1:tmpl.size] = drafted
+        dummy = self._dummy.padded(rows, dev)
+        verified = torch.cat([lay["verified"].expand(real, rows), dummy["verified"].expand(batch - real, rows)])
+        prefix = torch.tensor(list(prefix_lens) + [0] * (batch - real), dtype=torch.int64).to(dev)
+        host = dict(
+            tokens=tok.clamp(0, vocab - 1).reshape(-1),  # inert rows may hold anything
+            draft_tokens=torch.where(verified, tok, -1).reshape(-1),
+            positions=(prefix[:, None] + torch.cat([lay["positions"].expand(real, rows),
+                                                    dummy["positions"].expand(batch - real, rows)])).reshape(-1),
+            parents=torch.cat([lay["parents"].expand(real, rows), dummy["parents"].expand(batch - real, rows)])
+            .reshape(-1),
+            mask=torch.cat([lay["mask"].expand(real, -1, -1), dummy["mask"].expand(batch - real, -1, -1)])
+            .reshape(batch * rows, -1),
+            qo_indptr=torch.arange(0, (batch + 1) * rows, rows, dtype=torch.int32),  # host: row_start reads it
+            **self._batch_inputs(seqs, prefix_lens, [rows] * batch, real, batch))
+        if self.mode != "greedy":
+            # One call, the same stream as the general path's per-sequence calls
+            # (size rows per real sequence, then one per dummy request).
+            u = torch.rand(real * tmpl.size + batch - real, generator=self.generator)
+            uniforms = torch.zeros(batch, rows)
+            uniforms[:real, :tmpl.size] = u[:real * tmpl.size].reshape(real, tmpl.size)
+            uniforms[real:, 0] = u[real * tmpl.size:]
+            host["uniforms"] = uniforms.reshape(-1)
+        if drafts[0].q is not None:
+            for b, d in enumerate(drafts):
+                if tuple(d.q.shape) != (tmpl.size, vocab):
+                    raise ValueError(f"drafts[{b}].q must be [1 + {tmpl.size - 1}, V={vocab}], got "
+                                     f"{tuple(d.q.shape)}")
+            q = torch.zeros(batch, rows, vocab, dtype=torch.float32, device=dev)
+            q[:real, :tmpl.size] = torch.stack([d.q for d in drafts]).to(dev, torch.float32)
+            host["q"] = q.reshape(batch * rows, vocab)
+        return host, num_words(rows), tmpl.max_depth
+
+    def _pad_seq(self, b, rows):
+        """Allocator id of dummy request ``b``, holding scratch blocks for ``rows``."""
         alloc = self.cache.allocator
         while len(self._pad_seqs) <= b:
             sid = ("verify-step-padding", len(self._pad_seqs))
@@ -249,7 +341,7 @@ class VerifyStep:
             self._pad_seqs.append(sid)
         sid = self._pad_seqs[b]
         alloc.reserve(sid, rows)
-        return alloc.blocks(sid)
+        return sid
 
     def release(self):
         """Free the dummy requests' scratch blocks."""
@@ -305,8 +397,7 @@ class VerifyStep:
         prefix_lens = [alloc.length(s) for s in seqs]
         for s, p, size in zip(seqs, prefix_lens, sizes):
             alloc.reserve(s, p + (rows or size))
-        tables = [alloc.blocks(s) for s in seqs]
-        host, words, max_depth = self._host_inputs(roots, prefix_lens, tables, drafts, rows, batch)
+        host, words, max_depth = self._host_inputs(seqs, roots, prefix_lens, drafts, rows, batch)
         width = rows if self.bucketed else max_depth + 1
         with_q = "q" in host
         if self.cuda_graph:

@@ -1,0 +1,133 @@
+"""The verify step's template fast path (drafts sharing a DraftTemplate, or
+plain chains of one length) builds exactly the general path's inputs, draw
+for draw, with and without bucketing, q and device tokens; and it does
+O(batch) host work: no Python loop over rows."""
+import pytest
+import torch
+
+from specdec_kernels.runtime import step as step_mod
+from specdec_kernels.runtime.model import PagedKVCache
+from specdec_kernels.runtime.step import Draft, VerifyStep
+from specdec_kernels.runtime.templates import DraftTemplate
+from specdec_kernels.trees import MC_SIM_7B_63, Tree
+from test_runtime_generate import tiny
+
+VOCAB = 16
+
+
+def make_step(mode, bucketed):
+    model = tiny(vocab=VOCAB, seed=4, std=0.3)
+    cache = PagedKVCache(model.config, 1024, 16)
+    return VerifyStep(model, cache, mode=mode, max_blocks=64, bucketed=bucketed,
+                      generator=torch.Generator().manual_seed(3),
+                      sampling=dict(temperature=0.8) if mode != "greedy" else None)
+
+
+def inputs(step, drafts, general, rows=None, batch=None):
+    """The step's inputs for 3..len(drafts) sequences, through one path."""
+    alloc = step.cache.allocator
+    seqs = list(range(len(drafts)))
+    for s in seqs:
+        alloc.add(s, 3 + s)
+        alloc.reserve(s, 3 + s + (rows or 1 + len(drafts[s].tokens)))
+    roots = [(7 * s) % VOCAB for s in seqs]
+    prefix = [alloc.length(s) for s in seqs]
+    step.generator.manual_seed(11)
+    if general:
+        drafts = [Draft(tokens=d.tokens, parents=d.structure().parents[1:], positions=d.structure().positions[1:],
+                        visible=d.structure().visible[1:], q=d.q) for d in drafts]
+        original = step._shared_template
+        step._shared_template = lambda ds: None
+        try:
+            return step._host_inputs(seqs, roots, prefix, drafts, rows, batch)
+        finally:
+            step._shared_template = original
+    assert step._shared_template(drafts) is not None
+    return step._host_inputs(seqs, roots, prefix, drafts, rows, batch)
+
+
+def assert_same_inputs(a, b):
+    (ha, wa, da), (hb, wb, db) = a, b
+    assert (wa, da) == (wb, db)
+    assert set(ha) - {"device_draft"} == set(hb) - {"device_draft"}
+    for name in ha:
+        if name == "device_draft":
+            continue
+        x, y = ha[name].cpu(), hb[name].cpu()
+        if "device_draft" in hb and name in ("tokens", "draft_tokens"):  # the general path patches these later
+            rows, drafted = hb["device_draft"]
+            y = y.clone()
+            y[rows] = drafted.cpu().clamp(0, VOCAB - 1) if name == "tokens" else drafted.cpu()
+        if name == "draft_tokens":  # an inert row's token is never read: the general path leaves a device one
+            starts = torch.zeros_like(x, dtype=torch.bool)
+            starts[ha["qo_indptr"][:-1].long()] = True
+            inert = (ha["parents"].cpu() == -1) & ~starts
+            x, y = torch.where(inert, -1, x), torch.where(inert, -1, y)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+
+
+def lookahead_template():
+    # A window of inert rows with their own visibility, then guesses hanging off the root.
+    parents = [-1, -1, -1, 0, 4, 0]
+    visible = [0b11, 0b101, 0b1001, 0b10001, 0b110001, 0b1000001]
+    positions = [1, 1, 2, 1, 2, 1]
+    return DraftTemplate(parents, positions, visible)
+
+
+def drafts_for(kind, batch, gen, with_q=False, on_device=False):
+    if kind == "chain":
+        tmpl, size = None, 4
+    elif kind == "medusa":
+        tmpl = DraftTemplate(Tree.from_choices(MC_SIM_7B_63).parents[1:])
+        size = tmpl.size - 1
+    else:
+        tmpl = lookahead_template()
+        size = tmpl.size - 1
+    out = []
+    for _ in range(batch):
+        toks = torch.randint(VOCAB, (size,), generator=gen)
+        q = torch.softmax(torch.randn(size + 1, VOCAB, generator=gen), -1) if with_q else None
+        out.append(Draft(tokens=toks if on_device else toks.tolist(), template=tmpl, q=q))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["greedy", "rejection", "typical"])
+@pytest.mark.parametrize("kind", ["chain", "medusa", "lookahead"])
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_template_path_equals_general_path(mode, kind, bucketed):
+    gen = torch.Generator().manual_seed(0)
+    for batch, on_device in ((3, False), (5, True)):
+        drafts = drafts_for(kind, batch, gen, with_q=mode == "rejection" and kind == "chain", on_device=on_device)
+        size = 1 + len(drafts[0].tokens)
+        rows, b = ((1 << (size - 1).bit_length()), 1 << (batch - 1).bit_length()) if bucketed else (None, None)
+        fast = inputs(make_step(mode, bucketed), drafts, general=False, rows=rows, batch=b)
+        slow = inputs(make_step(mode, bucketed), drafts, general=True, rows=rows, batch=b)
+        assert_same_inputs(fast, slow)
+
+
+def test_template_path_has_no_row_loop(monkeypatch):
+    """Host work is O(batch): building the 64-node Medusa tree's inputs for
+    64 sequences never packs a mask row nor lays out a draft in Python."""
+    gen = torch.Generator().manual_seed(1)
+    drafts = drafts_for("medusa", 64, gen, on_device=True)
+    s = make_step("rejection", False)
+    inputs(s, drafts[:2], general=False)  # the template's device layout is built once, here
+    calls = []
+    monkeypatch.setattr(step_mod, "_pack_rows", lambda *a: calls.append("pack") or None)
+    monkeypatch.setattr(DraftTemplate, "layout", lambda self: calls.append("layout") or None)
+    again = make_step("rejection", False)
+    again._chains = s._chains
+    inputs(again, drafts, general=False)
+    assert calls == []
+
+
+def test_template_mismatch_raises():
+    tmpl = DraftTemplate.chain(3)
+    with pytest.raises(ValueError, match="2 nodes|3 nodes"):
+        Draft(tokens=[1, 2], template=tmpl).structure()
+    with pytest.raises(ValueError, match="not both"):
+        Draft(tokens=[1, 2, 3], parents=[0, 1, 2], template=tmpl).structure()
+    s = make_step("greedy", False)
+    bad = [Draft(tokens=[1, 2, 99], template=tmpl), Draft(tokens=[1, 2, 3], template=tmpl)]
+    with pytest.raises(ValueError, match=r"drafts\[0\] proposes token 99"):
+        inputs(s, bad, general=False)
