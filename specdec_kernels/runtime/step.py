@@ -165,6 +165,7 @@ class VerifyStep:
         self._pad_seqs = []  # allocator ids of dummy requests
         self._chains = {}  # k -> DraftTemplate.chain(k), for drafts given as plain chains
         self._dummy = DraftTemplate.chain(0)  # a padding request: its root alone
+        self._broadcasts = {}  # (template, rows, real, batch) -> step-invariant inputs
         # Per-phase seconds of eager steps (None under capture): host input
         # building, verify_forward, verify_sampling, kv_compaction; replayed
         # graphs count as verify_graph.
@@ -282,7 +283,6 @@ class VerifyStep:
         real, vocab, dev = len(drafts), self.model.config.vocab_size, self.device
         batch = batch or real
         rows = rows_per_seq or tmpl.size
-        lay = tmpl.padded(rows, dev)
         for b, d in enumerate(drafts):
             if len(d.tokens) != tmpl.size - 1:
                 raise ValueError(f"drafts[{b}] has {len(d.tokens)} tokens for a template of {tmpl.size - 1}")
@@ -300,19 +300,13 @@ class VerifyStep:
         tok = torch.zeros(batch, rows, dtype=torch.int64, device=dev)
         tok[:real, 0] = torch.tensor(roots, dtype=torch.int64).to(dev)
         tok[:real, 1:tmpl.size] = drafted
-        dummy = self._dummy.padded(rows, dev)
-        verified = torch.cat([lay["verified"].expand(real, rows), dummy["verified"].expand(batch - real, rows)])
+        static = self._broadcast(tmpl, rows, real, batch)
         prefix = torch.tensor(list(prefix_lens) + [0] * (batch - real), dtype=torch.int64).to(dev)
         host = dict(
             tokens=tok.clamp(0, vocab - 1).reshape(-1),  # inert rows may hold anything
-            draft_tokens=torch.where(verified, tok, -1).reshape(-1),
-            positions=(prefix[:, None] + torch.cat([lay["positions"].expand(real, rows),
-                                                    dummy["positions"].expand(batch - real, rows)])).reshape(-1),
-            parents=torch.cat([lay["parents"].expand(real, rows), dummy["parents"].expand(batch - real, rows)])
-            .reshape(-1),
-            mask=torch.cat([lay["mask"].expand(real, -1, -1), dummy["mask"].expand(batch - real, -1, -1)])
-            .reshape(batch * rows, -1),
-            qo_indptr=torch.arange(0, (batch + 1) * rows, rows, dtype=torch.int32),  # host: row_start reads it
+            draft_tokens=torch.where(static["verified"], tok, -1).reshape(-1),
+            positions=(prefix[:, None] + static["positions"]).reshape(-1),
+            parents=static["parents"], mask=static["mask"], qo_indptr=static["qo_indptr"],
             **self._batch_inputs(seqs, prefix_lens, [rows] * batch, real, batch))
         if self.mode != "greedy":
             # One call, the same stream as the general path's per-sequence calls
@@ -331,6 +325,28 @@ class VerifyStep:
             q[:real, :tmpl.size] = torch.stack([d.q for d in drafts]).to(dev, torch.float32)
             host["q"] = q.reshape(batch * rows, vocab)
         return host, num_words(rows), tmpl.max_depth
+
+    def _broadcast(self, tmpl, rows, real, batch) -> dict:
+        """The step-invariant inputs of ``real`` sequences on ``tmpl`` padded to
+        ``batch`` x ``rows``, built once per shape: verified bool and position
+        offsets [batch, rows], flat parents and mask rows, qo_indptr (host:
+        row_start reads it)."""
+        key = (id(tmpl), rows, real, batch)
+        hit = self._broadcasts.get(key)
+        if hit is not None and hit[0] is tmpl:
+            return hit[1]
+        lay, dummy = tmpl.padded(rows, self.device), self._dummy.padded(rows, self.device)
+
+        def both(name, *dims):
+            return torch.cat([lay[name].expand(real, *dims), dummy[name].expand(batch - real, *dims)])
+
+        static = dict(verified=both("verified", rows), positions=both("positions", rows),
+                      parents=both("parents", rows).reshape(-1), mask=both("mask", -1, -1).reshape(batch * rows, -1),
+                      qo_indptr=torch.arange(0, (batch + 1) * rows, rows, dtype=torch.int32))
+        if len(self._broadcasts) >= 64:  # shapes come from a few buckets; bound it anyway
+            self._broadcasts.clear()
+        self._broadcasts[key] = (tmpl, static)
+        return static
 
     def _pad_seq(self, b, rows):
         """Allocator id of dummy request ``b``, holding scratch blocks for ``rows``."""
