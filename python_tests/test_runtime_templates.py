@@ -32,7 +32,6 @@ def inputs(step, drafts, general, rows=None, batch=None):
         alloc.reserve(s, 3 + s + (rows or 1 + len(drafts[s].tokens)))
     roots = [(7 * s) % VOCAB for s in seqs]
     prefix = [alloc.length(s) for s in seqs]
-    step.generator.manual_seed(11)
     if general:
         drafts = [Draft(tokens=d.tokens, parents=d.structure().parents[1:], positions=d.structure().positions[1:],
                         visible=d.structure().visible[1:], q=d.q) for d in drafts]
@@ -131,3 +130,19 @@ def test_template_mismatch_raises():
     bad = [Draft(tokens=[1, 2, 99], template=tmpl), Draft(tokens=[1, 2, 3], template=tmpl)]
     with pytest.raises(ValueError, match=r"drafts\[0\] proposes token 99"):
         inputs(s, bad, general=False)
+
+
+def test_device_philox_matches_the_reference_stream():
+    from specdec_kernels.reference.sampling import philox_uniforms, philox_uniforms_at
+    for seed, offset in ((0, 0), (2**40 + 7, 2**33 - 5), (123456789, 2**62 + 3)):
+        assert torch.equal(philox_uniforms_at(seed, offset + torch.arange(300)), philox_uniforms(seed, offset, 300))
+
+
+def test_step_draws_are_keyed_by_sequence_and_node():
+    """Padding never moves a real row's draw, and each step draws afresh."""
+    s = make_step("rejection", False)
+    ragged = s._uniforms([3, 5, 2])
+    padded = s._uniforms([8, 8, 8, 8]).reshape(4, 8)
+    assert torch.equal(ragged, torch.cat([padded[0, :3], padded[1, :5], padded[2, :2]]))
+    s._step += 1
+    assert not torch.equal(s._uniforms([3, 5, 2]), ragged)

@@ -39,6 +39,25 @@ def philox_uniforms(seed: int, offset: int, n: int) -> torch.Tensor:
     return torch.from_numpy(((c0 >> np.uint64(8)).astype(np.float32)) * np.float32(2.0 ** -24))
 
 
+def philox_uniforms_at(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms at arbitrary counters, on ``offsets``' device: element
+    j is ``philox_uniforms(seed, offsets[j], 1)``. Tensor ops only (no host
+    loop, no sync), so a runtime can key its draws by (sequence, node) and
+    draw them on the device. ``offsets``: int64, values in [0, 2^63)."""
+    mask = 0xFFFFFFFF
+    c0, c1 = offsets & mask, (offsets >> 32) & mask
+    c2 = torch.zeros_like(offsets)
+    c3 = torch.zeros_like(offsets)
+    s = seed % 2**64
+    k0, k1 = s & mask, s >> 32
+    for _ in range(10):
+        # 32 x 32-bit products wrap in int64 but keep their 64 bits; & mask undoes the sign.
+        p0, p1 = c0 * int(_PHILOX_M0), c2 * int(_PHILOX_M1)
+        c0, c1, c2, c3 = (((p1 >> 32) & mask) ^ c1 ^ k0, p1 & mask, ((p0 >> 32) & mask) ^ c3 ^ k1, p0 & mask)
+        k0, k1 = (k0 + int(_PHILOX_W0)) & mask, (k1 + int(_PHILOX_W1)) & mask
+    return (c0 >> 8).to(torch.float32) * (2.0 ** -24)
+
+
 def row_is_valid(logits: torch.Tensor) -> bool:
     """A row can define a distribution: no NaN, largest logit finite."""
     row = logits.float()

@@ -20,7 +20,8 @@ import time
 import torch
 
 from ..kv_cache import compact_kv
-from ..sampling import verify_greedy, verify_rejection, verify_typical
+from ..reference.sampling import philox_uniforms_at
+from ..sampling import MAX_TREE_LEN, verify_greedy, verify_rejection, verify_typical
 from ..trees import _pack_rows, num_words
 from .templates import DraftTemplate
 
@@ -137,10 +138,11 @@ class VerifyStep:
             given) or ``"typical"`` (Medusa's lossy rule).
         sampling: keyword arguments of the verify op (temperature, top_k,
             top_p, posterior_threshold, posterior_alpha).
-        generator: CPU ``torch.Generator`` of the verify draws (sampled
-            modes). Draws are made per (sequence, node) on the host and copied
-            in with the inputs, so padding, bucketing and graph replay never
-            change them: a padded step draws exactly what an unpadded one does.
+        generator: CPU ``torch.Generator`` seeding the verify draws (sampled
+            modes; one host draw at construction). Draws are Philox uniforms
+            keyed by (step, sequence, node), computed on the device, so
+            padding, bucketing and graph replay never change them: a padded
+            step draws exactly what an unpadded one does.
         max_blocks: block-table width (the most blocks a sequence may hold).
         cuda_graph: capture and replay (CUDA only).
         bucketed: pad to (batch, tree) buckets even without capture.
@@ -163,6 +165,8 @@ class VerifyStep:
         self._graphs = {}  # bucket -> (graph, buffers, outputs)
         self._pool = None
         self._pad_seqs = []  # allocator ids of dummy requests
+        self._seed = int(torch.randint(2**62, (1,), generator=self.generator))  # of the verify draws
+        self._step = 0  # steps run: the draws' counter high word
         self._chains = {}  # k -> DraftTemplate.chain(k), for drafts given as plain chains
         self._dummy = DraftTemplate.chain(0)  # a padding request: its root alone
         self._broadcasts = {}  # (template, rows, real, batch) -> step-invariant inputs
@@ -185,7 +189,7 @@ class VerifyStep:
         sizes = [len(lay[0]) for lay in layouts]
         rows_per = [rows_per_seq] * (batch or real) if rows_per_seq else sizes
         words = num_words(max(rows_per))
-        tokens, draft_tokens, positions, parents, masks, uniforms = [], [], [], [], [], []
+        tokens, draft_tokens, positions, parents, masks = [], [], [], [], []
         device_rows, device_tokens = [], []  # drafts given as device tensors, patched in after the copy
         for b in range(batch or real):
             if b < real:
@@ -203,9 +207,6 @@ class VerifyStep:
             bad = [t for t, p in zip(toks[1:], par[1:]) if p != -1 and not 0 <= t < vocab]
             if bad:
                 raise ValueError(f"drafts[{b}] proposes token {bad[0]} outside the vocabulary [0, {vocab})")
-            if self.mode != "greedy":
-                uniforms.append(torch.rand(len(par), generator=self.generator))
-                uniforms.append(torch.zeros(pad))
             tokens += [t if 0 <= t < vocab else 0 for t in toks] + [0] * pad  # inert rows may hold anything
             draft_tokens += [t if p != -1 or i == 0 else -1 for i, (t, p) in enumerate(zip(toks, par))] + [-1] * pad
             positions += [start + o for o in pos] + [start] * pad
@@ -219,8 +220,8 @@ class VerifyStep:
             positions=torch.tensor(positions, dtype=torch.int64), parents=torch.tensor(parents, dtype=torch.int32),
             mask=_pack_rows(masks, words), qo_indptr=torch.tensor(indptr, dtype=torch.int32),
             **self._batch_inputs(seqs, prefix_lens, rows_per, real, batch or real))
-        if uniforms:
-            host["uniforms"] = torch.cat(uniforms)
+        if self.mode != "greedy":
+            host["uniforms"] = self._uniforms(rows_per)
         if device_rows:
             host["device_draft"] = (torch.cat(device_rows), torch.cat(device_tokens))
         if any(d.q is not None for d in drafts):
@@ -309,13 +310,7 @@ class VerifyStep:
             parents=static["parents"], mask=static["mask"], qo_indptr=static["qo_indptr"],
             **self._batch_inputs(seqs, prefix_lens, [rows] * batch, real, batch))
         if self.mode != "greedy":
-            # One call, the same stream as the general path's per-sequence calls
-            # (size rows per real sequence, then one per dummy request).
-            u = torch.rand(real * tmpl.size + batch - real, generator=self.generator)
-            uniforms = torch.zeros(batch, rows)
-            uniforms[:real, :tmpl.size] = u[:real * tmpl.size].reshape(real, tmpl.size)
-            uniforms[real:, 0] = u[real * tmpl.size:]
-            host["uniforms"] = uniforms.reshape(-1)
+            host["uniforms"] = self._uniforms([rows] * batch)
         if drafts[0].q is not None:
             for b, d in enumerate(drafts):
                 if tuple(d.q.shape) != (tmpl.size, vocab):
@@ -325,6 +320,18 @@ class VerifyStep:
             q[:real, :tmpl.size] = torch.stack([d.q for d in drafts]).to(dev, torch.float32)
             host["q"] = q.reshape(batch * rows, vocab)
         return host, num_words(rows), tmpl.max_depth
+
+    def _uniforms(self, rows_per) -> torch.Tensor:
+        """float32 [sum(rows_per)] on the device: row i of sequence b draws
+        Philox(seed, step << 32 | b * 256 + i), a key that padding (dummy
+        sequences after the real ones, inert rows after a tree's) never moves."""
+        counts = torch.tensor(rows_per, device=self.device)
+        total = sum(rows_per)
+        seq = torch.repeat_interleave(torch.arange(len(rows_per), device=self.device), counts, output_size=total)
+        starts = torch.cumsum(counts, 0) - counts
+        local = torch.arange(total, device=self.device) - starts[seq]
+        offsets = (self._step << 32) + seq * MAX_TREE_LEN + local
+        return philox_uniforms_at(self._seed, offsets)
 
     def _broadcast(self, tmpl, rows, real, batch) -> dict:
         """The step-invariant inputs of ``real`` sequences on ``tmpl`` padded to
@@ -414,6 +421,7 @@ class VerifyStep:
         for s, p, size in zip(seqs, prefix_lens, sizes):
             alloc.reserve(s, p + (rows or size))
         host, words, max_depth = self._host_inputs(seqs, roots, prefix_lens, drafts, rows, batch)
+        self._step += 1
         width = rows if self.bucketed else max_depth + 1
         with_q = "q" in host
         if self.cuda_graph:
