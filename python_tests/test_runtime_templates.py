@@ -141,8 +141,8 @@ def test_device_philox_matches_the_reference_stream():
 def test_step_draws_are_keyed_by_sequence_and_node():
     """Padding never moves a real row's draw, and each step draws afresh."""
     s = make_step("rejection", False)
-    ragged = s._uniforms([3, 5, 2])
-    padded = s._uniforms([8, 8, 8, 8]).reshape(4, 8)
+    step0, step1 = torch.tensor([0]), torch.tensor([1])
+    ragged = s._uniforms(s._draw_key([3, 5, 2]), step0)
+    padded = s._uniforms(s._draw_key([8, 8, 8, 8]), step0).reshape(4, 8)
     assert torch.equal(ragged, torch.cat([padded[0, :3], padded[1, :5], padded[2, :2]]))
-    s._step += 1
-    assert not torch.equal(s._uniforms([3, 5, 2]), ragged)
+    assert not torch.equal(s._uniforms(s._draw_key([3, 5, 2]), step1), ragged)

@@ -114,7 +114,10 @@ class _Buffers:
         self.prefix_lens = torch.zeros(batch, dtype=i32, device=device)
         self.block_table = torch.zeros(batch, max_blocks, dtype=i32, device=device)
         self.q = torch.zeros(rows, vocab, dtype=torch.float32, device=device) if with_q else None
-        self.uniforms = torch.zeros(rows, dtype=torch.float32, device=device)
+        # The verify draws, computed inside the step (the graph, on CUDA):
+        # Philox at draw_key + (step << 32).
+        self.draw_key = torch.zeros(rows, dtype=i64, device=device)
+        self.step = torch.zeros(1, dtype=i64, device=device)
 
     def fill(self, host: dict, vocab: int):
         for name, value in host.items():
@@ -221,7 +224,7 @@ class VerifyStep:
             mask=_pack_rows(masks, words), qo_indptr=torch.tensor(indptr, dtype=torch.int32),
             **self._batch_inputs(seqs, prefix_lens, rows_per, real, batch or real))
         if self.mode != "greedy":
-            host["uniforms"] = self._uniforms(rows_per)
+            host["draw_key"], host["step"] = self._draw_key(rows_per), torch.tensor([self._step])
         if device_rows:
             host["device_draft"] = (torch.cat(device_rows), torch.cat(device_tokens))
         if any(d.q is not None for d in drafts):
@@ -310,7 +313,7 @@ class VerifyStep:
             parents=static["parents"], mask=static["mask"], qo_indptr=static["qo_indptr"],
             **self._batch_inputs(seqs, prefix_lens, [rows] * batch, real, batch))
         if self.mode != "greedy":
-            host["uniforms"] = self._uniforms([rows] * batch)
+            host["draw_key"], host["step"] = static["draw_key"], torch.tensor([self._step])
         if drafts[0].q is not None:
             for b, d in enumerate(drafts):
                 if tuple(d.q.shape) != (tmpl.size, vocab):
@@ -321,17 +324,21 @@ class VerifyStep:
             host["q"] = q.reshape(batch * rows, vocab)
         return host, num_words(rows), tmpl.max_depth
 
-    def _uniforms(self, rows_per) -> torch.Tensor:
-        """float32 [sum(rows_per)] on the device: row i of sequence b draws
-        Philox(seed, step << 32 | b * 256 + i), a key that padding (dummy
-        sequences after the real ones, inert rows after a tree's) never moves."""
+    def _draw_key(self, rows_per) -> torch.Tensor:
+        """int64 [sum(rows_per)] on the device: row i of sequence b draws
+        Philox(seed, step << 32 | b * 256 + i) (``_uniforms``), a key that
+        padding (dummy sequences after the real ones, inert rows after a
+        tree's) never moves."""
         counts = torch.tensor(rows_per, device=self.device)
         total = sum(rows_per)
         seq = torch.repeat_interleave(torch.arange(len(rows_per), device=self.device), counts, output_size=total)
         starts = torch.cumsum(counts, 0) - counts
-        local = torch.arange(total, device=self.device) - starts[seq]
-        offsets = (self._step << 32) + seq * MAX_TREE_LEN + local
-        return philox_uniforms_at(self._seed, offsets)
+        return seq * MAX_TREE_LEN + torch.arange(total, device=self.device) - starts[seq]
+
+    def _uniforms(self, draw_key, step) -> torch.Tensor:
+        """The verify draws of one step: tensor ops on the device (captured in
+        the step's graph on CUDA), float32 like draw_key."""
+        return philox_uniforms_at(self._seed, draw_key + step * (1 << 32))
 
     def _broadcast(self, tmpl, rows, real, batch) -> dict:
         """The step-invariant inputs of ``real`` sequences on ``tmpl`` padded to
@@ -349,7 +356,8 @@ class VerifyStep:
 
         static = dict(verified=both("verified", rows), positions=both("positions", rows),
                       parents=both("parents", rows).reshape(-1), mask=both("mask", -1, -1).reshape(batch * rows, -1),
-                      qo_indptr=torch.arange(0, (batch + 1) * rows, rows, dtype=torch.int32))
+                      qo_indptr=torch.arange(0, (batch + 1) * rows, rows, dtype=torch.int32),
+                      draw_key=self._draw_key([rows] * batch))
         if len(self._broadcasts) >= 64:  # shapes come from a few buckets; bound it anyway
             self._broadcasts.clear()
         self._broadcasts[key] = (tmpl, static)
@@ -396,7 +404,8 @@ class VerifyStep:
         else:
             op = verify_rejection if self.mode == "rejection" else verify_typical
             extra = dict(draft_probs=buf.q) if self.mode == "rejection" else {}
-            res = op(*args, uniforms=buf.uniforms, **extra, **self.sampling, **common)
+            uniforms = self._uniforms(buf.draw_key, buf.step)
+            res = op(*args, uniforms=uniforms, **extra, **self.sampling, **common)
         self._lap("verify_sampling")
         compact_kv(self.cache.k, self.cache.v, buf.block_table, buf.prefix_lens, res.accepted_nodes,
                    res.num_accepted, validate=False)
