@@ -175,7 +175,7 @@ def test_row_map_bad_input_names_the_argument():
         sk.verify_greedy(*args, target, target_indptr=indptr)
     with pytest.raises(TypeError, match="together"):
         sk.verify_greedy(*args, target, bonus_tokens=bonus)
-    with pytest.raises(ValueError, match="target_indptr must run from 0"):
+    with pytest.raises(ValueError, match=r"target_indptr\[0\] must be 0, got 1"):
         sk.verify_greedy(*args, target, target_indptr=indptr + 1, bonus_tokens=bonus)
     with pytest.raises(ValueError, match="non-decreasing"):
         sk.verify_greedy(*args, target, target_indptr=torch.tensor([0, 4, 3], dtype=torch.int32),

@@ -98,17 +98,18 @@ def check_prefix_lens_values(op, prefix: torch.Tensor) -> None:
         fail(op, f"prefix_lens[{b}] = {int(prefix[b])} is negative")
 
 
-def check_indptr_values(op, qo_indptr, num_tokens: int) -> torch.Tensor:
-    """qo_indptr starts at 0, ends at num_tokens, never decreases; returns the
-    per-sequence lengths (CPU int64)."""
+def check_indptr_values(op, qo_indptr, num_tokens: int, name: str = "qo_indptr",
+                        what: str = "tokens") -> torch.Tensor:
+    """``name`` (an indptr) starts at 0, ends at num_tokens (the number of
+    ``what``), never decreases; returns the per-sequence lengths (CPU int64)."""
     indptr = qo_indptr.cpu().long()
     if indptr[0] != 0:
-        fail(op, f"qo_indptr[0] must be 0, got {int(indptr[0])}")
+        fail(op, f"{name}[0] must be 0, got {int(indptr[0])}")
     if indptr[-1] != num_tokens:
-        fail(op, f"qo_indptr[B] must equal the number of tokens {num_tokens}, got {int(indptr[-1])}")
+        fail(op, f"{name}[B] must equal the number of {what} {num_tokens}, got {int(indptr[-1])}")
     lengths = indptr[1:] - indptr[:-1]
     if (lengths < 0).any():
         b = int((lengths < 0).nonzero()[0, 0])
-        fail(op, f"qo_indptr must be non-decreasing, but qo_indptr[{b + 1}] = {int(indptr[b + 1])} "
-                 f"< qo_indptr[{b}] = {int(indptr[b])}")
+        fail(op, f"{name} must be non-decreasing, but {name}[{b + 1}] = {int(indptr[b + 1])} "
+                 f"< {name}[{b}] = {int(indptr[b])}")
     return lengths

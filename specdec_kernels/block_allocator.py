@@ -98,11 +98,8 @@ class BlockAllocator:
         first = len(blocks)
         for _ in range(need):
             blocks.append(self._free.pop())
-        row = self._rows.get(seq_id)
-        if row is not None:
-            if row.numel() < len(blocks):
-                grow = max(len(blocks), 2 * row.numel()) - row.numel()
-                row = self._rows[seq_id] = torch.cat([row, torch.full((grow,), -1, dtype=torch.int32)])
+        if seq_id in self._rows:
+            row = self._row(seq_id, len(blocks))
             row[first:len(blocks)] = torch.tensor(blocks[first:], dtype=torch.int32)
 
     def append(self, seq_id, num_tokens: int) -> int:
@@ -159,14 +156,18 @@ class BlockAllocator:
             count = len(self._blocks[self._known(s)])
             if count > width:
                 raise ValueError(f"sequence {s!r} holds {count} blocks, more than width={width}")
-            row = self._rows.get(s)
-            if row is None:
-                row = self._rows[s] = torch.full((max(width, count),), -1, dtype=torch.int32)
-                row[:count] = torch.tensor(self._blocks[s], dtype=torch.int32)
-            elif row.numel() < width:
-                row = self._rows[s] = torch.cat([row, torch.full((width - row.numel(),), -1, dtype=torch.int32)])
-            rows.append(row[:width])
+            if s not in self._rows:
+                self._rows[s] = torch.tensor(self._blocks[s], dtype=torch.int32)
+            rows.append(self._row(s, width)[:width])
         return torch.stack(rows) if rows else torch.empty(0, width, dtype=torch.int32)
+
+    def _row(self, seq_id, size: int) -> torch.Tensor:
+        """seq_id's kept row, grown (doubling, -1 filled) to hold ``size`` entries."""
+        row = self._rows[seq_id]
+        if row.numel() < size:
+            grow = max(size, 2 * row.numel()) - row.numel()
+            row = self._rows[seq_id] = torch.cat([row, torch.full((grow,), -1, dtype=torch.int32)])
+        return row
 
     def lengths(self, seq_ids: Sequence, *, device="cpu") -> torch.Tensor:
         """int32 ``[len(seq_ids)]`` committed lengths (the ``prefix_lens`` of the next step)."""

@@ -389,14 +389,7 @@ def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, d
 
 
 def _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab) -> None:
-    rows = target_indptr.cpu().long()
-    if int(rows[0]) != 0 or int(rows[-1]) != num_rows:
-        fail(op, f"target_indptr must run from 0 to the {num_rows} rows of the target, got "
-                 f"{int(rows[0])} .. {int(rows[-1])}")
-    if (rows[1:] < rows[:-1]).any():
-        b = int((rows[1:] < rows[:-1]).nonzero()[0, 0])
-        fail(op, f"target_indptr must be non-decreasing, but target_indptr[{b + 1}] = {int(rows[b + 1])} < "
-                 f"target_indptr[{b}] = {int(rows[b])}")
+    _checks.check_indptr_values(op, target_indptr, num_rows, name="target_indptr", what="rows of the target")
     bonus = bonus_tokens.cpu()
     bad = (bonus < 0) | (bonus >= vocab)
     if bad.any():

@@ -294,7 +294,7 @@ class VerifyStep:
             drafted = torch.stack([d.tokens.reshape(-1) for d in drafts]).to(dev, torch.int64)
         else:
             drafted = torch.tensor([list(d.tokens) for d in drafts], dtype=torch.int64).reshape(real, tmpl.size - 1)
-            checked = drafted[:, torch.tensor(tmpl.parents[1:]) != -1]
+            checked = drafted[:, tmpl.checked]
             bad = (checked < 0) | (checked >= vocab)
             if bad.any():
                 b = int(bad.any(1).nonzero()[0, 0])

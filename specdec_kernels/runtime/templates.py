@@ -48,6 +48,8 @@ class DraftTemplate:
         if len(self.positions) != n or len(self.visible) != n:
             raise ValueError(f"Draft.positions and Draft.visible need {n - 1} entries, one per token")
         self.depth = depth
+        # Drafted nodes whose token the verify op reads (not inert), for range checks.
+        self.checked = torch.tensor(parents[1:], dtype=torch.int64) != -1
         self.size = n
         self.max_depth = max(depth)
         self._device = {}  # (rows, device) -> padded device layout
