@@ -33,5 +33,18 @@ inline DType dtype_of(const char* op, const at::Tensor& t) {
   return s == at::kHalf ? DType::kFloat16 : s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
 }
 
+// An indptr's values (host memory): [0] == 0, [batch] == total (the number of
+// `what`), never decreasing. `name` names the argument in the message.
+inline void check_indptr_values(const char* op, const char* name, const int32_t* indptr, int64_t batch,
+                                int64_t total, const char* what) {
+  TORCH_CHECK(indptr[0] == 0, op, ": ", name, "[0] must be 0, got ", indptr[0]);
+  TORCH_CHECK(indptr[batch] == total, op, ": ", name, "[B] must equal the number of ", what, " ", total, ", got ",
+              indptr[batch]);
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(indptr[b + 1] >= indptr[b], op, ": ", name, " must be non-decreasing, but ", name, "[", b + 1,
+                "] = ", indptr[b + 1], " < ", name, "[", b, "] = ", indptr[b]);
+  }
+}
+
 }  // namespace glue
 }  // namespace specdec

@@ -150,13 +150,7 @@ void check_append_kv_values(const at::Tensor& k, const at::Tensor& k_cache,
   const int32_t* indptr = qo_indptr.data_ptr<int32_t>();
   const int32_t* prefix = prefix_lens.data_ptr<int32_t>();
   const int64_t batch = prefix_lens.size(0);
-  TORCH_CHECK(indptr[0] == 0, op, ": qo_indptr[0] must be 0, got ", indptr[0]);
-  TORCH_CHECK(indptr[batch] == k.size(0), op, ": qo_indptr[B] must equal the number of tokens ",
-              k.size(0), ", got ", indptr[batch]);
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(indptr[b + 1] >= indptr[b], op, ": qo_indptr must be non-decreasing, but qo_indptr[",
-                b + 1, "] = ", indptr[b + 1], " < qo_indptr[", b, "] = ", indptr[b]);
-  }
+  check_indptr_values(op, "qo_indptr", indptr, batch, k.size(0), "tokens");
   for (int64_t b = 0; b < batch; ++b) {
     TORCH_CHECK(prefix[b] >= 0, op, ": prefix_lens[", b, "] = ", prefix[b], " is negative");
     check_positions(block_table.data_ptr<int32_t>(), block_table.stride(0), block_table.size(1),

@@ -95,26 +95,15 @@ void check_verify_values(const VerifyTensors& t) {
   const int64_t batch = t.qo_indptr.size(0) - 1;
   const int64_t n = t.draft_tokens.size(0);
   const int32_t* indptr = t.qo_indptr.data_ptr<int32_t>();
-  TORCH_CHECK(indptr[0] == 0, kOp, ": qo_indptr[0] must be 0, got ", indptr[0]);
-  TORCH_CHECK(indptr[batch] == n, kOp, ": qo_indptr[B] must equal the number of nodes ", n, ", got ",
-              indptr[batch]);
+  check_indptr_values(kOp, "qo_indptr", indptr, batch, n, "nodes");
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t len = int64_t(indptr[b + 1]) - indptr[b];
-    TORCH_CHECK(len >= 0, kOp, ": qo_indptr must be non-decreasing, but qo_indptr[", b + 1, "] = ", indptr[b + 1],
-                " < qo_indptr[", b, "] = ", indptr[b]);
     TORCH_CHECK(len <= kMaxVerifyNodes, kOp, ": request ", b, " has ", len, " nodes (qo_indptr); at most ",
                 kMaxVerifyNodes, " are supported");
   }
   if (t.target_indptr.has_value()) {
-    const int32_t* rows = t.target_indptr->data_ptr<int32_t>();
-    const int64_t num_rows = t.target_logits.size(0);
-    TORCH_CHECK(rows[0] == 0, kOp, ": target_indptr[0] must be 0, got ", rows[0]);
-    TORCH_CHECK(rows[batch] == num_rows, kOp, ": target_indptr[B] must equal the rows of target_logits ", num_rows,
-                ", got ", rows[batch]);
-    for (int64_t b = 0; b < batch; ++b) {
-      TORCH_CHECK(rows[b + 1] >= rows[b], kOp, ": target_indptr must be non-decreasing, but target_indptr[", b + 1,
-                  "] = ", rows[b + 1], " < target_indptr[", b, "] = ", rows[b]);
-    }
+    check_indptr_values(kOp, "target_indptr", t.target_indptr->data_ptr<int32_t>(), batch, t.target_logits.size(0),
+                        "rows of target_logits");
   }
 }
 

@@ -101,14 +101,8 @@ void check_tree_attention_values(const at::Tensor& q, const at::Tensor& k_cache,
   auto ptr = [&](int64_t b) { return int64_t(indptr[b]); };
   auto pre = [&](int64_t b) { return int64_t(prefix[b]); };
 
-  TORCH_CHECK(ptr(0) == 0, kOp, ": qo_indptr[0] must be 0, got ", ptr(0));
-  TORCH_CHECK(ptr(batch) == num_tokens, kOp, ": qo_indptr[B] must equal the number of tokens ", num_tokens,
-              ", got ", ptr(batch));
+  check_indptr_values(kOp, "qo_indptr", indptr, batch, num_tokens, "tokens");
   int64_t longest = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(ptr(b + 1) >= ptr(b), kOp, ": qo_indptr must be non-decreasing, but qo_indptr[", b + 1,
-                "] = ", ptr(b + 1), " < qo_indptr[", b, "] = ", ptr(b));
-  }
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t t = ptr(b + 1) - ptr(b);
     TORCH_CHECK(t <= kMaxTreeLen, kOp, ": sequence ", b, " has ", t, " tree tokens (qo_indptr); at most ",
