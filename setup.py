@@ -72,11 +72,28 @@ def cuda_toolkit():
     return toolkit
 
 
+def openmp_flags() -> list[str]:
+    """``-fopenmp`` at compile time only, when torch's ATen runs on OpenMP.
+
+    ``at::parallel_for`` is header code: without ``-fopenmp`` its
+    ``#pragma omp parallel`` is dropped and every CPU kernel runs on one
+    thread. Nothing is linked: the ``GOMP_*``/``omp_*`` symbols resolve at
+    load time to the OpenMP runtime torch itself loaded (libtorch_cpu's
+    dependency), so no second runtime enters the process.
+    SPECDEC_NO_OPENMP=1 builds single-threaded CPU kernels.
+    """
+    if os.environ.get("SPECDEC_NO_OPENMP") == "1":
+        return []
+    if "OpenMP" not in torch.__config__.parallel_info() or sys.platform == "darwin":
+        return []  # torch without OpenMP (or Apple clang, which has no -fopenmp)
+    return ["-fopenmp"]
+
+
 def extension():
     cpp = [s for s in sources("csrc/torch/*.cpp") if not s.endswith("_cuda.cpp")]
     cpp += sources("csrc/cpu/*.cpp")
     include_dirs = [str(ROOT / "csrc" / "include"), str(ROOT / "csrc" / "torch")]
-    cxx_flags = ["-O3"]
+    cxx_flags = ["-O3"] + openmp_flags()
     toolkit = cuda_toolkit()
     if toolkit is None:
         return cpp_extension.CppExtension(

@@ -31,6 +31,13 @@ def with_cuda() -> bool:
     return loaded() and bool(_module.with_cuda)
 
 
+def with_openmp() -> bool:
+    """Whether the CPU kernels were compiled with OpenMP (``at::parallel_for``
+    forks onto torch's threads); False for an extension built before the flag
+    existed or with SPECDEC_NO_OPENMP=1."""
+    return loaded() and bool(getattr(_module, "openmp", False))
+
+
 def cuda_archs() -> list[str]:
     if not with_cuda():
         return []

@@ -35,6 +35,21 @@ def _extension_build() -> str:
     return "cpu-only (CPU torch)"
 
 
+def _cpu_kernels() -> dict:
+    """How the compiled CPU kernels use the cores, said plainly when they don't."""
+    threads = torch.get_num_threads()
+    if not _extension.loaded():
+        text = "not built (the cpu backend is unavailable)"
+    elif _extension.with_openmp():
+        text = (f"multi-threaded: at::parallel_for on torch's OpenMP runtime, {threads} thread(s) "
+                "(torch.set_num_threads); bench/bench_cpu_threads.py measures the scaling")
+    else:
+        text = ("single-threaded: this extension was built without OpenMP (SPECDEC_NO_OPENMP=1, or torch "
+                "has no OpenMP), so at::parallel_for runs every CPU kernel on one thread")
+    return {"backend": backends.auto_choice("info", torch.device("cpu")), "openmp": _extension.with_openmp(),
+            "threads": threads, "threading": text}
+
+
 def info() -> dict:
     """A dict of facts; ``python -m specdec_kernels info`` prints it."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -60,6 +75,7 @@ def info() -> dict:
         "extension_cuda": _extension.with_cuda(),
         "extension_build": _extension_build(),
         "cuda_archs": _extension.cuda_archs(),
+        "cpu_kernels": _cpu_kernels(),
         "backend_override": os.environ.get("SPECDEC_BACKEND") or None,
         # Every op shares the same backend availability today; listed per op
         # so later ops with narrower support can say so.
@@ -72,6 +88,7 @@ def format_info(facts: dict) -> str:
     for key in ("python", "torch", "torch_cuda", "triton", "triton_interpret", "cuda_device",
                 "extension", "extension_cuda", "extension_build", "cuda_archs", "backend_override"):
         lines.append(f"  {key:18} {facts[key]}")
+    lines.append(f"  {'cpu_kernels':18} {facts['cpu_kernels']['threading']}")
     for op, per_device in facts["ops"].items():
         lines.append(f"  {op}:")
         for dev, entry in per_device.items():

@@ -48,4 +48,10 @@ PYBIND11_MODULE(_C, module) {
   module.attr("with_cuda") = false;
 #endif
   module.attr("cuda_archs") = SPECDEC_CUDA_ARCHS;
+  // Whether at::parallel_for really forks here (see setup.py's openmp_flags).
+#ifdef _OPENMP
+  module.attr("openmp") = true;
+#else
+  module.attr("openmp") = false;
+#endif
 }
