@@ -91,11 +91,11 @@ def test_block_table_and_lengths_tensors():
     with pytest.raises(ValueError, match="width=2"):
         a.block_table(["x"], width=2)
     with pytest.raises(ValueError, match="width=2"):
-        a.block_rows(["x"], 2)
-    assert torch.equal(a.block_rows(["y", "x"], 4), a.block_table(["y", "x"], width=4))
+        a.device_rows(["x"], 2)
+    assert torch.equal(a.device_rows(["y", "x"], 4), a.block_table(["y", "x"], width=4))
 
 
-def test_block_rows_follow_growth_truncation_and_reuse():
+def test_device_rows_follow_growth_truncation_and_reuse():
     a = BlockAllocator(num_blocks=10, block_size=2)
     a.add("x", 3)
     a.add("y", 1)
@@ -103,12 +103,12 @@ def test_block_rows_follow_growth_truncation_and_reuse():
         n = a.length("x")
         a.reserve("x", n + 5)  # a verify step's room, two tokens accepted, the rest rolled back
         a.append("x", 2)
-        assert torch.equal(a.block_rows(["x", "y"], 8), a.block_table(["x", "y"], width=8))
+        assert torch.equal(a.device_rows(["x", "y"], 8), a.block_table(["x", "y"], width=8))
         a.truncate("x", n + 1)
-        assert torch.equal(a.block_rows(["x", "y"], 8), a.block_table(["x", "y"], width=8))
+        assert torch.equal(a.device_rows(["x", "y"], 8), a.block_table(["x", "y"], width=8))
     a.free("x")
     a.add("x", 6)  # the id again, other blocks
-    assert torch.equal(a.block_rows(["y", "x"], 8), a.block_table(["y", "x"], width=8))
+    assert torch.equal(a.device_rows(["y", "x"], 8), a.block_table(["y", "x"], width=8))
 
 
 @settings(max_examples=60, deadline=None)
@@ -141,6 +141,28 @@ def test_random_operation_sequences_keep_accounting(ops):
             pass
         a.check_invariants()
         assert {s: a.length(s) for s in a.sequences} == model
-        if model:  # rows kept in place from each sequence's first watch on
+        if model:  # the device table, patched in place, equals the host lists
             seqs = sorted(model)
-            assert torch.equal(a.block_rows(seqs, 12), a.block_table(seqs, width=12))
+            assert torch.equal(a.device_rows(seqs, 12), a.block_table(seqs, width=12))
+
+
+def test_device_table_is_patched_with_the_changed_entries_only():
+    a = BlockAllocator(num_blocks=200, block_size=4)
+    seqs = [f"s{i}" for i in range(20)]  # more sequences than the table's first 8 slots
+    for s in seqs:
+        a.add(s, 30)
+    assert torch.equal(a.device_rows(seqs, 16), a.block_table(seqs, width=16))
+    table = a._table
+    a.reserve("s3", 30 + 9)  # 8 blocks -> 10: two new entries
+    a.truncate("s5", 13)  # 8 blocks -> 4: four entries cleared
+    assert len(table._pending) == 6
+    assert torch.equal(a.device_rows(seqs[::-1], 16), a.block_table(seqs[::-1], width=16))
+    assert not table._pending
+    for s in seqs[:10]:  # churn: slots freed and reused by new ids
+        a.free(s)
+    for i in range(12):
+        a.add(("new", i), 4 * i)
+    live = a.sequences
+    assert torch.equal(a.device_rows(live, 16), a.block_table(live, width=16))
+    with pytest.raises(ValueError, match="16 wide"):
+        a.device_rows(live, 12)

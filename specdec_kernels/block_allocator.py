@@ -1,8 +1,9 @@
 """Paged KV-cache block allocator: which physical blocks each sequence owns.
 
-Pure bookkeeping on the host (no tensors until ``block_table()`` or
-``block_rows()``), shared by
-every layer: one block id names the same slot range in every layer's cache.
+Bookkeeping on the host, shared by every layer: one block id names the same
+slot range in every layer's cache. ``block_table()`` builds a table from the
+host lists; ``device_rows()`` reads a table that lives on the device and is
+patched in place with only the entries that changed since the last read.
 """
 from __future__ import annotations
 
@@ -39,10 +40,7 @@ class BlockAllocator:
         self._free = list(range(num_blocks - 1, -1, -1))
         self._blocks: dict[Hashable, list[int]] = {}
         self._lengths: dict[Hashable, int] = {}
-        # Per sequence an int32 row of its block ids (-1 past them), kept up to
-        # date in place from the first block_rows() call on, so a step's table
-        # costs O(batch) host work however long the sequences are.
-        self._rows: dict[Hashable, torch.Tensor] = {}
+        self._table: _DeviceTable | None = None  # from the first device_rows() call on
 
     # -- queries ---------------------------------------------------------
     @property
@@ -98,9 +96,8 @@ class BlockAllocator:
         first = len(blocks)
         for _ in range(need):
             blocks.append(self._free.pop())
-        if seq_id in self._rows:
-            row = self._row(seq_id, len(blocks))
-            row[first:len(blocks)] = torch.tensor(blocks[first:], dtype=torch.int32)
+        if self._table is not None:
+            self._table.write(seq_id, first, blocks[first:])
 
     def append(self, seq_id, num_tokens: int) -> int:
         """Commit ``num_tokens`` more tokens (reserving as needed); returns the
@@ -120,8 +117,8 @@ class BlockAllocator:
             raise ValueError(f"new_length must be in [0, {length}] for sequence {seq_id!r}, got {new_length}")
         blocks = self._blocks[seq_id]
         keep = self.blocks_needed(new_length)
-        if seq_id in self._rows and len(blocks) > keep:
-            self._rows[seq_id][keep:len(blocks)] = -1
+        if self._table is not None and len(blocks) > keep:
+            self._table.write(seq_id, keep, [-1] * (len(blocks) - keep))
         while len(blocks) > keep:
             self._free.append(blocks.pop())
         self._lengths[seq_id] = new_length
@@ -130,7 +127,8 @@ class BlockAllocator:
         """Forget the sequence and return all its blocks to the pool."""
         blocks = self._blocks.pop(self._known(seq_id))
         del self._lengths[seq_id]
-        self._rows.pop(seq_id, None)
+        if self._table is not None:
+            self._table.release(seq_id, len(blocks))
         self._free.extend(reversed(blocks))
 
     # -- tensors for the kernels -------------------------------------------
@@ -147,27 +145,27 @@ class BlockAllocator:
             table[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
         return table.to(device)
 
-    def block_rows(self, seq_ids: Sequence, width: int) -> torch.Tensor:
-        """The same table as ``block_table(seq_ids, width=width)`` on the host,
-        from rows kept up to date in place (O(len(seq_ids)) Python work).
-        Raises ``ValueError`` if a sequence holds more than ``width`` blocks."""
-        rows = []
+    def device_rows(self, seq_ids: Sequence, width: int, device="cpu") -> torch.Tensor:
+        """The same table as ``block_table(seq_ids, width=width)``, gathered on
+        ``device`` from a table that lives there: each read first applies the
+        entries changed since the previous one (one ``index_put_`` of the new
+        and freed blocks), so a step's table costs O(len(seq_ids)) host work
+        however long the sequences are. The first call fixes ``width`` and
+        ``device``. Raises ``ValueError`` if a sequence holds more than
+        ``width`` blocks."""
         for s in seq_ids:
             count = len(self._blocks[self._known(s)])
             if count > width:
                 raise ValueError(f"sequence {s!r} holds {count} blocks, more than width={width}")
-            if s not in self._rows:
-                self._rows[s] = torch.tensor(self._blocks[s], dtype=torch.int32)
-            rows.append(self._row(s, width)[:width])
-        return torch.stack(rows) if rows else torch.empty(0, width, dtype=torch.int32)
-
-    def _row(self, seq_id, size: int) -> torch.Tensor:
-        """seq_id's kept row, grown (doubling, -1 filled) to hold ``size`` entries."""
-        row = self._rows[seq_id]
-        if row.numel() < size:
-            grow = max(size, 2 * row.numel()) - row.numel()
-            row = self._rows[seq_id] = torch.cat([row, torch.full((grow,), -1, dtype=torch.int32)])
-        return row
+        if self._table is None:
+            self._table = _DeviceTable(width, torch.device(device))
+            for s, blocks in self._blocks.items():
+                self._table.write(s, 0, blocks)
+        table = self._table
+        if (width, torch.device(device)) != (table.width, table.device):
+            raise ValueError(f"this allocator's device table is {table.width} wide on {table.device} (fixed by "
+                             f"its first device_rows call); got width={width} on {device}")
+        return table.rows(seq_ids)
 
     def lengths(self, seq_ids: Sequence, *, device="cpu") -> torch.Tensor:
         """int32 ``[len(seq_ids)]`` committed lengths (the ``prefix_lens`` of the next step)."""
@@ -187,3 +185,58 @@ class BlockAllocator:
         if seq_id not in self._blocks:
             raise KeyError(f"unknown sequence {seq_id!r}")
         return seq_id
+
+
+class _DeviceTable:
+    """An int32 ``[slots, width]`` block table on a device, one row (slot) per
+    sequence, -1 past its blocks. Writes are buffered on the host, last write
+    per entry winning (``index_put_`` with repeated indices has no defined
+    order on CUDA), and flushed by the next ``rows()``."""
+
+    def __init__(self, width: int, device: torch.device):
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        self.width, self.device = width, device
+        self.table = torch.full((8, width), -1, dtype=torch.int32, device=device)
+        self._slots: dict[Hashable, int] = {}
+        self._free_slots: list[int] = list(range(7, -1, -1))
+        self._pending: dict[tuple[int, int], int] = {}
+        self._gather: tuple[tuple, torch.Tensor] | None = None  # the last seq_ids and their slots on the device
+
+    def _slot(self, seq_id) -> int:
+        slot = self._slots.get(seq_id)
+        if slot is None:
+            if not self._free_slots:
+                n = self.table.shape[0]
+                grown = torch.full((2 * n, self.width), -1, dtype=torch.int32, device=self.device)
+                grown[:n] = self.table
+                self.table = grown
+                self._free_slots = list(range(2 * n - 1, n - 1, -1))
+            slot = self._slots[seq_id] = self._free_slots.pop()
+        return slot
+
+    def write(self, seq_id, first: int, values) -> None:
+        """Entries ``first, first + 1, ...`` of seq_id's row become ``values``
+        (those past the width are never read: ``device_rows`` refuses them)."""
+        slot = self._slot(seq_id)
+        for col, value in enumerate(values, start=first):
+            if col < self.width:
+                self._pending[slot, col] = value
+
+    def release(self, seq_id, count: int) -> None:
+        """seq_id is gone: clear its ``count`` entries and free its slot."""
+        self.write(seq_id, 0, [-1] * count)
+        self._free_slots.append(self._slots.pop(seq_id))
+        self._gather = None
+
+    def rows(self, seq_ids) -> torch.Tensor:
+        if self._pending:
+            flat = torch.tensor([(s, c, v) for (s, c), v in self._pending.items()], dtype=torch.int64)
+            flat = flat.to(self.device, non_blocking=True)
+            self.table.index_put_((flat[:, 0], flat[:, 1]), flat[:, 2].to(torch.int32))
+            self._pending.clear()
+        key = tuple(seq_ids)
+        if self._gather is None or self._gather[0] != key:
+            slots = torch.tensor([self._slot(s) for s in key], dtype=torch.int64)
+            self._gather = key, slots.to(self.device, non_blocking=True)
+        return self.table.index_select(0, self._gather[1])

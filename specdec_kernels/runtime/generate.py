@@ -60,11 +60,14 @@ class GenerationOutput:
 
 
 class CachedModel:
-    """A model, its paged cache and how many tokens of each sequence it holds."""
+    """A model, its paged cache and how many tokens of each sequence it holds.
+    ``max_blocks``: the block-table width (the most blocks a sequence may
+    hold; default ``num_blocks``), shared with a ``VerifyStep`` on the cache."""
 
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, max_blocks: int | None = None):
         param = next(model.parameters())
         self.model = model
+        self.max_blocks = max_blocks or num_blocks
         self.cache = PagedKVCache(model.config, num_blocks, block_size, dtype=param.dtype, device=param.device)
         self.device = param.device
 
@@ -97,7 +100,7 @@ class CachedModel:
                                  dtype=torch.int64, device=dev)
         counts = torch.tensor([len(ch) for ch in chains], dtype=torch.int64)
         indptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32).to(dev)
-        table = alloc.block_table(seqs, device=dev)
+        table = alloc.device_rows(seqs, self.max_blocks, dev)
         prefix = torch.tensor(starts, dtype=torch.int32, device=dev)
         logits, hidden = self.model(tokens, positions, self.cache, table, prefix, indptr, prefill=prefill,
                                     validate=False)
@@ -216,9 +219,9 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     per_seq = [-(-(len(p) + max_new_tokens + rows + 1) // block_size) for p in prompts]
     padding = (bucket_size(len(prompts)) - len(prompts)) * -(-rows // block_size)
     num_blocks = sum(per_seq) + padding + 1
-    tgt = CachedModel(target, num_blocks, block_size)
+    tgt = CachedModel(target, num_blocks, block_size, max(per_seq))
     if method == "draft":
-        drafter.model = CachedModel(draft_model, num_blocks, block_size)
+        drafter.model = CachedModel(draft_model, num_blocks, block_size, max(per_seq))
     step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params,
                       generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
                       cuda_graph=cuda_graph)

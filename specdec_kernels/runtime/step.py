@@ -244,11 +244,12 @@ class VerifyStep:
 
     def _batch_inputs(self, seqs, prefix_lens, rows_per, real, batch) -> dict:
         """prefix_lens and block_table of the (padded) batch: O(batch) host work
-        (the allocator keeps each sequence's table row up to date in place)."""
+        (the allocator's table lives on the device, patched with the changed
+        entries only)."""
         alloc = self.cache.allocator
         pads = [self._pad_seq(b - real, rows_per[b]) for b in range(real, batch)]
         try:
-            table = alloc.block_rows(list(seqs) + pads, self.max_blocks)
+            table = alloc.device_rows(list(seqs) + pads, self.max_blocks, self.device)
         except ValueError as e:
             raise ValueError(f"a sequence needs more cache blocks than max_blocks={self.max_blocks}: {e}") from None
         return dict(prefix_lens=torch.tensor(list(prefix_lens) + [0] * (batch - real), dtype=torch.int32),
