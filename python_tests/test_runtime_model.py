@@ -106,3 +106,59 @@ def test_random_model_runs_decode_steps():
     last, _ = model(torch.tensor([5]), torch.tensor([5]), cache2, table2, torch.tensor([5], dtype=torch.int32),
                     ragged([1]))
     torch.testing.assert_close(last[0], full[5], rtol=1e-5, atol=1e-5)
+
+
+def _unfused_logits(model, tokens):
+    """A reference without the fused weights: each layer through its separate
+    q/k/v and gate/up nn.Linear modules, causal SDPA over the prompt."""
+    cfg = model.config
+    positions = torch.arange(len(tokens))
+    x = model.model.embed_tokens(tokens)
+    angles = positions.float()[:, None] * model.inv_freq[None]
+    emb = torch.cat((angles, angles), -1)
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+    from specdec_kernels.runtime.model import rotate
+    n = len(tokens)
+    for layer in model.model.layers:
+        a = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = rotate(a.q_proj(h).view(n, cfg.num_heads, cfg.head_dim), cos, sin).transpose(0, 1)
+        k = rotate(a.k_proj(h).view(n, cfg.num_kv_heads, cfg.head_dim), cos, sin).transpose(0, 1)
+        v = a.v_proj(h).view(n, cfg.num_kv_heads, cfg.head_dim).transpose(0, 1)
+        g = cfg.num_heads // cfg.num_kv_heads
+        o = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(g, 0), v.repeat_interleave(g, 0),
+                                                             is_causal=True)
+        x = x + a.o_proj(o.transpose(0, 1).reshape(n, -1))
+        m = layer.mlp
+        hh = layer.post_attention_layernorm(x)
+        x = x + m.down_proj(torch.nn.functional.silu(m.gate_proj(hh)) * m.up_proj(hh))
+    return model.lm_head(model.model.norm(x))
+
+
+def _ours(model, tokens):
+    cache, table = cache_for(model, [len(tokens)])
+    zeros = torch.zeros(1, dtype=torch.int32)
+    return model(tokens, torch.arange(len(tokens)), cache, table, zeros, ragged([len(tokens)]))[0]
+
+
+def test_fused_projections_follow_every_weight_change():
+    """Q/K/V and gate/up run as one matmul each over weights the linears
+    alias; after in-place updates, a dtype change and a replaced parameter
+    the forward still uses the current weights, never a stale fused copy."""
+    cfg = ModelConfig(vocab_size=97, hidden_size=128, intermediate_size=192, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=64, qkv_bias=True)
+    model = LlamaModel.random(cfg, seed=3)
+    tokens = torch.randint(0, 97, (9,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(_ours(model, tokens), _unfused_logits(model, tokens), rtol=1e-4, atol=1e-4)
+        layer = model.model.layers[1]
+        assert layer.self_attn.k_proj.weight.data_ptr() == layer.self_attn.qkv.weight[256:].data_ptr()  # aliased
+        state = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+        model.load_state_dict(state)  # in place
+        torch.testing.assert_close(_ours(model, tokens), _unfused_logits(model, tokens), rtol=1e-4, atol=1e-4)
+        model = model.to(torch.bfloat16).to(torch.float32)  # new storage for every parameter, new values
+        torch.testing.assert_close(_ours(model, tokens), _unfused_logits(model, tokens), rtol=1e-4, atol=1e-4)
+        layer = model.model.layers[0]
+        layer.mlp.up_proj.weight = torch.nn.Parameter(torch.randn_like(layer.mlp.up_proj.weight))  # replaced
+        layer.self_attn.v_proj.bias = torch.nn.Parameter(torch.randn_like(layer.self_attn.v_proj.bias))
+        torch.testing.assert_close(_ours(model, tokens), _unfused_logits(model, tokens), rtol=1e-4, atol=1e-4)

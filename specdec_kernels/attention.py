@@ -14,7 +14,7 @@ import torch
 from . import _checks, backends, reference
 from ._checks import fail
 
-__all__ = ["tree_attention", "HEAD_DIMS", "MAX_TREE_LEN"]
+__all__ = ["tree_attention", "tree_attention_kernel", "HEAD_DIMS", "MAX_TREE_LEN"]
 
 HEAD_DIMS = (64, 128, 256)
 # Mirrors kMaxTreeLen in csrc/include/specdec/tree_attention.h.
@@ -93,19 +93,25 @@ def tree_attention(
     if validate:
         _validate(op, q.shape[0], k_cache, block_table, prefix_lens, qo_indptr, tree_mask)
 
-    chosen = backends.choose(op, backend, device)
+    kernel = tree_attention_kernel(backend, device)
+    out, lse = kernel(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr, tree_mask, float(sm_scale))
+    return (out, lse) if return_lse else out
+
+
+def tree_attention_kernel(backend: str, device: torch.device):
+    """The kernel ``backend`` resolves to for tensors on ``device``, unchecked:
+    ``f(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr, tree_mask,
+    sm_scale: float) -> (out, lse)``. For callers that run one layout through
+    many layers (the runtime's model): check it once with ``tree_attention``,
+    then call this per layer; no shape or value checks, no backend choice."""
+    chosen = backends.choose("tree_attention", backend, device)
     if chosen == "reference":
-        out, lse = reference.tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr,
-                                            tree_mask, sm_scale)
-    elif chosen == "triton":
+        return reference.tree_attention
+    if chosen == "triton":
         from .triton import attention as triton_attention
 
-        out, lse = triton_attention.tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr,
-                                                   tree_mask, sm_scale)
-    else:
-        out, lse = torch.ops.specdec.tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr,
-                                                    tree_mask, float(sm_scale))
-    return (out, lse) if return_lse else out
+        return triton_attention.tree_attention
+    return torch.ops.specdec.tree_attention
 
 
 def _validate(op, num_tokens, k_cache, block_table, prefix_lens, qo_indptr, tree_mask) -> None:

@@ -14,7 +14,7 @@ import torch
 from . import _checks, backends, reference
 from ._checks import fail
 
-__all__ = ["append_kv", "compact_kv"]
+__all__ = ["append_kv", "append_kv_kernel", "compact_kv"]
 
 # Mirrors kMaxPathWidth in csrc/include/specdec/kv_cache.h: the CUDA kernel
 # stages a path's row offsets in shared memory.
@@ -72,15 +72,22 @@ def append_kv(
     if validate:
         _validate_append(op, k.shape[0], k_cache, block_table, prefix_lens, qo_indptr)
 
-    chosen = backends.choose(op, backend, device)
+    append_kv_kernel(backend, device)(k, v, k_cache, v_cache, block_table, prefix_lens, qo_indptr)
+
+
+def append_kv_kernel(backend: str, device: torch.device):
+    """The kernel ``backend`` resolves to for tensors on ``device``, unchecked:
+    ``f(k, v, k_cache, v_cache, block_table, prefix_lens, qo_indptr)``. For
+    callers that run one layout through many layers: check it once with
+    ``append_kv``, then call this per layer."""
+    chosen = backends.choose("append_kv", backend, device)
     if chosen == "reference":
-        reference.append_kv(k, v, k_cache, v_cache, block_table, prefix_lens, qo_indptr)
-    elif chosen == "triton":
+        return reference.append_kv
+    if chosen == "triton":
         from .triton import kv_cache as triton_kv
 
-        triton_kv.append_kv(k, v, k_cache, v_cache, block_table, prefix_lens, qo_indptr)
-    else:
-        torch.ops.specdec.append_kv(k, v, k_cache, v_cache, block_table, prefix_lens, qo_indptr)
+        return triton_kv.append_kv
+    return torch.ops.specdec.append_kv
 
 
 Caches = torch.Tensor | Sequence[torch.Tensor]

@@ -10,15 +10,16 @@ state dict loads as is.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import tree_attention
+from ..attention import tree_attention, tree_attention_kernel
 from ..block_allocator import BlockAllocator
-from ..kv_cache import append_kv
+from ..kv_cache import append_kv, append_kv_kernel
 from .config import ModelConfig
 
 
@@ -29,10 +30,46 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # float32 statistics, as Hugging Face computes them.
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        # float32 statistics, then the weight in x's dtype, as Hugging Face
+        # computes them (F.rms_norm is bitwise the same in float32, and one op).
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
+
+
+class Fused:
+    """One weight (and bias) for several ``nn.Linear`` sharing an input, so a
+    forward runs one matmul for Q, K and V (or gate and up) instead of three
+    (two). The linears' parameters are re-pointed as row blocks of the fused
+    tensor, so state dicts keep Hugging Face's names, in-place updates
+    (``load_state_dict``) reach the fused tensor, and nothing is stored twice.
+    ``get()`` re-fuses when a parameter stopped aliasing it (``.to()``, or a
+    parameter replaced): never a stale weight."""
+
+    def __init__(self, *linears: nn.Linear):
+        self.linears = linears
+        self.weight = self.bias = None
+        self._ptrs = None
+
+    def _current(self):
+        return tuple(p.data_ptr() for m in self.linears for p in (m.weight, m.bias) if p is not None)
+
+    def get(self):
+        if self._ptrs is None or self._current() != self._ptrs:
+            self.weight = self._fuse("weight")
+            self.bias = self._fuse("bias") if self.linears[0].bias is not None else None
+            self._ptrs = self._current()
+        return self.weight, self.bias
+
+    def _fuse(self, name):
+        parts = [getattr(m, name) for m in self.linears]
+        fused = torch.cat([p.detach() for p in parts])
+        start = 0
+        for m, p in zip(self.linears, parts):
+            rows = p.shape[0]
+            setattr(m, name, nn.Parameter(fused[start:start + rows], requires_grad=p.requires_grad))
+            start += rows
+        return fused
 
 
 class Attention(nn.Module):
@@ -43,6 +80,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
+        self.qkv = Fused(self.q_proj, self.k_proj, self.v_proj)
 
 
 class MLP(nn.Module):
@@ -51,9 +89,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up = Fused(self.gate_proj, self.up_proj)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # F.linear on the weights: the module call's hook machinery is a
+        # measurable share of a small model's decode step.
+        gate, up = F.linear(x, self.gate_up.get()[0]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_proj.weight)
 
 
 class DecoderLayer(nn.Module):
@@ -79,10 +121,10 @@ class PagedKVCache:
 
 
 def rotate(x, cos, sin):
-    """RoPE on [N, H, D] with [N, D] cos/sin (halves rotated, Hugging Face layout)."""
+    """RoPE on [N, H, D] with [N, 1, D] cos/sin (halves rotated, Hugging Face layout)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    return x * cos + rotated * sin
 
 
 class LlamaModel(nn.Module):
@@ -164,27 +206,36 @@ class LlamaModel(nn.Module):
             last hidden state after the final norm (what Medusa heads read).
         """
         cfg = self.config
-        x = self.model.embed_tokens(tokens)
+        x = F.embedding(tokens, self.model.embed_tokens.weight)
         angles = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None]
-        emb = torch.cat((angles, angles), dim=-1)
+        emb = torch.cat((angles, angles), dim=-1)[:, None]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        n = tokens.shape[0]
+        n, hq, hkv, d = tokens.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        sm_scale = 1.0 / math.sqrt(d)
+        append, attend = None, None  # layer 0 goes through the checked ops, the rest straight to the kernels
         for i, layer in enumerate(self.model.layers):
             h = layer.input_layernorm(x)
             attn = layer.self_attn
-            q = rotate(attn.q_proj(h).view(n, cfg.num_heads, cfg.head_dim), cos, sin)
-            k = rotate(attn.k_proj(h).view(n, cfg.num_kv_heads, cfg.head_dim), cos, sin)
-            v = attn.v_proj(h).view(n, cfg.num_kv_heads, cfg.head_dim)
-            append_kv(k, v, cache.k[i], cache.v[i], block_table, prefix_lens, qo_indptr, validate=validate)
+            qkv = F.linear(h, *attn.qkv.get()).view(n, hq + 2 * hkv, d)
+            qk = rotate(qkv[:, :hq + hkv], cos, sin)  # one RoPE for Q and K
+            q, k, v = qk[:, :hq].contiguous(), qk[:, hq:], qkv[:, hq + hkv:]  # append_kv takes strided K/V
+            if append is None:
+                append_kv(k, v, cache.k[i], cache.v[i], block_table, prefix_lens, qo_indptr, validate=validate)
+                append = append_kv_kernel("auto", x.device)
+            else:
+                append(k, v, cache.k[i], cache.v[i], block_table, prefix_lens, qo_indptr)
             if prefill:
                 o = self._sdpa_prefill(q, k, v, qo_indptr)
+            elif attend is None:
+                o = tree_attention(q, cache.k[i], cache.v[i], block_table, prefix_lens, qo_indptr, tree_mask,
+                                   sm_scale=sm_scale, validate=validate)
+                attend = tree_attention_kernel("auto", x.device)
             else:
-                o = tree_attention(q.contiguous(), cache.k[i], cache.v[i], block_table, prefix_lens, qo_indptr,
-                                   tree_mask, validate=validate)
-            x = x + attn.o_proj(o.reshape(n, -1))
+                o = attend(q, cache.k[i], cache.v[i], block_table, prefix_lens, qo_indptr, tree_mask, sm_scale)[0]
+            x = x + F.linear(o.reshape(n, -1), attn.o_proj.weight)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = self.model.norm(x)
-        return self.lm_head(hidden), hidden
+        return F.linear(hidden, self.lm_head.weight), hidden
 
     def _sdpa_prefill(self, q, k, v, qo_indptr):
         group = self.config.num_heads // self.config.num_kv_heads

@@ -119,15 +119,32 @@ class _Buffers:
         self.draw_key = torch.zeros(rows, dtype=i64, device=device)
         self.step = torch.zeros(1, dtype=i64, device=device)
 
+    @classmethod
+    def wrap(cls, host: dict, vocab: int, device) -> "_Buffers":
+        """An eager step's buffers: the inputs themselves, on the device (no
+        static copies: those exist for graph replay)."""
+        buf = cls.__new__(cls)
+        buf.q = None
+        for name, value in host.items():
+            if name != "device_draft":
+                setattr(buf, name, value.to(device, non_blocking=True))
+        if "device_draft" in host:
+            buf.tokens, buf.draft_tokens = buf.tokens.clone(), buf.draft_tokens.clone()
+            buf.patch_drafts(*host["device_draft"], vocab)
+        return buf
+
+    def patch_drafts(self, rows, drafted, vocab):
+        """Drafted tokens handed over as device tensors, at flat ``rows``."""
+        rows = rows.to(self.tokens.device, non_blocking=True)
+        self.draft_tokens.index_copy_(0, rows, drafted)
+        self.tokens.index_copy_(0, rows, drafted.clamp(0, vocab - 1))
+
     def fill(self, host: dict, vocab: int):
         for name, value in host.items():
             if name != "device_draft":
                 getattr(self, name).copy_(value, non_blocking=True)
         if "device_draft" in host:
-            rows, drafted = host["device_draft"]
-            rows = rows.to(self.tokens.device, non_blocking=True)
-            self.draft_tokens.index_copy_(0, rows, drafted)
-            self.tokens.index_copy_(0, rows, drafted.clamp(0, vocab - 1))
+            self.patch_drafts(*host["device_draft"], vocab)
 
 
 class VerifyStep:
@@ -408,8 +425,9 @@ class VerifyStep:
             uniforms = self._uniforms(buf.draw_key, buf.step)
             res = op(*args, uniforms=uniforms, **extra, **self.sampling, **common)
         self._lap("verify_sampling")
-        compact_kv(self.cache.k, self.cache.v, buf.block_table, buf.prefix_lens, res.accepted_nodes,
-                   res.num_accepted, validate=False)
+        if width > 1:  # a tree of roots alone (an AR step) has nothing to move
+            compact_kv(self.cache.k, self.cache.v, buf.block_table, buf.prefix_lens, res.accepted_nodes,
+                       res.num_accepted, validate=False)
         last = res.accepted_nodes.gather(1, res.num_accepted.clamp(min=0).long()[:, None]).squeeze(1).long()
         last_rows = buf.qo_indptr[:-1].long() + last.clamp(min=0)
         packed = torch.cat([res.num_accepted[:, None].long(), res.accepted_nodes.long(), res.tokens], dim=1)
@@ -440,9 +458,7 @@ class VerifyStep:
             packed = packed[:real].cpu()
             self.graph_seconds += time.perf_counter() - began
         else:
-            buf = _Buffers(batch, host["tokens"].numel(), words, self.max_blocks, self.model.config.vocab_size,
-                           with_q, self.device)
-            buf.fill(host, self.model.config.vocab_size)
+            buf = _Buffers.wrap(host, self.model.config.vocab_size, self.device)
             packed, hidden, argmax = self._body(buf, width)
         packed = packed[:real].cpu().tolist()  # the step's one host sync (done above under a graph)
         counts = [p[0] for p in packed]
