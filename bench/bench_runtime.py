@@ -6,7 +6,8 @@ CUDA, including the inputs' host-to-device copies and the read-back), on
 random models shaped like Llama 3.2 1B and Llama 3 8B on GPU (a tiny one on
 CPU). Also one generate() run per method (ar,
 draft, medusa, lookahead, prompt_lookup) for tau, per-step cost and the share
-of each phase.
+of each phase. And our AR tokens/s against transformers' greedy ``generate``
+on the shipped models at batch 1, same prompts, same run (aim: >= 2x).
 
     python bench/bench_runtime.py                 # CUDA if present, else CPU (tiny model)
     python bench/bench_runtime.py --quick
@@ -32,6 +33,8 @@ from specdec_kernels.runtime.templates import DraftTemplate
 
 import common
 from bench_step_inputs import measure as host_input_us
+
+AR_TARGET = 2.0  # issue 16: our AR tokens/s over transformers' greedy generate, shipped models, batch 1
 
 SHAPES = {
     "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=512, num_layers=4, num_heads=4,
@@ -62,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup-ms", type=float)
     p.add_argument("--rep-ms", type=float)
     p.add_argument("--threads", type=int)
+    p.add_argument("--ar-prompts", type=int, default=4, help="prompts of the AR-vs-transformers row (0: skip it)")
+    p.add_argument("--ar-new-tokens", type=int, default=128)
     p.add_argument("--out", type=Path)
     p.add_argument("--no-json", action="store_true")
     args = p.parse_args(argv)
@@ -124,6 +129,30 @@ def method_rows(name, model, cfg, batch, dtype, device):
     return rows
 
 
+def ar_vs_transformers(device, prompts: int, max_new: int) -> dict:
+    """Our AR decoding against transformers' greedy ``generate`` on the
+    shipped models at batch 1, the same prompts, in this run (bench_e2e's
+    runners); the outputs must be identical."""
+    try:
+        from transformers import LlamaForCausalLM
+    except ImportError as exc:
+        return dict(skipped=f"transformers is not installed ({exc})")
+    from specdec_kernels.demo import DEFAULT_MODELS, held_out_prompts, load_models
+    from bench_e2e import PassCounter, run_ours, run_transformers
+
+    hf = LlamaForCausalLM.from_pretrained(DEFAULT_MODELS / "target", dtype=torch.float32).to(device).eval()
+    counter = PassCounter(hf)
+    target, _, _ = load_models(DEFAULT_MODELS, device=device)
+    texts = [p for _, p in held_out_prompts(prompts, 256)]
+    run_transformers(hf, None, texts[:1], {}, 4, device, counter)  # warm-up
+    run_ours(target, None, texts[:1], dict(method="ar"), 4, 1)
+    theirs_out, theirs = run_transformers(hf, None, texts, {}, max_new, device, counter)
+    ours_out, ours = run_ours(target, None, texts, dict(method="ar"), max_new, 1)
+    return dict(prompts=prompts, max_new_tokens=max_new, transformers_tokens_per_s=theirs["tokens_per_s"],
+                ours_tokens_per_s=ours["tokens_per_s"], ratio=ours["tokens_per_s"] / theirs["tokens_per_s"],
+                identical=ours_out == theirs_out, target_ratio=AR_TARGET)
+
+
 def main(argv=None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
@@ -164,9 +193,18 @@ def main(argv=None) -> int:
           "ms/step is the per-step cost of each method")
     if device.type == "cpu":
         print("CPU: a tiny model, not representative of a GPU")
+    ar = (ar_vs_transformers(device, args.ar_prompts, args.ar_new_tokens) if args.ar_prompts
+          else dict(skipped="--ar-prompts 0"))
+    if "skipped" in ar:
+        print(f"AR vs transformers: skipped: {ar['skipped']}")
+    else:
+        print(f"AR vs transformers greedy generate (shipped models, batch 1, {ar['prompts']} prompts x "
+              f"{ar['max_new_tokens']} tokens): {ar['ours_tokens_per_s']:.0f} vs "
+              f"{ar['transformers_tokens_per_s']:.0f} tok/s = {ar['ratio']:.2f}x (aim >= {AR_TARGET:.0f}x), "
+              f"identical output: {ar['identical']}")
     at64 = [r for r in rows if r["tree"] == 64 and r["batch"] == 1]
     payload = {"benchmark": "runtime", "command": " ".join(shlex.quote(a) for a in sys.argv), "environment": env,
-               "rows": rows, "generate": generate_rows,
+               "rows": rows, "generate": generate_rows, "ar_vs_transformers": ar,
                "target": {"verify_over_ar_at_T64_B1": TARGET_RATIO,
                           "measured": {r["model"]: r["ratio_vs_ar"] for r in at64}},
                "runtime_s": time.perf_counter() - started}

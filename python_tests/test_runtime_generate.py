@@ -77,11 +77,10 @@ def exact_two_token_distribution(model, prompt, vocab, temperature):
 
 
 def _uniform_q(original):
-    def wrong(tokens, q_rows, vocab):
-        draft = original(tokens, q_rows, vocab)
-        if draft.q is not None:
-            draft.q[:len(q_rows)] = 1.0 / vocab
-        return draft
+    def wrong(tokens, q):
+        if q is not None:
+            q[:, :tokens.shape[1]] = 1.0 / q.shape[-1]
+        return original(tokens, q)
     return wrong
 
 
@@ -95,7 +94,7 @@ def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
     if broken:
         from specdec_kernels.runtime import drafters
 
-        monkeypatch.setattr(drafters, "chain_draft", _uniform_q(drafters.chain_draft))
+        monkeypatch.setattr(drafters, "chain_drafts", _uniform_q(drafters.chain_drafts))
         method = "draft"
     vocab, temperature = 6, 1.0
     target = tiny(vocab=vocab, seed=5, std=0.4)
@@ -127,3 +126,24 @@ def test_bad_input(models):
         kwargs.update(override)
         with pytest.raises(ValueError, match=message):
             generate(target, kwargs.pop("prompts"), **kwargs)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (3, 1.0), (0, 0.7), (4, 0.5), (1, 1.0)])
+def test_batched_filtered_probs_follow_the_verify_rule(top_k, top_p):
+    """The draft model's batched filter equals the verify ops' per-row rule
+    (reference target_probs), ties at the top-k / top-p thresholds included;
+    its inverse-CDF draws only pick tokens of positive probability."""
+    from specdec_kernels.reference.sampling import target_probs
+    from specdec_kernels.runtime.drafters import filtered_probs, sample_rows
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(-3, 4, (64, 11), generator=gen).float()  # many ties
+    got = filtered_probs(logits, 0.8, top_k, top_p)
+    want = torch.stack([target_probs(row, 0.8, top_k, top_p) for row in logits])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert torch.equal(got > 0, want > 0)
+    edges = torch.cat([torch.zeros(1), torch.rand(63, generator=gen)])
+    picked = sample_rows(got, edges)
+    assert bool((got.gather(1, picked[:, None]) > 0).all())
+    # u * total can round up to the total: still the last token with mass, not the zero-mass tail.
+    assert sample_rows(torch.tensor([[0.5, 0.5, 0.0, 0.0]]), torch.ones(1)).tolist() == [1]

@@ -146,3 +146,30 @@ def test_step_draws_are_keyed_by_sequence_and_node():
     padded = s._uniforms(s._draw_key([8, 8, 8, 8]), step0).reshape(4, 8)
     assert torch.equal(ragged, torch.cat([padded[0, :3], padded[1, :5], padded[2, :2]]))
     assert not torch.equal(s._uniforms(s._draw_key([3, 5, 2]), step1), ragged)
+
+
+@pytest.mark.parametrize("schedule, temperature", [("constant", 0.0), ("heuristic", 0.9), ("dynamic", 0.0)])
+def test_draft_model_steps_take_the_device_path(monkeypatch, schedule, temperature):
+    """The draft model hands over fixed-shape device drafts (K = the largest
+    budget, -1 past a sequence's own), so every step of a ragged batch,
+    heuristic budgets and dynamic stops included, goes through the template
+    path; output still equals AR's when greedy."""
+    from specdec_kernels.runtime import generate
+
+    target = tiny(vocab=VOCAB, seed=4, std=0.3)
+    draft = tiny(vocab=VOCAB, hidden=64, layers=1, seed=5, std=0.3)
+    monkeypatch.setattr(step_mod, "_pack_rows", lambda *a: pytest.fail("a step took the general path"))
+    original = step_mod.VerifyStep._template_inputs
+    seen = []
+
+    def spy(self, tmpl, seqs, roots, prefix_lens, drafts, *rest):
+        seen.append(all(isinstance(d.tokens, torch.Tensor) for d in drafts))
+        return original(self, tmpl, seqs, roots, prefix_lens, drafts, *rest)
+
+    monkeypatch.setattr(step_mod.VerifyStep, "_template_inputs", spy)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [3]]
+    out = generate(target, prompts, method="draft", draft_model=draft, num_draft_tokens=3, schedule=schedule,
+                   confidence_threshold=0.5, temperature=temperature, max_new_tokens=12, seed=2)
+    assert seen and all(seen)
+    if temperature == 0:
+        assert out.tokens == generate(target, prompts, max_new_tokens=12).tokens

@@ -20,24 +20,50 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.sampling import target_probs
+from ..reference.sampling import philox_uniforms_at
 from .step import Draft
 
 
 def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """float32 probabilities of one row after temperature, top-k and top-p,
-    by the verify ops' exact rules (so a drafter samples what it reports)."""
-    return target_probs(logits.float().cpu(), temperature, top_k, top_p)
+    """float32 probabilities of each row of ``logits`` (``[..., V]``, any
+    device) after temperature, top-k and top-p, by the verify ops' rules
+    (``reference.sampling.target_probs``, row-wise, batched), so a drafter
+    samples what it reports: top-k keeps z >= the k-th largest z (ties kept);
+    top-p keeps a token iff the mass of strictly larger z is < top_p."""
+    z = logits.float() / temperature
+    vocab = z.shape[-1]
+    keep = torch.ones_like(z, dtype=torch.bool)
+    if 0 < top_k < vocab:
+        keep = z >= torch.topk(z, top_k, dim=-1).values[..., -1:]
+    top = torch.where(keep, z, torch.full_like(z, -torch.inf)).max(-1, keepdim=True).values
+    e = torch.where(keep, torch.exp(z - top), torch.zeros_like(z))
+    if top_p < 1.0:
+        order = torch.argsort(z, dim=-1, descending=True, stable=True)
+        zs, es = z.gather(-1, order), e.gather(-1, order)
+        mass_before = torch.cumsum(es, -1) - es
+        first_of_tie = torch.searchsorted(-zs.contiguous(), -zs.contiguous(), side="left")
+        mass_above = torch.empty_like(z).scatter_(-1, order, mass_before.gather(-1, first_of_tie))
+        e = torch.where(keep & (mass_above < top_p * e.sum(-1, keepdim=True)), e, torch.zeros_like(e))
+    return e / e.sum(-1, keepdim=True)
 
 
-def chain_draft(tokens: list[int], q_rows: list[torch.Tensor], vocab: int) -> Draft:
-    """A drafted chain; ``q_rows[j]``: the distribution token j was sampled
-    from (empty: greedy). The leaf's row is zeros: it has no children."""
-    if not q_rows:
-        return Draft(tokens=list(tokens))
-    q = torch.zeros(len(tokens) + 1, vocab, dtype=torch.float32)
-    q[:len(q_rows)] = torch.stack([r.float().cpu() for r in q_rows])
-    return Draft(tokens=list(tokens), q=q)
+def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """int64 [B]: per row of ``probs`` [B, V] the inverse-CDF draw at
+    ``uniforms`` [B] in [0, 1); always a token of positive probability."""
+    cum = torch.cumsum(probs, -1)
+    picked = torch.searchsorted(cum, (uniforms[:, None] * cum[:, -1:]).contiguous(), right=True).squeeze(-1)
+    cols = torch.arange(probs.shape[-1], device=probs.device)
+    last_positive = torch.where(probs > 0, cols, torch.zeros_like(cols)).max(-1).values
+    return torch.minimum(picked, last_positive)  # rounding at the top end
+
+
+def chain_drafts(tokens: torch.Tensor, q: torch.Tensor | None) -> list[Draft]:
+    """One Draft per row of ``tokens`` int64 [B, K] (-1: nothing drafted
+    there) with ``q`` float32 [B, K + 1, V] (row j: what token j was sampled
+    from, zeros where nothing was; None: greedy), all on the device."""
+    if q is None:
+        return [Draft(tokens=row) for row in tokens]
+    return [Draft(tokens=row, q=rows) for row, rows in zip(tokens, q)]
 
 
 class NoDrafter:
@@ -62,15 +88,21 @@ class NoDrafter:
 class DraftModelDrafter:
     """A smaller model drafts up to k tokens per sequence autoregressively,
     greedy or sampled with the target's sampling parameters (keeping q for
-    exact rejection sampling). ``dynamic_threshold``: stop a sequence's
-    drafting once the drafter's top probability falls below it (after the
-    first token)."""
+    exact rejection sampling), all on the device: every step drafts
+    ``K = max(ks)`` positions for the whole batch (one forward per position),
+    a sequence's tokens past its own budget (or after it stopped) are -1,
+    never accepted, with zero q rows, so the proposal is exactly the chain it
+    drafted. Draws are Philox uniforms keyed by a running counter.
+    ``dynamic_threshold``: a sequence stops drafting once the drafter's top
+    probability falls below it (after the first token); drafting stops when
+    none is left, which reads one flag back per draft pass."""
 
     def __init__(self, model, sampling: dict, generator: torch.Generator, dynamic_threshold: float | None = None):
         self.model = model  # a generate.CachedModel
         self.sampling = sampling
-        self.generator = generator
         self.dynamic_threshold = dynamic_threshold
+        self._seed = int(torch.randint(2**62, (1,), generator=generator))
+        self._drawn = 0  # uniforms used so far: the next draws' Philox counter
 
     def start(self, seqs, history):
         for s in seqs:
@@ -84,38 +116,37 @@ class DraftModelDrafter:
 
     def propose(self, seqs, history, ks):
         greedy = self.sampling["temperature"] == 0
-        drafts = {s: [] for s in seqs}
-        qs = {s: [] for s in seqs}
-        want = dict(zip(seqs, ks))
-        chains = {s: history[s][self.model.length(s):] for s in seqs}
-        drafting = list(seqs)
-        passes = 0
-        while drafting:
-            logits, _, indptr = self.model.run(drafting, [chains[s] for s in drafting])
-            passes += 1
-            last = logits[(indptr[1:] - 1).long()].float()
-            # One device-to-host copy per draft pass for the whole batch.
-            if greedy:
-                top = torch.softmax(last, -1).max(-1)
-                picked, confidence = top.indices.tolist(), top.values.tolist()
-                rows = [None] * len(drafting)
-            else:
-                rows = [filtered_probs(r, **self.sampling) for r in last.cpu()]
-                picked = [int(torch.multinomial(r, 1, generator=self.generator)) for r in rows]
-                confidence = [float(r.max()) for r in rows]
-            still = []
-            for i, s in enumerate(drafting):
-                if self.dynamic_threshold is not None and drafts[s] and confidence[i] < self.dynamic_threshold:
-                    continue
-                drafts[s].append(picked[i])
-                if not greedy:
-                    qs[s].append(rows[i])
-                if len(drafts[s]) < want[s]:
-                    chains[s] = [picked[i]]
-                    still.append(s)
-            drafting = still
+        dev, batch, k = self.model.device, len(seqs), max(ks)
         vocab = self.model.model.config.vocab_size
-        return [chain_draft(drafts[s], qs[s], vocab) for s in seqs], passes
+        budget = torch.tensor(ks).to(dev)
+        tokens = torch.full((batch, k), -1, dtype=torch.int64, device=dev)
+        q = None if greedy else torch.zeros(batch, k + 1, vocab, dtype=torch.float32, device=dev)
+        alive = torch.ones(batch, dtype=torch.bool, device=dev)
+        # The first pass feeds whatever each cache is missing (host lists).
+        logits, _, indptr = self.model.run(seqs, [history[s][self.model.length(s):] for s in seqs])
+        passes = 1
+        for j in range(k):
+            last = logits[(indptr[1:] - 1).long()].float()
+            if greedy:
+                picked = last.argmax(-1)
+                probs = torch.softmax(last, -1) if self.dynamic_threshold is not None else None
+            else:
+                probs = filtered_probs(last, **self.sampling)
+                offsets = torch.arange(self._drawn, self._drawn + batch, device=dev)
+                self._drawn += batch
+                picked = sample_rows(probs, philox_uniforms_at(self._seed, offsets))
+            alive &= budget > j
+            if self.dynamic_threshold is not None and j > 0:
+                alive &= probs.max(-1).values >= self.dynamic_threshold
+                if not bool(alive.any()):  # the dynamic schedule's read-back
+                    break
+            tokens[:, j] = torch.where(alive, picked, -1)
+            if q is not None:
+                q[:, j] = torch.where(alive[:, None], probs, 0.0)
+            if j + 1 < k:
+                logits, _, indptr = self.model.run_tokens(seqs, picked)
+                passes += 1
+        return chain_drafts(tokens, q), passes
 
     def accepted(self, seqs, old_lengths, result):
         # The cache holds the old history plus the drafts it was fed; keep

@@ -88,25 +88,32 @@ class CachedModel:
         self.cache.allocator.free(seq)
 
     def run(self, seqs, chains, *, prefill=False):
-        """Feed chains[i] to sequence seqs[i] after the tokens its cache holds;
-        commits them and returns (logits [N, V], hidden, qo_indptr)."""
-        alloc = self.cache.allocator
+        """Feed chains[i] (a list of ids) to sequence seqs[i] after the tokens
+        its cache holds; commits them and returns (logits [N, V], hidden,
+        qo_indptr)."""
+        counts = [len(ch) for ch in chains]
+        tokens = torch.tensor([t for ch in chains for t in ch], dtype=torch.int64)
+        return self._forward(seqs, counts, tokens.to(self.device), prefill)
+
+    def run_tokens(self, seqs, tokens: torch.Tensor):
+        """Feed one token per sequence, int64 ``[len(seqs)]`` already on the
+        device (e.g. just drafted): nothing is read back."""
+        return self._forward(seqs, [1] * len(seqs), tokens.clamp(0, self.model.config.vocab_size - 1), False)
+
+    def _forward(self, seqs, counts, tokens, prefill):
+        alloc, dev = self.cache.allocator, self.device
         starts = [alloc.length(s) for s in seqs]
-        for s, st, ch in zip(seqs, starts, chains):
-            alloc.reserve(s, st + len(ch))
-        dev = self.device
-        tokens = torch.tensor([t for ch in chains for t in ch], dtype=torch.int64, device=dev)
-        positions = torch.tensor([st + i for st, ch in zip(starts, chains) for i in range(len(ch))],
-                                 dtype=torch.int64, device=dev)
-        counts = torch.tensor([len(ch) for ch in chains], dtype=torch.int64)
-        indptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32).to(dev)
+        for s, st, n in zip(seqs, starts, counts):
+            alloc.reserve(s, st + n)
+        positions = torch.tensor([st + i for st, n in zip(starts, counts) for i in range(n)], dtype=torch.int64)
+        indptr = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0).to(torch.int32)
         table = alloc.device_rows(seqs, self.max_blocks, dev)
-        prefix = torch.tensor(starts, dtype=torch.int32, device=dev)
-        logits, hidden = self.model(tokens, positions, self.cache, table, prefix, indptr, prefill=prefill,
-                                    validate=False)
-        for s, st, ch in zip(seqs, starts, chains):
-            self.set_length(s, st + len(ch))
-        return logits, hidden, indptr
+        prefix = torch.tensor(starts, dtype=torch.int32)
+        logits, hidden = self.model(tokens, positions.to(dev), self.cache, table, prefix.to(dev), indptr.to(dev),
+                                    prefill=prefill, validate=False)
+        for s, st, n in zip(seqs, starts, counts):
+            self.set_length(s, st + n)
+        return logits, hidden, indptr.to(dev)
 
 
 def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
@@ -264,7 +271,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
             produced[s] += new
             history[s] += new
             if schedule == "heuristic" and method == "draft":
-                k[s] = min(k_cap, k[s] + 2) if a == len(drafts[i].tokens) else max(1, k[s] - 1)
+                k[s] = min(k_cap, k[s] + 2) if a == k[s] else max(1, k[s] - 1)  # all of its budget accepted
             if len(new) >= room:
                 finished.append(s)
         for s in finished:
