@@ -84,7 +84,7 @@ def _uniform_q(original):
     return wrong
 
 
-@pytest.mark.parametrize("method", ["ar", "draft", "draft_with_wrong_q"])
+@pytest.mark.parametrize("method", ["ar", "draft", "draft_heuristic", "draft_with_wrong_q"])
 def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
     """Chi-square (alpha 1e-3, fixed seed) of the first token and of the first
     two tokens over 1500 copies of one prompt in one batch, against the exact
@@ -96,13 +96,16 @@ def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
 
         monkeypatch.setattr(drafters, "chain_drafts", _uniform_q(drafters.chain_drafts))
         method = "draft"
+    schedule = "heuristic" if method == "draft_heuristic" else "constant"  # ragged budgets after step 1
+    method = "draft" if method == "draft_heuristic" else method
     vocab, temperature = 6, 1.0
     target = tiny(vocab=vocab, seed=5, std=0.4)
     drafter = tiny(vocab=vocab, hidden=64, layers=1, seed=6, std=0.4)
     prompt = [1, 2, 3]
     n = 1500
     out = generate(target, [prompt] * n, method=method, draft_model=drafter, num_draft_tokens=3,
-                   max_new_tokens=2, temperature=temperature, seed=11)
+                   schedule=schedule, max_new_tokens=2 if schedule == "constant" else 6,  # 6: budgets 2 and 5 meet
+                   temperature=temperature, seed=11)
     first = torch.tensor([t[0] for t in out.tokens])
     pair = torch.tensor([t[0] * vocab + t[1] for t in out.tokens])
     p0, joint = exact_two_token_distribution(target, prompt, vocab, temperature)

@@ -173,3 +173,23 @@ def test_draft_model_steps_take_the_device_path(monkeypatch, schedule, temperatu
     assert seen and all(seen)
     if temperature == 0:
         assert out.tokens == generate(target, prompts, max_new_tokens=12).tokens
+
+
+def test_draft_model_with_ragged_budgets_drafts_its_own_greedy_continuation():
+    """A drafter that is the target itself, greedy, with budgets 1, 3, 2 and
+    4 in one batch, drafts exactly each sequence's AR continuation up to its
+    budget and -1 after it: the sequences fed at each pass are the right ones."""
+    from specdec_kernels.runtime.drafters import DraftModelDrafter
+    from specdec_kernels.runtime.generate import CachedModel, generate
+
+    model = tiny(vocab=VOCAB, seed=4, std=0.3)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [3], [9, 9, 1, 2]]
+    ks = [1, 3, 2, 4]
+    ar = generate(model, prompts, max_new_tokens=max(ks)).tokens
+    drafter = DraftModelDrafter(CachedModel(model, 64, 16), dict(temperature=0.0), torch.Generator())
+    history = dict(enumerate(prompts))
+    drafter.start(list(history), history)
+    drafts, passes = drafter.propose(list(history), history, ks)
+    assert passes == max(ks)
+    for d, k, want in zip(drafts, ks, ar):
+        assert d.tokens.tolist() == want[:k] + [-1] * (max(ks) - k)

@@ -88,11 +88,12 @@ class NoDrafter:
 class DraftModelDrafter:
     """A smaller model drafts up to k tokens per sequence autoregressively,
     greedy or sampled with the target's sampling parameters (keeping q for
-    exact rejection sampling), all on the device: every step drafts
-    ``K = max(ks)`` positions for the whole batch (one forward per position),
-    a sequence's tokens past its own budget (or after it stopped) are -1,
-    never accepted, with zero q rows, so the proposal is exactly the chain it
-    drafted. Draws are Philox uniforms keyed by a running counter.
+    exact rejection sampling), all on the device: every draft has ``K =
+    max(ks)`` nodes; a sequence's tokens past its own budget (or after it
+    stopped) are -1, never accepted, with zero q rows, so the proposal is
+    exactly the chain it drafted. Each pass feeds the sequences whose budget
+    is not spent (host numbers). Draws are Philox uniforms keyed by a running
+    counter.
     ``dynamic_threshold``: a sequence stops drafting once the drafter's top
     probability falls below it (after the first token); drafting stops when
     none is left, which reads one flag back per draft pass."""
@@ -118,13 +119,13 @@ class DraftModelDrafter:
         greedy = self.sampling["temperature"] == 0
         dev, batch, k = self.model.device, len(seqs), max(ks)
         vocab = self.model.model.config.vocab_size
-        budget = torch.tensor(ks).to(dev)
         tokens = torch.full((batch, k), -1, dtype=torch.int64, device=dev)
         q = None if greedy else torch.zeros(batch, k + 1, vocab, dtype=torch.float32, device=dev)
-        alive = torch.ones(batch, dtype=torch.bool, device=dev)
+        alive = torch.ones(batch, dtype=torch.bool, device=dev)  # not stopped by the dynamic schedule
+        picked_all = torch.zeros(batch, dtype=torch.int64, device=dev)
         # The first pass feeds whatever each cache is missing (host lists).
         logits, _, indptr = self.model.run(seqs, [history[s][self.model.length(s):] for s in seqs])
-        passes = 1
+        live, rows, passes = list(range(batch)), None, 1  # rows: `live` on the device (None: all)
         for j in range(k):
             last = logits[(indptr[1:] - 1).long()].float()
             if greedy:
@@ -132,20 +133,28 @@ class DraftModelDrafter:
                 probs = torch.softmax(last, -1) if self.dynamic_threshold is not None else None
             else:
                 probs = filtered_probs(last, **self.sampling)
-                offsets = torch.arange(self._drawn, self._drawn + batch, device=dev)
-                self._drawn += batch
+                offsets = torch.arange(self._drawn, self._drawn + len(live), device=dev)
+                self._drawn += len(live)
                 picked = sample_rows(probs, philox_uniforms_at(self._seed, offsets))
-            alive &= budget > j
+            ok = alive if rows is None else alive[rows]
             if self.dynamic_threshold is not None and j > 0:
-                alive &= probs.max(-1).values >= self.dynamic_threshold
-                if not bool(alive.any()):  # the dynamic schedule's read-back
+                ok = ok & (probs.max(-1).values >= self.dynamic_threshold)
+                if not bool(ok.any()):  # the dynamic schedule's read-back: no fed sequence left
                     break
-            tokens[:, j] = torch.where(alive, picked, -1)
+                alive = ok if rows is None else alive.index_copy(0, rows, ok)
+            at = slice(None) if rows is None else rows
+            tokens[at, j] = torch.where(ok, picked, -1)
             if q is not None:
-                q[:, j] = torch.where(alive[:, None], probs, 0.0)
-            if j + 1 < k:
-                logits, _, indptr = self.model.run_tokens(seqs, picked)
-                passes += 1
+                q[at, j] = torch.where(ok[:, None], probs, 0.0)
+            picked_all[at] = picked
+            # Budgets are host numbers: a sequence whose budget is spent is not fed again.
+            live = [i for i in live if ks[i] > j + 1]
+            if not live:
+                break
+            rows = torch.tensor(live).to(dev) if len(live) < batch else None
+            feed = picked_all if rows is None else picked_all[rows]
+            logits, _, indptr = self.model.run_tokens([seqs[i] for i in live], feed)
+            passes += 1
         return chain_drafts(tokens, q), passes
 
     def accepted(self, seqs, old_lengths, result):
