@@ -77,14 +77,14 @@ def exact_two_token_distribution(model, prompt, vocab, temperature):
 
 
 def _uniform_q(original):
-    def wrong(tokens, q):
+    def wrong(tokens, q, counts=None):
         if q is not None:
             q[:, :tokens.shape[1]] = 1.0 / q.shape[-1]
-        return original(tokens, q)
+        return original(tokens, q, counts)
     return wrong
 
 
-@pytest.mark.parametrize("method", ["ar", "draft", "draft_heuristic", "draft_with_wrong_q"])
+@pytest.mark.parametrize("method", ["ar", "draft", "draft_heuristic", "draft_fixed_shape", "draft_with_wrong_q"])
 def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
     """Chi-square (alpha 1e-3, fixed seed) of the first token and of the first
     two tokens over 1500 copies of one prompt in one batch, against the exact
@@ -96,8 +96,12 @@ def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
 
         monkeypatch.setattr(drafters, "chain_drafts", _uniform_q(drafters.chain_drafts))
         method = "draft"
-    schedule = "heuristic" if method == "draft_heuristic" else "constant"  # ragged budgets after step 1
-    method = "draft" if method == "draft_heuristic" else method
+    schedule = "heuristic" if method in ("draft_heuristic", "draft_fixed_shape") else "constant"  # ragged budgets
+    if method == "draft_fixed_shape":  # the GPU layout: every draft K nodes, -1 and zero q past its own
+        from specdec_kernels.runtime.drafters import DraftModelDrafter
+
+        monkeypatch.setattr(DraftModelDrafter, "fixed_shape", True)
+    method = "draft" if method.startswith("draft_") and method != "draft_with_wrong_q" else method
     vocab, temperature = 6, 1.0
     target = tiny(vocab=vocab, seed=5, std=0.4)
     drafter = tiny(vocab=vocab, hidden=64, layers=1, seed=6, std=0.4)

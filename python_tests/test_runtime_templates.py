@@ -45,8 +45,20 @@ def inputs(step, drafts, general, rows=None, batch=None):
     return step._host_inputs(seqs, roots, prefix, drafts, rows, batch)
 
 
+def flat(host):
+    """The template path's per-sequence rows expanded as the step expands
+    them (``_Buffers.expand``), so both paths compare row for row."""
+    if "tree_tokens" not in host:
+        return host
+    buf = step_mod._Buffers.wrap(host, VOCAB, "cpu")
+    host = {k: v for k, v in host.items() if k not in ("tree_tokens", "verified", "offsets")}
+    host["tokens"], host["draft_tokens"], host["positions"] = buf.expand(VOCAB)
+    return host
+
+
 def assert_same_inputs(a, b):
     (ha, wa, da), (hb, wb, db) = a, b
+    ha, hb = flat(ha), flat(hb)
     assert (wa, da) == (wb, db)
     assert set(ha) - {"device_draft"} == set(hb) - {"device_draft"}
     for name in ha:
@@ -155,7 +167,9 @@ def test_draft_model_steps_take_the_device_path(monkeypatch, schedule, temperatu
     heuristic budgets and dynamic stops included, goes through the template
     path; output still equals AR's when greedy."""
     from specdec_kernels.runtime import generate
+    from specdec_kernels.runtime.drafters import DraftModelDrafter
 
+    monkeypatch.setattr(DraftModelDrafter, "fixed_shape", True)  # the GPU default
     target = tiny(vocab=VOCAB, seed=4, std=0.3)
     draft = tiny(vocab=VOCAB, hidden=64, layers=1, seed=5, std=0.3)
     monkeypatch.setattr(step_mod, "_pack_rows", lambda *a: pytest.fail("a step took the general path"))
@@ -175,10 +189,12 @@ def test_draft_model_steps_take_the_device_path(monkeypatch, schedule, temperatu
         assert out.tokens == generate(target, prompts, max_new_tokens=12).tokens
 
 
-def test_draft_model_with_ragged_budgets_drafts_its_own_greedy_continuation():
+@pytest.mark.parametrize("fixed_shape", [True, False])
+def test_draft_model_with_ragged_budgets_drafts_its_own_greedy_continuation(fixed_shape):
     """A drafter that is the target itself, greedy, with budgets 1, 3, 2 and
     4 in one batch, drafts exactly each sequence's AR continuation up to its
-    budget and -1 after it: the sequences fed at each pass are the right ones."""
+    budget (then -1 with fixed shapes, else nothing): the sequences fed at
+    each pass are the right ones."""
     from specdec_kernels.runtime.drafters import DraftModelDrafter
     from specdec_kernels.runtime.generate import CachedModel, generate
 
@@ -187,9 +203,10 @@ def test_draft_model_with_ragged_budgets_drafts_its_own_greedy_continuation():
     ks = [1, 3, 2, 4]
     ar = generate(model, prompts, max_new_tokens=max(ks)).tokens
     drafter = DraftModelDrafter(CachedModel(model, 64, 16), dict(temperature=0.0), torch.Generator())
+    drafter.fixed_shape = fixed_shape
     history = dict(enumerate(prompts))
     drafter.start(list(history), history)
     drafts, passes = drafter.propose(list(history), history, ks)
     assert passes == max(ks)
     for d, k, want in zip(drafts, ks, ar):
-        assert d.tokens.tolist() == want[:k] + [-1] * (max(ks) - k)
+        assert d.tokens.tolist() == want[:k] + [-1] * ((max(ks) - k) if fixed_shape else 0)

@@ -57,13 +57,15 @@ def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.minimum(picked, last_positive)  # rounding at the top end
 
 
-def chain_drafts(tokens: torch.Tensor, q: torch.Tensor | None) -> list[Draft]:
+def chain_drafts(tokens: torch.Tensor, q: torch.Tensor | None, counts: list | None = None) -> list[Draft]:
     """One Draft per row of ``tokens`` int64 [B, K] (-1: nothing drafted
     there) with ``q`` float32 [B, K + 1, V] (row j: what token j was sampled
-    from, zeros where nothing was; None: greedy), all on the device."""
+    from, zeros where nothing was; None: greedy), all on the device.
+    ``counts``: cut row b to its first ``counts[b]`` tokens (and q rows + 1)."""
+    cut = [tokens.shape[1]] * tokens.shape[0] if counts is None else counts
     if q is None:
-        return [Draft(tokens=row) for row in tokens]
-    return [Draft(tokens=row, q=rows) for row, rows in zip(tokens, q)]
+        return [Draft(tokens=row[:n]) for row, n in zip(tokens, cut)]
+    return [Draft(tokens=row[:n], q=rows[:n + 1]) for row, rows, n in zip(tokens, q, cut)]
 
 
 class NoDrafter:
@@ -96,7 +98,14 @@ class DraftModelDrafter:
     counter.
     ``dynamic_threshold``: a sequence stops drafting once the drafter's top
     probability falls below it (after the first token); drafting stops when
-    none is left, which reads one flag back per draft pass."""
+    none is left, which reads one flag back per draft pass.
+
+    ``fixed_shape`` (default: on a GPU) keeps every draft K nodes long, so a
+    step's drafts share one chain template and nothing is read back; off
+    (the CPU, where reading is free and every verified row costs compute)
+    each draft is cut to what was drafted."""
+
+    fixed_shape: bool | None = None
 
     def __init__(self, model, sampling: dict, generator: torch.Generator, dynamic_threshold: float | None = None):
         self.model = model  # a generate.CachedModel
@@ -155,7 +164,8 @@ class DraftModelDrafter:
             feed = picked_all if rows is None else picked_all[rows]
             logits, _, indptr = self.model.run_tokens([seqs[i] for i in live], feed)
             passes += 1
-        return chain_drafts(tokens, q), passes
+        fixed = self.fixed_shape if self.fixed_shape is not None else dev.type != "cpu"
+        return chain_drafts(tokens, q, None if fixed else (tokens >= 0).sum(1).tolist()), passes
 
     def accepted(self, seqs, old_lengths, result):
         # The cache holds the old history plus the drafts it was fed; keep

@@ -103,11 +103,18 @@ def bucket_size(n: int) -> int:
 class _Buffers:
     """Inputs of one step, as tensors on the device (static under capture)."""
 
-    def __init__(self, batch, rows, words, max_blocks, vocab, with_q, device):
+    def __init__(self, batch, rows, words, max_blocks, vocab, with_q, device, tree=False):
         i32, i64 = torch.int32, torch.int64
-        self.tokens = torch.zeros(rows, dtype=i64, device=device)  # what the model embeds
-        self.draft_tokens = torch.zeros(rows, dtype=i64, device=device)  # -1 on inert rows
-        self.positions = torch.zeros(rows, dtype=i64, device=device)
+        if tree:  # the template path: per-sequence rows, expanded inside the step (``expand``)
+            self.tokens = self.draft_tokens = self.positions = None
+            self.tree_tokens = torch.zeros(batch, rows // batch, dtype=i64, device=device)  # root, drafts, pad
+            self.verified = torch.zeros(batch, rows // batch, dtype=torch.bool, device=device)
+            self.offsets = torch.zeros(batch, rows // batch, dtype=i64, device=device)  # positions after the prefix
+        else:
+            self.tree_tokens = None
+            self.tokens = torch.zeros(rows, dtype=i64, device=device)  # what the model embeds
+            self.draft_tokens = torch.zeros(rows, dtype=i64, device=device)  # -1 on inert rows
+            self.positions = torch.zeros(rows, dtype=i64, device=device)
         self.parents = torch.zeros(rows, dtype=i32, device=device)
         self.mask = torch.zeros(rows, words, dtype=i32, device=device)
         self.qo_indptr = torch.zeros(batch + 1, dtype=i32, device=device)
@@ -124,7 +131,7 @@ class _Buffers:
         """An eager step's buffers: the inputs themselves, on the device (no
         static copies: those exist for graph replay)."""
         buf = cls.__new__(cls)
-        buf.q = None
+        buf.q = buf.tree_tokens = None
         for name, value in host.items():
             if name != "device_draft":
                 setattr(buf, name, value.to(device, non_blocking=True))
@@ -132,6 +139,17 @@ class _Buffers:
             buf.tokens, buf.draft_tokens = buf.tokens.clone(), buf.draft_tokens.clone()
             buf.patch_drafts(*host["device_draft"], vocab)
         return buf
+
+    def expand(self, vocab):
+        """(tokens, draft_tokens, positions) [N] of the flat rows: the general
+        path's as given, the template path's computed here from each
+        sequence's tree tokens (so under a graph, inside the replay)."""
+        if self.tree_tokens is None:
+            return self.tokens, self.draft_tokens, self.positions
+        tok = self.tree_tokens
+        return (tok.clamp(0, vocab - 1).reshape(-1),  # inert rows may hold anything
+                torch.where(self.verified, tok, -1).reshape(-1),
+                (self.prefix_lens.long()[:, None] + self.offsets).reshape(-1))
 
     def patch_drafts(self, rows, drafted, vocab):
         """Drafted tokens handed over as device tensors, at flat ``rows``."""
@@ -182,7 +200,7 @@ class VerifyStep:
         self.cuda_graph = cuda_graph
         self.bucketed = cuda_graph if bucketed is None else bucketed
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self._graphs = {}  # bucket -> (graph, buffers, outputs)
+        self._graphs = {}  # (batch, rows, with q, template path) -> (graph, buffers, outputs)
         self._pool = None
         self._pad_seqs = []  # allocator ids of dummy requests
         self._seed = int(torch.randint(2**62, (1,), generator=self.generator))  # of the verify draws
@@ -323,12 +341,8 @@ class VerifyStep:
         tok[:real, 0] = torch.tensor(roots, dtype=torch.int64).to(dev)
         tok[:real, 1:tmpl.size] = drafted
         static = self._broadcast(tmpl, rows, real, batch)
-        prefix = torch.tensor(list(prefix_lens) + [0] * (batch - real), dtype=torch.int64).to(dev)
         host = dict(
-            tokens=tok.clamp(0, vocab - 1).reshape(-1),  # inert rows may hold anything
-            draft_tokens=torch.where(static["verified"], tok, -1).reshape(-1),
-            positions=(prefix[:, None] + static["positions"]).reshape(-1),
-            parents=static["parents"], mask=static["mask"], qo_indptr=static["qo_indptr"],
+            tree_tokens=tok, verified=static["verified"], offsets=static["positions"], parents=static["parents"], mask=static["mask"], qo_indptr=static["qo_indptr"],
             **self._batch_inputs(seqs, prefix_lens, [rows] * batch, real, batch))
         if self.mode != "greedy":
             host["draw_key"], host["step"] = static["draw_key"], torch.tensor([self._step])
@@ -412,11 +426,12 @@ class VerifyStep:
 
     def _body(self, buf: _Buffers, width: int):
         self._lap("host")
-        logits, hidden = self.model(buf.tokens, buf.positions, self.cache, buf.block_table, buf.prefix_lens,
+        tokens, draft_tokens, positions = buf.expand(self.model.config.vocab_size)
+        logits, hidden = self.model(tokens, positions, self.cache, buf.block_table, buf.prefix_lens,
                                     buf.qo_indptr, buf.mask, validate=False)
         self._lap("verify_forward")
         common = dict(max_depth=width - 1, validate=False)
-        args = (buf.draft_tokens, buf.parents, buf.qo_indptr, logits)
+        args = (draft_tokens, buf.parents, buf.qo_indptr, logits)
         if self.mode == "greedy":
             res = verify_greedy(*args, **common)
         else:
@@ -454,7 +469,8 @@ class VerifyStep:
         with_q = "q" in host
         if self.cuda_graph:
             began = time.perf_counter()
-            packed, hidden, argmax = self._replay((batch, rows, with_q), host, words, width)
+            key = (batch, rows, with_q, "tree_tokens" in host)
+            packed, hidden, argmax = self._replay(key, host, words, width)
             packed = packed[:real].cpu()
             self.graph_seconds += time.perf_counter() - began
         else:
@@ -475,9 +491,9 @@ class VerifyStep:
     def _replay(self, key, host, words, width):
         entry = self._graphs.get(key)
         if entry is None:
-            batch, rows, with_q = key
+            batch, rows, with_q, tree = key
             buf = _Buffers(batch, batch * rows, words, self.max_blocks, self.model.config.vocab_size, with_q,
-                           self.device)
+                           self.device, tree)
             buf.fill(host, self.model.config.vocab_size)
             # Warm up (compiles Triton kernels, sets up cuBLAS) off the capture
             # stream; the body is idempotent for fixed inputs (append_kv
