@@ -20,6 +20,8 @@ from .medusa import MedusaDrafter
 from .model import LlamaModel, PagedKVCache
 from .prompt_lookup import PromptLookupDrafter
 from .step import VerifyStep, bucket_size
+from .tokenization import as_tokenizer
+from .translation import TranslatingDrafter
 
 METHODS = ("ar", "draft", "medusa", "lookahead", "prompt_lookup")
 ACCEPTANCE = ("rejection", "typical")
@@ -117,7 +119,7 @@ class CachedModel:
 
 
 def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
-                  acceptance):
+                  acceptance, tokenizers=None):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if schedule not in SCHEDULES:
@@ -136,9 +138,19 @@ def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedu
     if method == "draft":
         if draft_model is None:
             raise ValueError("method='draft' needs draft_model")
-        if draft_model.config.vocab_size != vocab:
+        if tokenizers is not None:
+            for name, tok, model in (("draft_tokenizer", tokenizers[0], draft_model), ("target_tokenizer",
+                                                                                   tokenizers[1], target)):
+                if tok.vocab_size > model.config.vocab_size:
+                    raise ValueError(f"{name} has {tok.vocab_size} tokens, more than its model's vocabulary "
+                                     f"({model.config.vocab_size})")
+            if schedule == "heuristic":
+                raise ValueError("schedule='heuristic' counts accepted tokens in the draft's vocabulary; with "
+                                 "draft_tokenizer/target_tokenizer use 'constant' or 'dynamic'")
+        elif draft_model.config.vocab_size != vocab:
             raise ValueError(f"draft_model's vocabulary ({draft_model.config.vocab_size}) differs from the "
-                             f"target's ({vocab}); both must share one tokenizer")
+                             f"target's ({vocab}); pass draft_tokenizer= and target_tokenizer= to draft across "
+                             "vocabularies")
     if method in ("draft", "prompt_lookup") and (not isinstance(num_draft_tokens, int) or num_draft_tokens < 1):
         raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
     if acceptance not in ACCEPTANCE:
@@ -161,7 +173,8 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
              lookahead_window: int = 7, lookahead_ngram: int = 5, lookahead_guesses: int = 7, max_ngram: int = 3,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, eos_token_id: int | None = None, block_size: int = 16,
-             cuda_graph: bool | None = None) -> GenerationOutput:
+             cuda_graph: bool | None = None, draft_tokenizer=None, target_tokenizer=None,
+             lookbehind: int = 8, max_target_tokens: int | None = None) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens for each prompt (lists of ids).
 
     Methods (each a drafter feeding the same verify step):
@@ -171,6 +184,13 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
       step (``schedule``: ``constant``; ``heuristic``, K += 2 after a fully
       accepted step else K -= 1, at least 1; ``dynamic``, the drafter stops
       when its top probability falls below ``confidence_threshold``).
+      With ``draft_tokenizer`` and ``target_tokenizer`` (``"bytes"``, a
+      ``tokenizers.Tokenizer`` or a transformers fast tokenizer, byte-level;
+      see ``runtime.tokenization``) the draft may have another vocabulary:
+      its proposals are translated through text, re-encoding ``lookbehind``
+      tokens at each boundary, at most ``max_target_tokens`` (default 4 x
+      ``num_draft_tokens``, at most 64) target tokens a step, verified as
+      point-mass chains (``runtime.translation``).
     * ``"medusa"``: ``medusa_heads`` (``runtime.medusa.MedusaHeads``) fill the
       tree of ``medusa_choices`` (default ``MC_SIM_7B_63``, without the paths
       deeper than the heads) from the target's hidden state at the last
@@ -190,8 +210,15 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     blocks. ``cuda_graph`` (default: when the target is on CUDA) captures the
     verify step per (batch, tree) bucket and replays it.
     """
+    tokenizers = None
+    if (draft_tokenizer is None) != (target_tokenizer is None):
+        raise ValueError("pass both draft_tokenizer and target_tokenizer (or neither: one shared vocabulary)")
+    if draft_tokenizer is not None:
+        if method != "draft":
+            raise ValueError(f"draft_tokenizer/target_tokenizer apply to method='draft', not {method!r}")
+        tokenizers = (as_tokenizer(draft_tokenizer), as_tokenizer(target_tokenizer))
     _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
-                  acceptance)
+                  acceptance, tokenizers)
     prompts = [[int(t) for t in p] for p in prompts]
     device = next(target.parameters()).device
     if cuda_graph is None:
@@ -213,6 +240,9 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     if method == "draft":
         drafter = DraftModelDrafter(None, sampling, gen,
                                     dynamic_threshold=confidence_threshold if schedule == "dynamic" else None)
+        if tokenizers is not None:
+            cap = max_target_tokens or min(64, 4 * num_draft_tokens)
+            drafter = TranslatingDrafter(drafter, *tokenizers, lookbehind=lookbehind, max_target_tokens=cap)
     elif method == "medusa":
         if medusa_choices is None:  # the default tree, cut to the heads there are
             medusa_choices = [c for c in MC_SIM_7B_63 if len(c) <= medusa_heads.num_heads]
@@ -227,8 +257,13 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     padding = (bucket_size(len(prompts)) - len(prompts)) * -(-rows // block_size)
     num_blocks = sum(per_seq) + padding + 1
     tgt = CachedModel(target, num_blocks, block_size, max(per_seq))
-    if method == "draft":
+    if method == "draft" and tokenizers is None:
         drafter.model = CachedModel(draft_model, num_blocks, block_size, max(per_seq))
+    elif method == "draft":  # a draft token is at least one byte: room for every byte the target may produce
+        per_byte = min(16, tokenizers[1].max_token_bytes)
+        draft_seq = [-(-(len(tokenizers[1].token_bytes(p)) + per_byte * max_new_tokens + rows + 1) // block_size)
+                     for p in prompts]
+        drafter.core.model = CachedModel(draft_model, sum(draft_seq) + 1, block_size, max(draft_seq))
     step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params,
                       generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
                       cuda_graph=cuda_graph)

@@ -1,0 +1,188 @@
+"""Drafting with a model of another vocabulary (universal assisted
+generation, Hugging Face transformers 4.46+; exact sampling as in Timor et
+al., ICML 2025).
+
+Per sequence the drafter keeps a *view*: the target's text as bytes (valid
+UTF-8 when the draft's tokenizer needs it: an incomplete trailing character
+waits, an invalid byte becomes U+FFFD in the view only) and the draft's
+tokens for it. Each step:
+
+1. the draft model proposes up to K of its tokens (``DraftModelDrafter``);
+2. their bytes continue the view; a character the target left incomplete
+   must be completed by them, else nothing is proposed;
+3. the target's tokenizer re-encodes the last few target tokens
+   (``lookbehind``) plus the proposed bytes; if the look-behind re-encodes
+   to the very tokens the target has, what follows is the proposal in
+   target tokens (else nothing is proposed: the boundary would move);
+4. the target verifies it as a point-mass chain: greedy keeps the target's
+   own argmax, and rejection sampling without q is lossless for any
+   proposal, so output is exactly the target's, greedy or sampled;
+5. the accepted bytes extend the view; the draft's last ``lookbehind``
+   tokens and the new bytes are re-encoded, and the draft's cache is cut
+   back to the longest common prefix of what it held and the new tokens.
+
+Host work per step is O(batch x (lookbehind + K)): tokenization is host work;
+the draft's proposals are read back once per step (one sync) to translate.
+"""
+from __future__ import annotations
+
+import codecs
+
+import torch
+
+from .step import Draft
+from .tokenization import ByteTokenizer, TokenizerMismatchError, char_start, valid_prefix
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class _View:
+    """One sequence's target text as the draft sees it, and its draft tokens."""
+
+    def __init__(self, raw_bytes: bool):
+        # raw_bytes: the draft encodes any bytes (ByteTokenizer): no decoding.
+        self.decoder = None if raw_bytes else codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.data = bytearray()
+        self.ids: list[int] = []
+        self.ends: list[int] = []  # byte offset in ``data`` after each draft token
+
+    def pending(self) -> bytes:
+        """Target bytes not in the view yet (an incomplete trailing character)."""
+        return b"" if self.decoder is None else self.decoder.getstate()[0]
+
+    def absorb(self, new: bytes) -> bytes:
+        """Append the target's new bytes; returns what the view gained."""
+        gained = new if self.decoder is None else self.decoder.decode(new).encode("utf-8")
+        self.data += gained
+        return gained
+
+    def boundary(self, i: int) -> bool:
+        return self.decoder is None or i >= len(self.data) or self.data[i] & 0xC0 != 0x80
+
+
+class TranslatingDrafter:
+    """A ``DraftModelDrafter`` whose model has its own tokenizer.
+
+    Args:
+        core: the ``DraftModelDrafter`` (its ``model``: a ``CachedModel`` of the draft).
+        draft_tokenizer, target_tokenizer: adapters (``tokenization.as_tokenizer``).
+        lookbehind: tokens re-encoded on each side around a boundary.
+        max_target_tokens: the most target tokens proposed per step.
+    """
+
+    def __init__(self, core, draft_tokenizer, target_tokenizer, *, lookbehind: int = 8, max_target_tokens: int = 32):
+        if lookbehind < 1 or max_target_tokens < 1:
+            raise ValueError(f"lookbehind and max_target_tokens must be >= 1, got {lookbehind}, {max_target_tokens}")
+        self.core, self.draft, self.target = core, draft_tokenizer, target_tokenizer
+        self.lookbehind, self.max_target_tokens = lookbehind, max_target_tokens
+        core.fixed_shape = True  # one read-back of the whole batch's proposals
+        self.views: dict = {}
+        self._proposed: dict = {}  # seq -> the draft tokens proposed last step
+
+    @property
+    def model(self):
+        return self.core.model
+
+    def max_rows(self, k):
+        return self.max_target_tokens + 1
+
+    # -- the view ---------------------------------------------------------------------------
+    def _sync(self, seq, new_target_ids) -> None:
+        """Absorb target tokens and re-encode the view's tail."""
+        view = self.views[seq]
+        gained = view.absorb(self.target.token_bytes(new_target_ids))
+        old = view.ids
+        if not gained:
+            return
+        keep = max(0, len(old) - self.lookbehind)
+        while keep > 0 and not view.boundary(view.ends[keep - 1]):
+            keep -= 1  # the draft token before the window ends inside a character
+        start = view.ends[keep - 1] if keep else 0
+        tail = bytes(view.data[start:])
+        try:
+            fresh = self.draft.encode(tail)
+        except (TokenizerMismatchError, UnicodeDecodeError) as e:
+            raise TokenizerMismatchError(f"the draft tokenizer {self.draft!r} cannot encode the target's text "
+                                         f"{tail[:40]!r}...: {e}") from None
+        ends, pos = view.ends[:keep], start
+        for i in fresh:
+            pos += len(self.draft.token_bytes([i]))
+            ends.append(pos)
+        view.ids, view.ends = old[:keep] + fresh, ends
+
+    def start(self, seqs, history):
+        raw = isinstance(self.draft, ByteTokenizer)
+        for s in seqs:
+            self.views[s] = _View(raw)
+            self._sync(s, history[s])
+            self._proposed[s] = []
+        live = [s for s in seqs if self.views[s].ids]
+        self.core.start(live, {s: self.views[s].ids for s in live})
+        self._started = set(live)
+
+    # -- proposing --------------------------------------------------------------------------
+    def _to_target(self, seq, history, proposal: bytes) -> list[int]:
+        """The proposed bytes as target tokens continuing ``history[seq]``, or []."""
+        if isinstance(self.target, ByteTokenizer):
+            return list(proposal[:self.max_target_tokens])
+        ids = history[seq]
+        j = max(0, len(ids) - self.lookbehind)
+        behind = self.target.token_bytes(ids[j:])
+        while j > 0 and behind and behind[0] & 0xC0 == 0x80:  # start the window on a character
+            j -= 1
+            behind = self.target.token_bytes(ids[j:])
+        text = behind + proposal
+        cut = valid_prefix(text)
+        if cut <= len(behind):
+            return []
+        try:
+            encoded = self.target.encode(text[:cut])
+        except TokenizerMismatchError:
+            return []
+        if encoded[:len(ids) - j] != ids[j:]:
+            return []  # the look-behind re-encodes differently: the boundary would move
+        return encoded[len(ids) - j:][:self.max_target_tokens]
+
+    def propose(self, seqs, history, ks):
+        live = [i for i, s in enumerate(seqs) if self.views[s].ids]
+        drafts = [Draft() for _ in seqs]
+        if not live:
+            return drafts, 0
+        for i in live:
+            s = seqs[i]
+            if s not in self._started:  # a view that was empty at start has text now
+                self.core.model.start(s)
+                self._started.add(s)
+        sub = [seqs[i] for i in live]
+        proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub}, [ks[i] for i in live])
+        rows = torch.stack([d.tokens for d in proposed]).tolist()  # the step's read-back of the proposals
+        for i, s, row in zip(live, sub, rows):
+            drafted = row[:row.index(-1)] if -1 in row else row
+            self._proposed[s] = drafted
+            data = self.draft.token_bytes(drafted)
+            pending = self.views[s].pending()
+            if not data.startswith(pending):
+                continue  # the draft does not complete the character the target started
+            drafts[i] = Draft(tokens=self._to_target(s, history, data[len(pending):]))
+        return drafts, passes
+
+    def accepted(self, seqs, old_lengths, result):
+        for s, new in zip(seqs, result.tokens):
+            held = self.views[s].ids + self._proposed[s][:-1]  # what the draft's cache may hold
+            self._sync(s, new)
+            fresh = self.views[s].ids
+            if s in self._started:
+                keep = min(self.core.model.length(s), _common_prefix(held, fresh), len(fresh) - 1)
+                self.core.model.set_length(s, max(keep, 0))
+
+    def finish(self, seq):
+        if seq in self._started:
+            self.core.finish(seq)
+        self.views.pop(seq, None)
+        self._proposed.pop(seq, None)
