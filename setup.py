@@ -118,8 +118,9 @@ setup(
     python_requires=">=3.10",
     # No upper bound and no CUDA pin: a torch already installed satisfies this (an upper
     # bound would make pip replace a newer torch the user already has).
-    # safetensors: the runtime loads Hugging Face checkpoints; tqdm: the demo's progress bar.
-    install_requires=["torch>=2.11", "numpy", "safetensors", "tqdm"],
+    # safetensors: the runtime loads Hugging Face checkpoints; tqdm: the demo's progress bar;
+    # tokenizers: the demo's draft of another vocabulary loads its tokenizer.json.
+    install_requires=["torch>=2.11", "numpy", "safetensors", "tqdm", "tokenizers"],
     extras_require={
         "triton": ["triton>=3.6"],
         # transformers: the runtime's logits are checked against LlamaForCausalLM, and

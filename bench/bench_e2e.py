@@ -8,7 +8,9 @@ decode the same held-out standard-library prompts greedily:
   draft (``num_assistant_tokens_schedule`` constant and heuristic, and
   ``assistant_confidence_threshold`` for the dynamic schedule; both reset
   before each prompt, as ours are); prompt-lookup
-  decoding (``prompt_lookup_num_tokens``, ``max_matching_ngram_size``).
+  decoding (``prompt_lookup_num_tokens``, ``max_matching_ngram_size``); and
+  universal assisted generation with the draft of another vocabulary
+  (``draft_bpe/``: ``assistant_model``, ``tokenizer``, ``assistant_tokenizer``).
   Batch 1 (its assisted generation supports no more).
 * ours: ``ar`` and the same settings, at batch 1 and at batch 8.
 
@@ -31,11 +33,12 @@ from pathlib import Path
 
 import torch
 
-from specdec_kernels.demo import DEFAULT_MODELS, decode_all, held_out_prompts, load_models
+from specdec_kernels.demo import DEFAULT_MODELS, decode_all, held_out_prompts, load_bpe_draft, load_models
 
 import common
 
 K, MAX_NGRAM, CONFIDENCE = 5, 3, 0.4
+K_BPE = 4
 SETTINGS = {  # name: (ours: generate kwargs, transformers: generate kwargs or None for plain greedy)
     "greedy": (dict(method="ar"), {}),
     "draft constant": (dict(method="draft", num_draft_tokens=K, schedule="constant"),
@@ -49,6 +52,10 @@ SETTINGS = {  # name: (ours: generate kwargs, transformers: generate kwargs or N
                                           assistant_confidence_threshold=CONFIDENCE))),
     "prompt lookup": (dict(method="prompt_lookup", num_draft_tokens=10, max_ngram=MAX_NGRAM),
                       dict(prompt_lookup_num_tokens=10, max_matching_ngram_size=MAX_NGRAM)),
+    # The draft of another vocabulary (a byte-level BPE): K of its tokens, about 2.6 bytes each.
+    "draft BPE vocab": (dict(method="draft", num_draft_tokens=K_BPE, schedule="constant", other_vocab=True),
+                        dict(assistant=dict(num_assistant_tokens=K_BPE, num_assistant_tokens_schedule="constant",
+                                            assistant_confidence_threshold=0.0), universal=True)),
 }
 
 
@@ -79,9 +86,14 @@ class PassCounter:
         self.calls += 1
 
 
-def run_transformers(hf_target, hf_draft, prompts, setting, max_new, device, counter):
+def run_transformers(hf_target, hf_draft, prompts, setting, max_new, device, counter, universal=None):
+    """``universal``: (BPE draft, target tokenizer, draft tokenizer) for the
+    settings that draft across vocabularies."""
     extra = dict(setting)
     assistant = extra.pop("assistant", None)
+    if extra.pop("universal", False):
+        hf_draft, target_tok, draft_tok = universal
+        extra.update(tokenizer=target_tok, assistant_tokenizer=draft_tok)
     if assistant is not None:
         extra["assistant_model"] = hf_draft
     outputs, passes, seconds = [], 0, 0.0
@@ -104,8 +116,12 @@ def run_transformers(hf_target, hf_draft, prompts, setting, max_new, device, cou
     return outputs, dict(tokens_per_s=new / seconds, tau=(new - len(prompts)) / max(1, passes), seconds=seconds)
 
 
-def run_ours(target, draft, prompts, setting, max_new, batch):
+def run_ours(target, draft, prompts, setting, max_new, batch, bpe=None):
+    """``bpe``: (draft model, tokenizers.Tokenizer) of the draft of another vocabulary."""
+    setting = dict(setting)
     extra = dict(draft_model=draft) if setting["method"] == "draft" else {}
+    if setting.pop("other_vocab", False):
+        extra = dict(draft_model=bpe[0], draft_tokenizer=bpe[1], target_tokenizer="bytes")
     outputs, stats = decode_all(target, prompts, batch, max_new_tokens=max_new, **setting, **extra)
     return outputs, dict(tokens_per_s=stats["tokens_per_s"], tau=stats["tau"], seconds=stats["seconds"])
 
@@ -123,18 +139,25 @@ def main(argv=None) -> int:
     hf_draft = LlamaForCausalLM.from_pretrained(args.models / "draft", dtype=torch.float32).to(device).eval()
     counter = PassCounter(hf_target)
     target, draft, _ = load_models(args.models, device=device)
+    from transformers import AutoTokenizer
+
+    bpe = load_bpe_draft(args.models, device=device)
+    universal = (LlamaForCausalLM.from_pretrained(args.models / "draft_bpe", dtype=torch.float32).to(device).eval(),
+                 AutoTokenizer.from_pretrained(args.models / "target"),
+                 AutoTokenizer.from_pretrained(args.models / "draft_bpe"))
     prompts = [p for _, p in held_out_prompts(args.prompts, args.prompt_bytes)]
     # Warm both up (allocators, first-call dispatch) outside the timings.
     run_transformers(hf_target, hf_draft, prompts[:1], {}, 4, device, counter)
     run_ours(target, draft, prompts[:1], dict(method="ar"), 4, 1)
     rows, reference = [], None
     for name, (ours, theirs) in SETTINGS.items():
-        out, stats = run_transformers(hf_target, hf_draft, prompts, theirs, args.max_new_tokens, device, counter)
+        out, stats = run_transformers(hf_target, hf_draft, prompts, theirs, args.max_new_tokens, device, counter,
+                                      universal)
         reference = out if reference is None else reference
         rows.append(dict(setting=name, impl="transformers", batch=1, identical=out == reference, **stats))
         print(f"  transformers {name}: {stats['tokens_per_s']:.1f} tok/s, tau {stats['tau']:.2f}", flush=True)
         for batch in (1, 8):
-            out, stats = run_ours(target, draft, prompts, ours, args.max_new_tokens, batch)
+            out, stats = run_ours(target, draft, prompts, ours, args.max_new_tokens, batch, bpe)
             rows.append(dict(setting=name, impl="specdec", batch=batch, identical=out == reference, **stats))
             print(f"  specdec {name} B={batch}: {stats['tokens_per_s']:.1f} tok/s, tau {stats['tau']:.2f}",
                   flush=True)

@@ -43,6 +43,9 @@ def test_adapters_are_byte_exact(bpe):
     ids = a.encode("日本語のテキスト".encode())
     assert b"".join(a.token_bytes([i]) for i in ids) == "日本語のテキスト".encode()
     assert as_tokenizer("bytes").encode(b"\xff\x00") == [255, 0]
+    # Token healing: the last word waits (a later byte could re-tokenize it); one word alone does not.
+    assert a.word_start(b"def retu") == 3 and a.word_start("x = wö".encode()) == 3
+    assert a.word_start(b"retu") == 4 and ByteTokenizer().word_start(b"def retu") == 8
     with pytest.raises(TypeError, match="cannot use int"):
         as_tokenizer(3)
 
@@ -51,18 +54,22 @@ def test_view_keeps_the_exact_encoding_of_the_text(bpe):
     """Bytes arrive one by one (characters split across steps, an invalid
     byte in the middle): after each, the view is the text so far with the
     incomplete character held back and the invalid byte replaced, and the
-    draft's tokens (re-encoded over the look-behind window only) spell it."""
+    draft's tokens (re-encoded over the look-behind window only) spell all of
+    it but its last word, which a proposal must start with."""
     drafter = TranslatingDrafter(_Core(), as_tokenizer(bpe), ByteTokenizer(), lookbehind=3)
     drafter.views[0] = _View(raw_bytes=False)
     stream = "naïve café ✓ 日本".encode() + b"\xff" + " ok".encode()
     for i in range(len(stream)):
         drafter._sync(0, list(stream[i:i + 1]))
         view, done = drafter.views[0], stream[:i + 1]
-        held = len(view.pending())
-        assert bytes(view.data) == done[:len(done) - held].decode("utf-8", errors="replace").encode()
-        assert drafter.draft.token_bytes(view.ids) == bytes(view.data)
+        waiting = len(view.decoder.getstate()[0])
+        assert bytes(view.data) == done[:len(done) - waiting].decode("utf-8", errors="replace").encode()
+        assert view.cut == drafter.draft.word_start(bytes(view.data))
+        assert drafter.draft.token_bytes(view.ids) == bytes(view.data[:view.cut])
+        assert view.pending() == bytes(view.data[view.cut:]) + done[len(done) - waiting:]
         assert view.ends == [len(drafter.draft.token_bytes(view.ids[:j + 1])) for j in range(len(view.ids))]
     assert bytes(drafter.views[0].data) == "naïve café ✓ 日本\ufffd ok".encode()
+    assert drafter.views[0].pending() == b" ok"  # the last word waits
 
 
 class _Core:
@@ -202,7 +209,8 @@ def test_the_draft_cache_is_cut_back_to_the_common_prefix():
 
 def test_a_boundary_that_re_encodes_cuts_the_draft_cache_further_back():
     """With merges ranked b+c before a+b, "xab" is [x][ab] but "xabc" is
-    [x][a][bc]: after the target emits "c" the draft's cache keeps only [x]."""
+    [x][a][bc]: after the target emits "c" the draft's cache keeps only [x].
+    (A pre-tokenizer that does not split words: nothing is held back.)"""
     from types import SimpleNamespace
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -214,7 +222,7 @@ def test_a_boundary_that_re_encodes_cuts_the_draft_cache_further_back():
     vocab = {c: i for i, c in enumerate(alphabet)}
     vocab.update(ab=len(vocab), bc=len(vocab) + 1)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[("b", "c"), ("a", "b")]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     adapter = as_tokenizer(tok)
     assert adapter.encode(b"xab") == [vocab["x"], vocab["ab"]]
@@ -228,3 +236,47 @@ def test_a_boundary_that_re_encodes_cuts_the_draft_cache_further_back():
     drafter.accepted([0], [3], SimpleNamespace(tokens=[[ord("c")]]))
     assert drafter.views[0].ids == [vocab["x"], vocab["a"], vocab["bc"]]
     assert core.model.length(0) == 1
+
+
+def test_token_prefixes_offer_only_tokens_that_agree_with_the_held_back_bytes():
+    from specdec_kernels.runtime.drafters import TokenPrefixes, byte_table
+
+    table = byte_table([b"a", b"ab", b"abc", b"b", b"", b"bc"], "cpu")
+    prefixes = TokenPrefixes(table, [b"ab", b"", b"abcd"])
+    logits = torch.zeros(3, 6)
+    allowed = prefixes.mask(logits, None) > float("-inf")
+    assert allowed.tolist() == [[True, True, True, False, False, False],  # "a", "ab", "abc" agree with "ab"
+                                [True] * 6,  # no prefix: everything
+                                [True, True, True, False, False, False]]
+    prefixes.consume(torch.tensor([0, 3, 2]), None)  # spelt "a", "b", "abc"
+    allowed = prefixes.mask(logits, None) > float("-inf")
+    assert allowed[0].tolist() == [False, False, False, True, False, True]  # "b" left: "b", "bc"
+    assert allowed[1].all() and allowed[2].tolist() == [False] * 6  # "d" left: no token spells it
+    rows = torch.tensor([0])  # a sub-batch: row 0 alone
+    assert (prefixes.mask(logits[:1], rows) > float("-inf")).tolist() == [allowed[0].tolist()]
+
+
+def test_healed_proposals_spell_the_held_back_word_first(bpe):
+    """Every proposal the draft makes starts with the bytes it was asked to
+    spell (the last word and any incomplete character), or is a prefix of them."""
+    from specdec_kernels.runtime import translation
+
+    target, draft, target_tok, draft_tok = pair("byte_target", bpe, seed=4)
+    seen = []
+    original = translation.TranslatingDrafter.propose
+
+    def spy(self, seqs, history, ks):
+        asked = {s: self.views[s].pending() for s in seqs}
+        drafts, passes = original(self, seqs, history, ks)
+        for s in seqs:
+            spelt = self.draft.token_bytes(self._proposed.get(s, []))
+            seen.append(spelt.startswith(asked[s]) or asked[s].startswith(spelt))
+        return drafts, passes
+
+    translation.TranslatingDrafter.propose = spy
+    try:
+        generate(target, encode_prompts(target_tok, PROMPTS), method="draft", draft_model=draft,
+                 draft_tokenizer=draft_tok, target_tokenizer=target_tok, num_draft_tokens=3, max_new_tokens=16)
+    finally:
+        translation.TranslatingDrafter.propose = original
+    assert seen and all(seen)

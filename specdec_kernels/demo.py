@@ -1,6 +1,7 @@
 """``python -m specdec_kernels demo``: the shipped byte-level models (a target,
 a draft and Medusa heads trained on the Python standard library by
-``bench/train_tiny.py``) decode held-out standard-library files with every
+``bench/train_tiny.py``, and a draft of another vocabulary, a byte-level BPE)
+decode held-out standard-library files with every
 method of the runtime; a table compares them with plain autoregressive
 decoding.
 """
@@ -20,6 +21,8 @@ METHODS = {  # name: generate() keyword arguments (models are filled in later)
     "draft (constant)": dict(method="draft", num_draft_tokens=5, schedule="constant"),
     "draft (heuristic)": dict(method="draft", num_draft_tokens=5, schedule="heuristic"),
     "draft (dynamic)": dict(method="draft", num_draft_tokens=8, schedule="dynamic", confidence_threshold=0.4),
+    # The draft of another vocabulary (a byte-level BPE): proposals translated through text.
+    "draft (BPE vocab)": dict(method="draft", num_draft_tokens=4, schedule="constant", other_vocab=True),
     "medusa": dict(method="medusa"),
     "lookahead": dict(method="lookahead"),
     "prompt_lookup": dict(method="prompt_lookup", num_draft_tokens=10, max_ngram=3),
@@ -66,6 +69,20 @@ def load_models(folder: Path = DEFAULT_MODELS, *, dtype=torch.float32, device="c
     return target, draft, heads
 
 
+def load_bpe_draft(folder: Path = DEFAULT_MODELS, *, dtype=torch.float32, device="cpu"):
+    """(draft model, its ``tokenizers.Tokenizer``) of ``draft_bpe/``: the draft
+    of another vocabulary ``bench/train_tiny.py`` trains."""
+    from tokenizers import Tokenizer
+
+    from .runtime import LlamaModel
+
+    folder = Path(folder) / "draft_bpe"
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no BPE draft; run python bench/train_tiny.py --only draft_bpe")
+    return (LlamaModel.from_pretrained(folder, dtype=dtype, device=device),
+            Tokenizer.from_file(str(folder / "tokenizer.json")))
+
+
 def decode_all(target, prompts, batch: int, on_batch=None, **kwargs):
     """``generate`` over ``prompts`` in groups of ``batch``: -> (tokens per
     prompt, dict of tau, target_passes, tokens_per_s, seconds)."""
@@ -92,11 +109,15 @@ def run(args) -> list[dict]:
     from tqdm import tqdm
 
     target, draft, heads = load_models(args.models, device=args.device)
+    bpe_draft, bpe_tokenizer = load_bpe_draft(args.models, device=args.device)
     prompts = [p for _, p in held_out_prompts(args.prompts, args.prompt_bytes)]
     rows, reference = [], None
     with tqdm(total=len(METHODS) * -(-len(prompts) // args.batch), desc="demo", unit="batch") as bar:
         for name, kwargs in METHODS.items():
+            kwargs = dict(kwargs)
             extra = {"draft": dict(draft_model=draft), "medusa": dict(medusa_heads=heads)}.get(kwargs["method"], {})
+            if kwargs.pop("other_vocab", False):
+                extra = dict(draft_model=bpe_draft, draft_tokenizer=bpe_tokenizer, target_tokenizer="bytes")
             bar.set_postfix_str(name)
             tokens, stats = decode_all(target, prompts, args.batch, bar.update, max_new_tokens=args.max_new_tokens,
                                        temperature=args.temperature, seed=args.seed, **kwargs, **extra)

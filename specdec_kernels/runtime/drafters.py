@@ -68,6 +68,65 @@ def chain_drafts(tokens: torch.Tensor, q: torch.Tensor | None, counts: list | No
     return [Draft(tokens=row[:n], q=rows[:n + 1]) for row, rows, n in zip(tokens, q, cut)]
 
 
+class TokenPrefixes:
+    """Bytes each sequence's draft must spell first, as a mask over the
+    draft's vocabulary built on the device (no loop over the vocabulary):
+    a token is allowed iff its bytes and what is left of the prefix agree
+    on their common length.
+
+    Args:
+        table: ``(bytes [V, L] int32 padded with -1, lengths [V])`` on the
+            device (``byte_table``), built once per tokenizer.
+        prefixes: one ``bytes`` per sequence of the batch.
+    """
+
+    def __init__(self, table, prefixes: list[bytes]):
+        self.bytes, self.lengths = table
+        dev = self.bytes.device
+        width = max(1, max(len(p) for p in prefixes))
+        pre = torch.full((len(prefixes), width), -1, dtype=torch.int32)
+        for b, p in enumerate(prefixes):
+            pre[b, :len(p)] = torch.tensor(list(p), dtype=torch.int32)
+        self.prefix = pre.to(dev)
+        self.left = torch.tensor([len(p) for p in prefixes], dtype=torch.int64).to(dev)
+        self.done = torch.zeros(len(prefixes), dtype=torch.int64, device=dev)  # prefix bytes spelt so far
+
+    def mask(self, logits: torch.Tensor, rows) -> torch.Tensor:
+        """``logits`` [n, V] of the batch rows ``rows`` (None: all), with the
+        tokens that disagree with the prefix at -inf."""
+        done = self.done if rows is None else self.done[rows]
+        left = (self.left if rows is None else self.left[rows]) - done
+        if logits.device.type == "cpu" and not bool((left > 0).any()):
+            return logits  # no prefix left anywhere (free to check on the CPU)
+        width = min(self.prefix.shape[1], self.bytes.shape[1])  # no token spells more than the table's width
+        cols = torch.arange(width, device=logits.device)
+        prefix = self.prefix if rows is None else self.prefix[rows]
+        last = self.prefix.shape[1] - 1
+        want = prefix.gather(1, (done[:, None] + cols[None]).clamp(max=last))  # [n, width]
+        have = self.bytes[:, :width]  # [V, width]
+        span = torch.minimum(self.lengths[None, :], left.clamp(min=0)[:, None])  # [n, V]: bytes compared
+        agree = (have[None] == want[:, None]) | (cols[None, None] >= span[..., None])
+        # A token that spells nothing cannot advance a prefix; with none left, anything goes.
+        allowed = agree.all(-1) & ((self.lengths[None, :] > 0) | (left <= 0)[:, None])
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def consume(self, picked: torch.Tensor, rows) -> None:
+        spelt = self.lengths[picked]
+        if rows is None:
+            self.done += spelt
+        else:
+            self.done.index_add_(0, rows, spelt)
+
+
+def byte_table(token_bytes: list[bytes], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TokenPrefixes``' table from each token's bytes."""
+    width = max(1, max(len(b) for b in token_bytes))
+    table = torch.full((len(token_bytes), width), -1, dtype=torch.int32)
+    for i, b in enumerate(token_bytes):
+        table[i, :len(b)] = torch.tensor(list(b), dtype=torch.int32)
+    return table.to(device), torch.tensor([len(b) for b in token_bytes], dtype=torch.int64).to(device)
+
+
 class NoDrafter:
     """Plain autoregressive decoding: nothing is drafted."""
 
@@ -124,7 +183,10 @@ class DraftModelDrafter:
     def max_rows(self, k):
         return k + 1
 
-    def propose(self, seqs, history, ks):
+    def propose(self, seqs, history, ks, prefixes=None):
+        """``prefixes`` (a ``TokenPrefixes``): per sequence bytes the draft
+        must spell first (token healing); each pass only offers tokens that
+        agree with what is left of them."""
         greedy = self.sampling["temperature"] == 0
         dev, batch, k = self.model.device, len(seqs), max(ks)
         vocab = self.model.model.config.vocab_size
@@ -137,6 +199,8 @@ class DraftModelDrafter:
         live, rows, passes = list(range(batch)), None, 1  # rows: `live` on the device (None: all)
         for j in range(k):
             last = logits[(indptr[1:] - 1).long()].float()
+            if prefixes is not None:
+                last = prefixes.mask(last, rows)
             if greedy:
                 picked = last.argmax(-1)
                 probs = torch.softmax(last, -1) if self.dynamic_threshold is not None else None
@@ -156,6 +220,8 @@ class DraftModelDrafter:
             if q is not None:
                 q[at, j] = torch.where(ok[:, None], probs, 0.0)
             picked_all[at] = picked
+            if prefixes is not None:
+                prefixes.consume(picked, rows)
             # Budgets are host numbers: a sequence whose budget is spent is not fed again.
             live = [i for i in live if ks[i] > j + 1]
             if not live:

@@ -49,6 +49,10 @@ class ByteTokenizer:
     def token_bytes(self, ids) -> bytes:
         return bytes(ids)
 
+    def word_start(self, data: bytes) -> int:
+        """Where the last unit a later byte could still change starts: none."""
+        return len(data)
+
     def __repr__(self):
         return "ByteTokenizer()"
 
@@ -88,6 +92,22 @@ class ByteLevelBPE:
 
     def token_bytes(self, ids) -> bytes:
         return b"".join(self._bytes[i] for i in ids)
+
+    def word_start(self, data: bytes, window: int = 64) -> int:
+        """Byte offset where the last pre-token (word) of the valid UTF-8
+        ``data`` starts: a later byte can still change how it is tokenized,
+        so a drafter holds it back (token healing). ``len(data)`` (nothing
+        held) when the last ``window`` bytes are one piece: a text of one
+        word, a 64-byte word, or a pre-tokenizer that does not split."""
+        pre = self.tokenizer.pre_tokenizer
+        if pre is None or not data:
+            return len(data)
+        begin = char_start(data, max(0, len(data) - window))
+        text = data[begin:].decode("utf-8")
+        pieces = pre.pre_tokenize_str(text)
+        if len(pieces) < 2:
+            return len(data)
+        return begin + len(text[:pieces[-1][1][0]].encode("utf-8"))
 
     def __repr__(self):
         return f"ByteLevelBPE(vocab_size={self.vocab_size})"

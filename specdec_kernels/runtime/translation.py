@@ -5,11 +5,17 @@ al., ICML 2025).
 Per sequence the drafter keeps a *view*: the target's text as bytes (valid
 UTF-8 when the draft's tokenizer needs it: an incomplete trailing character
 waits, an invalid byte becomes U+FFFD in the view only) and the draft's
-tokens for it. Each step:
+tokens for all of it but its last word (its last pre-token, which a later
+byte could still re-tokenize: token healing, so the draft never conditions
+on a word cut in two). Each step:
 
-1. the draft model proposes up to K of its tokens (``DraftModelDrafter``);
-2. their bytes continue the view; a character the target left incomplete
-   must be completed by them, else nothing is proposed;
+1. the draft model proposes up to K of its tokens (``DraftModelDrafter``),
+   offered at each position only the tokens that agree with what is left of
+   the held-back bytes (``drafters.TokenPrefixes``, a mask built on the
+   device);
+2. their bytes continue the draft's text; they must first spell the held-back
+   word and any character the target left incomplete, else nothing is
+   proposed;
 3. the target's tokenizer re-encodes the last few target tokens
    (``lookbehind``) plus the proposed bytes; if the look-behind re-encodes
    to the very tokens the target has, what follows is the proposal in
@@ -30,6 +36,7 @@ import codecs
 
 import torch
 
+from .drafters import TokenPrefixes, byte_table
 from .step import Draft
 from .tokenization import ByteTokenizer, TokenizerMismatchError, char_start, valid_prefix
 
@@ -49,12 +56,14 @@ class _View:
         # raw_bytes: the draft encodes any bytes (ByteTokenizer): no decoding.
         self.decoder = None if raw_bytes else codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.data = bytearray()
+        self.cut = 0  # the draft's tokens spell data[:cut]; the last word waits (token healing)
         self.ids: list[int] = []
         self.ends: list[int] = []  # byte offset in ``data`` after each draft token
 
     def pending(self) -> bytes:
-        """Target bytes not in the view yet (an incomplete trailing character)."""
-        return b"" if self.decoder is None else self.decoder.getstate()[0]
+        """What a proposal must start with: the held-back last word and the
+        target bytes not in the view yet (an incomplete trailing character)."""
+        return bytes(self.data[self.cut:]) + (b"" if self.decoder is None else self.decoder.getstate()[0])
 
     def absorb(self, new: bytes) -> bytes:
         """Append the target's new bytes; returns what the view gained."""
@@ -82,6 +91,7 @@ class TranslatingDrafter:
         self.core, self.draft, self.target = core, draft_tokenizer, target_tokenizer
         self.lookbehind, self.max_target_tokens = lookbehind, max_target_tokens
         core.fixed_shape = True  # one read-back of the whole batch's proposals
+        self._table = None  # the draft vocabulary's bytes on the device (token healing), built on first use
         self.views: dict = {}
         self._proposed: dict = {}  # seq -> the draft tokens proposed last step
 
@@ -98,13 +108,15 @@ class TranslatingDrafter:
         view = self.views[seq]
         gained = view.absorb(self.target.token_bytes(new_target_ids))
         old = view.ids
-        if not gained:
+        cut = self.draft.word_start(bytes(view.data))
+        if not gained or cut == view.cut:
             return
         keep = max(0, len(old) - self.lookbehind)
-        while keep > 0 and not view.boundary(view.ends[keep - 1]):
-            keep -= 1  # the draft token before the window ends inside a character
+        while keep > 0 and (view.ends[keep - 1] > cut or not view.boundary(view.ends[keep - 1])):
+            keep -= 1  # the draft token before the window ends inside a character (or past the cut)
         start = view.ends[keep - 1] if keep else 0
-        tail = bytes(view.data[start:])
+        tail = bytes(view.data[start:cut])
+        view.cut = cut
         try:
             fresh = self.draft.encode(tail)
         except (TokenizerMismatchError, UnicodeDecodeError) as e:
@@ -160,7 +172,13 @@ class TranslatingDrafter:
                 self.core.model.start(s)
                 self._started.add(s)
         sub = [seqs[i] for i in live]
-        proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub}, [ks[i] for i in live])
+        if self._table is None:
+            vocab = self.core.model.model.config.vocab_size
+            spelt = [self.draft.token_bytes([i]) if i < self.draft.vocab_size else b"" for i in range(vocab)]
+            self._table = byte_table(spelt, self.core.model.device)
+        prefixes = TokenPrefixes(self._table, [self.views[s].pending() for s in sub])
+        proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub}, [ks[i] for i in live],
+                                             prefixes)
         rows = torch.stack([d.tokens for d in proposed]).tolist()  # the step's read-back of the proposals
         for i, s, row in zip(live, sub, rows):
             drafted = row[:row.index(-1)] if -1 in row else row
