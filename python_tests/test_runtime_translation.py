@@ -91,13 +91,14 @@ def encode_prompts(tok, prompts):
 
 
 @pytest.mark.parametrize("direction", ["byte_target", "bpe_target"])
-@pytest.mark.parametrize("schedule", ["constant", "dynamic"])
-def test_greedy_equals_ar(bpe, direction, schedule):
+@pytest.mark.parametrize("schedule, intersection", [("constant", False), ("dynamic", False), ("constant", True)])
+def test_greedy_equals_ar(bpe, direction, schedule, intersection):
     target, draft, target_tok, draft_tok = pair(direction, bpe)
     prompts = encode_prompts(target_tok, PROMPTS)
     want = generate(target, prompts, max_new_tokens=24).tokens
     out = generate(target, prompts, method="draft", draft_model=draft, draft_tokenizer=draft_tok,
-                   target_tokenizer=target_tok, num_draft_tokens=4, schedule=schedule, max_new_tokens=24)
+                   target_tokenizer=target_tok, num_draft_tokens=4, schedule=schedule, max_new_tokens=24,
+                   token_intersection=intersection)
     assert out.tokens == want
 
 
@@ -114,12 +115,13 @@ def test_a_draft_that_is_the_target_is_accepted_through_the_translation():
     assert out.stats.tau > 4.5, out.stats.tau
 
 
-@pytest.mark.parametrize("broken", [False, True])
-def test_sampled_is_distributed_as_the_target(bpe, monkeypatch, broken):
+@pytest.mark.parametrize("broken, intersection", [(False, False), (True, False), (False, True), (True, True)])
+def test_sampled_is_distributed_as_the_target(bpe, monkeypatch, broken, intersection):
     """Chi-square (alpha 1e-3, fixed seed) of the first token and the first
     pair over 1500 copies of one prompt, byte-level target (temperature 1)
-    with a BPE draft, against the exact distribution from the target's
-    logits. Control: claiming the translated proposal came from a q that
+    with a BPE draft (point-mass proposals, or the draft's q over the shared
+    tokens with token-level intersection), against the exact distribution
+    from the target's logits. Control: claiming the translated proposal came from a q that
     gives its tokens no mass (so they are always accepted) must fail."""
     target = tiny(vocab=256, seed=5, std=1.5)
     draft = tiny(vocab=bpe.get_vocab_size(), hidden=64, layers=1, seed=6, std=1.5)
@@ -140,7 +142,8 @@ def test_sampled_is_distributed_as_the_target(bpe, monkeypatch, broken):
     prompt = list("ab".encode())
     n = 1500
     out = generate(target, [prompt] * n, method="draft", draft_model=draft, draft_tokenizer=bpe,
-                   target_tokenizer="bytes", num_draft_tokens=3, max_new_tokens=2, temperature=1.0, seed=11)
+                   target_tokenizer="bytes", num_draft_tokens=3, max_new_tokens=2, temperature=1.0, seed=11,
+                   token_intersection=intersection)
     first = torch.tensor([t[0] for t in out.tokens])
     pair_ = torch.tensor([t[0] * 256 + t[1] for t in out.tokens])
     p0, joint = exact_two_token_distribution(target, prompt, 256, 1.0)

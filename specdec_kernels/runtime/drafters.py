@@ -80,8 +80,12 @@ class TokenPrefixes:
         prefixes: one ``bytes`` per sequence of the batch.
     """
 
-    def __init__(self, table, prefixes: list[bytes]):
+    def __init__(self, table, prefixes: list[bytes], allowed: torch.Tensor | None = None):
+        """``allowed``: bool [V], the only tokens ever offered (token-level
+        intersection: the vocabulary shared with the target); a prefix is
+        then spelt by whole tokens, none running past it."""
         self.bytes, self.lengths = table
+        self.allowed = allowed
         dev = self.bytes.device
         width = max(1, max(len(p) for p in prefixes))
         pre = torch.full((len(prefixes), width), -1, dtype=torch.int32)
@@ -96,6 +100,8 @@ class TokenPrefixes:
         tokens that disagree with the prefix at -inf."""
         done = self.done if rows is None else self.done[rows]
         left = (self.left if rows is None else self.left[rows]) - done
+        if self.allowed is not None:
+            logits = logits.masked_fill(~self.allowed, float("-inf"))
         if logits.device.type == "cpu" and not bool((left > 0).any()):
             return logits  # no prefix left anywhere (free to check on the CPU)
         width = min(self.prefix.shape[1], self.bytes.shape[1])  # no token spells more than the table's width
@@ -108,6 +114,8 @@ class TokenPrefixes:
         agree = (have[None] == want[:, None]) | (cols[None, None] >= span[..., None])
         # A token that spells nothing cannot advance a prefix; with none left, anything goes.
         allowed = agree.all(-1) & ((self.lengths[None, :] > 0) | (left <= 0)[:, None])
+        if self.allowed is not None:  # whole tokens only: the proposal proper starts on a token boundary
+            allowed &= (self.lengths[None, :] <= left[:, None]) | (left <= 0)[:, None]
         return logits.masked_fill(~allowed, float("-inf"))
 
     def consume(self, picked: torch.Tensor, rows) -> None:

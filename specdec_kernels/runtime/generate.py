@@ -174,7 +174,8 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, eos_token_id: int | None = None, block_size: int = 16,
              cuda_graph: bool | None = None, draft_tokenizer=None, target_tokenizer=None,
-             lookbehind: int = 8, max_target_tokens: int | None = None) -> GenerationOutput:
+             lookbehind: int = 8, max_target_tokens: int | None = None,
+             token_intersection: bool = False) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens for each prompt (lists of ids).
 
     Methods (each a drafter feeding the same verify step):
@@ -190,7 +191,9 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
       its proposals are translated through text, re-encoding ``lookbehind``
       tokens at each boundary, at most ``max_target_tokens`` (default 4 x
       ``num_draft_tokens``, at most 64) target tokens a step, verified as
-      point-mass chains (``runtime.translation``).
+      point-mass chains (``runtime.translation``); ``token_intersection``:
+      draft only tokens both vocabularies share, verified with the draft's q
+      when sampled (Timor et al.'s token-level intersection).
     * ``"medusa"``: ``medusa_heads`` (``runtime.medusa.MedusaHeads``) fill the
       tree of ``medusa_choices`` (default ``MC_SIM_7B_63``, without the paths
       deeper than the heads) from the target's hidden state at the last
@@ -242,7 +245,8 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
                                     dynamic_threshold=confidence_threshold if schedule == "dynamic" else None)
         if tokenizers is not None:
             cap = max_target_tokens or min(64, 4 * num_draft_tokens)
-            drafter = TranslatingDrafter(drafter, *tokenizers, lookbehind=lookbehind, max_target_tokens=cap)
+            drafter = TranslatingDrafter(drafter, *tokenizers, lookbehind=lookbehind, max_target_tokens=cap,
+                                         intersection=token_intersection)
     elif method == "medusa":
         if medusa_choices is None:  # the default tree, cut to the heads there are
             medusa_choices = [c for c in MC_SIM_7B_63 if len(c) <= medusa_heads.num_heads]

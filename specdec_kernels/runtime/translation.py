@@ -85,11 +85,14 @@ class TranslatingDrafter:
         max_target_tokens: the most target tokens proposed per step.
     """
 
-    def __init__(self, core, draft_tokenizer, target_tokenizer, *, lookbehind: int = 8, max_target_tokens: int = 32):
+    def __init__(self, core, draft_tokenizer, target_tokenizer, *, lookbehind: int = 8, max_target_tokens: int = 32,
+                 intersection: bool = False):
         if lookbehind < 1 or max_target_tokens < 1:
             raise ValueError(f"lookbehind and max_target_tokens must be >= 1, got {lookbehind}, {max_target_tokens}")
         self.core, self.draft, self.target = core, draft_tokenizer, target_tokenizer
         self.lookbehind, self.max_target_tokens = lookbehind, max_target_tokens
+        self.intersection = intersection
+        self._shared = None  # (allowed [Vd] bool, draft id -> target id [Vd] int64, -1 where not shared)
         core.fixed_shape = True  # one read-back of the whole batch's proposals
         self._table = None  # the draft vocabulary's bytes on the device (token healing), built on first use
         self.views: dict = {}
@@ -176,9 +179,12 @@ class TranslatingDrafter:
             vocab = self.core.model.model.config.vocab_size
             spelt = [self.draft.token_bytes([i]) if i < self.draft.vocab_size else b"" for i in range(vocab)]
             self._table = byte_table(spelt, self.core.model.device)
-        prefixes = TokenPrefixes(self._table, [self.views[s].pending() for s in sub])
-        proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub}, [ks[i] for i in live],
-                                             prefixes)
+        pending = [self.views[s].pending() for s in sub]
+        budget = [ks[i] for i in live]
+        if self.intersection:
+            return self._propose_shared(seqs, live, sub, pending, budget, drafts)
+        prefixes = TokenPrefixes(self._table, pending)
+        proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub}, budget, prefixes)
         rows = torch.stack([d.tokens for d in proposed]).tolist()  # the step's read-back of the proposals
         for i, s, row in zip(live, sub, rows):
             drafted = row[:row.index(-1)] if -1 in row else row
@@ -188,6 +194,53 @@ class TranslatingDrafter:
             if not data.startswith(pending):
                 continue  # the draft does not complete the character the target started
             drafts[i] = Draft(tokens=self._to_target(s, history, data[len(pending):]))
+        return drafts, passes
+
+    def _shared_vocabulary(self):
+        """Draft tokens that are target tokens too (the same bytes)."""
+        if self._shared is None:
+            target_ids = {self.target.token_bytes([t]): t for t in range(self.target.vocab_size)}
+            lengths = self._table[1].tolist()
+            spelt = [self.draft.token_bytes([d]) if d < self.draft.vocab_size else b"" for d in range(len(lengths))]
+            to_target = torch.tensor([target_ids.get(b, -1) if b else -1 for b in spelt], dtype=torch.int64)
+            dev = self.core.model.device
+            self._shared = ((to_target >= 0).to(dev), to_target.to(dev))
+        return self._shared
+
+    def _propose_shared(self, seqs, live, sub, pending, budget, drafts):
+        """Token-level intersection (Timor et al.): the draft is offered only
+        the tokens both vocabularies share, so its tokens are target tokens
+        and, sampled, its q (renormalised over them) is the proposal's
+        distribution in the target's vocabulary: rejection sampling with q.
+        The held-back bytes are spelt first by whole shared tokens (not
+        proposed: the target has them); each sequence's budget counts the
+        tokens after them."""
+        allowed, to_target = self._shared_vocabulary()
+        prefixes = TokenPrefixes(self._table, pending, allowed)
+        lengths = self._table[1]
+        # Shared tokens spelling a prefix are at least one byte each: len(prefix) more positions at most.
+        extra = [len(p) for p in pending]
+        proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub},
+                                             [k + e for k, e in zip(budget, extra)], prefixes)
+        tokens = torch.stack([d.tokens for d in proposed])
+        rows = tokens.tolist()  # the step's read-back of the proposals
+        spelt = torch.where(tokens >= 0, lengths[tokens.clamp(min=0)], 0).cumsum(1).tolist()
+        vocab_t = self.target.vocab_size
+        for b, (i, s, row) in enumerate(zip(live, sub, rows)):
+            drafted = row[:row.index(-1)] if -1 in row else row
+            self._proposed[s] = drafted
+            start = next((j + 1 for j, n in enumerate(spelt[b][:len(drafted)]) if n == extra[b]), 0 if not extra[b]
+                         else None)
+            if start is None or len(drafted) <= start:
+                continue  # the prefix was not spelt (or nothing follows it)
+            n = min(len(drafted) - start, budget[b], self.max_target_tokens)
+            ids = to_target[torch.tensor(drafted[start:start + n])]
+            q = None
+            if proposed[b].q is not None:
+                q = torch.zeros(1 + n, vocab_t, dtype=torch.float32, device=ids.device)
+                shared = allowed.nonzero().squeeze(1)
+                q[:n, to_target[shared]] = proposed[b].q[start:start + n][:, shared]
+            drafts[i] = Draft(tokens=ids.tolist(), q=q)
         return drafts, passes
 
     def accepted(self, seqs, old_lengths, result):
