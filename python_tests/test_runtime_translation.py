@@ -50,6 +50,19 @@ def test_adapters_are_byte_exact(bpe):
         as_tokenizer(3)
 
 
+def test_a_transformers_tokenizer_works_as_its_backend(bpe):
+    transformers = pytest.importorskip("transformers")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe)
+    a, b = as_tokenizer(fast), as_tokenizer(bpe)
+    for text in PROMPTS:
+        assert a.encode(text.encode()) == b.encode(text.encode())
+    target, draft, target_tok, _ = pair("byte_target", bpe)
+    prompts = encode_prompts(target_tok, PROMPTS[:2])
+    out = generate(target, prompts, method="draft", draft_model=draft, draft_tokenizer=fast, target_tokenizer="bytes",
+                   max_new_tokens=12)
+    assert out.tokens == generate(target, prompts, max_new_tokens=12).tokens
+
+
 def test_view_keeps_the_exact_encoding_of_the_text(bpe):
     """Bytes arrive one by one (characters split across steps, an invalid
     byte in the middle): after each, the view is the text so far with the
