@@ -120,7 +120,6 @@ def byte_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    sys.path.insert(0, str(REPO))
     from specdec_kernels.runtime.tokenization import _byte_alphabet
 
     chars, _ = _byte_alphabet()

@@ -87,12 +87,7 @@ class TokenPrefixes:
         self.bytes, self.lengths = table
         self.allowed = allowed
         dev = self.bytes.device
-        width = max(1, max(len(p) for p in prefixes))
-        pre = torch.full((len(prefixes), width), -1, dtype=torch.int32)
-        for b, p in enumerate(prefixes):
-            pre[b, :len(p)] = torch.tensor(list(p), dtype=torch.int32)
-        self.prefix = pre.to(dev)
-        self.left = torch.tensor([len(p) for p in prefixes], dtype=torch.int64).to(dev)
+        self.prefix, self.left = byte_table(prefixes, dev)  # [B, P] padded with -1, lengths [B]
         self.done = torch.zeros(len(prefixes), dtype=torch.int64, device=dev)  # prefix bytes spelt so far
 
     def mask(self, logits: torch.Tensor, rows) -> torch.Tensor:
@@ -127,7 +122,9 @@ class TokenPrefixes:
 
 
 def byte_table(token_bytes: list[bytes], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``TokenPrefixes``' table from each token's bytes."""
+    """(int32 [n, max length] padded with -1, int64 lengths [n]) on ``device``
+    from n byte strings: ``TokenPrefixes``' table of each token's bytes, and
+    its prefixes."""
     width = max(1, max(len(b) for b in token_bytes))
     table = torch.full((len(token_bytes), width), -1, dtype=torch.int32)
     for i, b in enumerate(token_bytes):

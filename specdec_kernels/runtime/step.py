@@ -342,7 +342,8 @@ class VerifyStep:
         tok[:real, 1:tmpl.size] = drafted
         static = self._broadcast(tmpl, rows, real, batch)
         host = dict(
-            tree_tokens=tok, verified=static["verified"], offsets=static["positions"], parents=static["parents"], mask=static["mask"], qo_indptr=static["qo_indptr"],
+            tree_tokens=tok, verified=static["verified"], offsets=static["positions"], parents=static["parents"],
+            mask=static["mask"], qo_indptr=static["qo_indptr"],
             **self._batch_inputs(seqs, prefix_lens, [rows] * batch, real, batch))
         if self.mode != "greedy":
             host["draw_key"], host["step"] = static["draw_key"], torch.tensor([self._step])
@@ -466,10 +467,9 @@ class VerifyStep:
         host, words, max_depth = self._host_inputs(seqs, roots, prefix_lens, drafts, rows, batch)
         self._step += 1
         width = rows if self.bucketed else max_depth + 1
-        with_q = "q" in host
         if self.cuda_graph:
             began = time.perf_counter()
-            key = (batch, rows, with_q, "tree_tokens" in host)
+            key = (batch, rows, "q" in host, "tree_tokens" in host)
             packed, hidden, argmax = self._replay(key, host, words, width)
             packed = packed[:real].cpu()
             self.graph_seconds += time.perf_counter() - began

@@ -92,15 +92,13 @@ class TranslatingDrafter:
         self.core, self.draft, self.target = core, draft_tokenizer, target_tokenizer
         self.lookbehind, self.max_target_tokens = lookbehind, max_target_tokens
         self.intersection = intersection
-        self._shared = None  # (allowed [Vd] bool, draft id -> target id [Vd] int64, -1 where not shared)
         core.fixed_shape = True  # one read-back of the whole batch's proposals
-        self._table = None  # the draft vocabulary's bytes on the device (token healing), built on first use
+        # Built on first use (the draft model is attached after construction):
+        self._spelt = None  # per draft id (the model's vocabulary) its bytes, b"" past the tokenizer's
+        self._table = None  # the same on the device (token healing)
+        self._shared = None  # token-level intersection, see _shared_vocabulary
         self.views: dict = {}
         self._proposed: dict = {}  # seq -> the draft tokens proposed last step
-
-    @property
-    def model(self):
-        return self.core.model
 
     def max_rows(self, k):
         return self.max_target_tokens + 1
@@ -177,8 +175,8 @@ class TranslatingDrafter:
         sub = [seqs[i] for i in live]
         if self._table is None:
             vocab = self.core.model.model.config.vocab_size
-            spelt = [self.draft.token_bytes([i]) if i < self.draft.vocab_size else b"" for i in range(vocab)]
-            self._table = byte_table(spelt, self.core.model.device)
+            self._spelt = [self.draft.token_bytes([i]) if i < self.draft.vocab_size else b"" for i in range(vocab)]
+            self._table = byte_table(self._spelt, self.core.model.device)
         pending = [self.views[s].pending() for s in sub]
         budget = [ks[i] for i in live]
         if self.intersection:
@@ -186,25 +184,28 @@ class TranslatingDrafter:
         prefixes = TokenPrefixes(self._table, pending)
         proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub}, budget, prefixes)
         rows = torch.stack([d.tokens for d in proposed]).tolist()  # the step's read-back of the proposals
-        for i, s, row in zip(live, sub, rows):
+        for i, s, row, asked in zip(live, sub, rows, pending):
             drafted = row[:row.index(-1)] if -1 in row else row
             self._proposed[s] = drafted
             data = self.draft.token_bytes(drafted)
-            pending = self.views[s].pending()
-            if not data.startswith(pending):
+            if not data.startswith(asked):
                 continue  # the draft does not complete the character the target started
-            drafts[i] = Draft(tokens=self._to_target(s, history, data[len(pending):]))
+            drafts[i] = Draft(tokens=self._to_target(s, history, data[len(asked):]))
         return drafts, passes
 
     def _shared_vocabulary(self):
-        """Draft tokens that are target tokens too (the same bytes)."""
+        """Draft tokens that are target tokens too (the same bytes): (allowed
+        bool [Vd] and the shared draft ids [S], on the device; their target
+        ids [S] on the device; draft id -> target id or -1, a host list)."""
         if self._shared is None:
             target_ids = {self.target.token_bytes([t]): t for t in range(self.target.vocab_size)}
-            lengths = self._table[1].tolist()
-            spelt = [self.draft.token_bytes([d]) if d < self.draft.vocab_size else b"" for d in range(len(lengths))]
-            to_target = torch.tensor([target_ids.get(b, -1) if b else -1 for b in spelt], dtype=torch.int64)
+            to_target = [target_ids.get(b, -1) if b else -1 for b in self._spelt]
+            shared = [d for d, t in enumerate(to_target) if t >= 0]
             dev = self.core.model.device
-            self._shared = ((to_target >= 0).to(dev), to_target.to(dev))
+            allowed = torch.zeros(len(to_target), dtype=torch.bool)
+            allowed[shared] = True
+            self._shared = (allowed.to(dev), torch.tensor(shared).to(dev),
+                            torch.tensor([to_target[d] for d in shared]).to(dev), to_target)
         return self._shared
 
     def _propose_shared(self, seqs, live, sub, pending, budget, drafts):
@@ -215,32 +216,29 @@ class TranslatingDrafter:
         The held-back bytes are spelt first by whole shared tokens (not
         proposed: the target has them); each sequence's budget counts the
         tokens after them."""
-        allowed, to_target = self._shared_vocabulary()
+        allowed, shared, shared_target, to_target = self._shared_vocabulary()
         prefixes = TokenPrefixes(self._table, pending, allowed)
-        lengths = self._table[1]
         # Shared tokens spelling a prefix are at least one byte each: len(prefix) more positions at most.
         extra = [len(p) for p in pending]
         proposed, passes = self.core.propose(sub, {s: self.views[s].ids for s in sub},
                                              [k + e for k, e in zip(budget, extra)], prefixes)
-        tokens = torch.stack([d.tokens for d in proposed])
-        rows = tokens.tolist()  # the step's read-back of the proposals
-        spelt = torch.where(tokens >= 0, lengths[tokens.clamp(min=0)], 0).cumsum(1).tolist()
+        rows = torch.stack([d.tokens for d in proposed]).tolist()  # the step's read-back of the proposals
         vocab_t = self.target.vocab_size
         for b, (i, s, row) in enumerate(zip(live, sub, rows)):
             drafted = row[:row.index(-1)] if -1 in row else row
             self._proposed[s] = drafted
-            start = next((j + 1 for j, n in enumerate(spelt[b][:len(drafted)]) if n == extra[b]), 0 if not extra[b]
-                         else None)
-            if start is None or len(drafted) <= start:
+            start, spelt = 0, 0  # the first proposed position: after the tokens spelling the prefix
+            while start < len(drafted) and spelt < extra[b]:
+                spelt += len(self._spelt[drafted[start]])
+                start += 1
+            if spelt != extra[b] or len(drafted) <= start:
                 continue  # the prefix was not spelt (or nothing follows it)
             n = min(len(drafted) - start, budget[b], self.max_target_tokens)
-            ids = to_target[torch.tensor(drafted[start:start + n])]
             q = None
             if proposed[b].q is not None:
-                q = torch.zeros(1 + n, vocab_t, dtype=torch.float32, device=ids.device)
-                shared = allowed.nonzero().squeeze(1)
-                q[:n, to_target[shared]] = proposed[b].q[start:start + n][:, shared]
-            drafts[i] = Draft(tokens=ids.tolist(), q=q)
+                q = torch.zeros(1 + n, vocab_t, dtype=torch.float32, device=proposed[b].q.device)
+                q[:n, shared_target] = proposed[b].q[start:start + n][:, shared]
+            drafts[i] = Draft(tokens=[to_target[d] for d in drafted[start:start + n]], q=q)
         return drafts, passes
 
     def accepted(self, seqs, old_lengths, result):
