@@ -104,14 +104,18 @@ class TranslatingDrafter:
         return self.max_target_tokens + 1
 
     # -- the view ---------------------------------------------------------------------------
-    def _sync(self, seq, new_target_ids) -> None:
-        """Absorb target tokens and re-encode the view's tail."""
+    def _sync(self, seq, new_target_ids) -> tuple[int, list[int]]:
+        """Absorb target tokens and re-encode the view's tail, in place:
+        O(lookbehind + new bytes), never the whole history. Returns (how many
+        leading draft tokens stayed, the old tokens after them)."""
         view = self.views[seq]
         gained = view.absorb(self.target.token_bytes(new_target_ids))
         old = view.ids
-        cut = self.draft.word_start(bytes(view.data))
+        # The last word lies in the last 64 bytes (word_start's window; 4 more for a character's start).
+        base = max(0, len(view.data) - 68)
+        cut = base + self.draft.word_start(bytes(view.data[base:]))
         if not gained or cut == view.cut:
-            return
+            return len(old), []
         keep = max(0, len(old) - self.lookbehind)
         while keep > 0 and (view.ends[keep - 1] > cut or not view.boundary(view.ends[keep - 1])):
             keep -= 1  # the draft token before the window ends inside a character (or past the cut)
@@ -123,11 +127,14 @@ class TranslatingDrafter:
         except (TokenizerMismatchError, UnicodeDecodeError) as e:
             raise TokenizerMismatchError(f"the draft tokenizer {self.draft!r} cannot encode the target's text "
                                          f"{tail[:40]!r}...: {e}") from None
-        ends, pos = view.ends[:keep], start
+        dropped = old[keep:]
+        del old[keep:], view.ends[keep:]
+        pos = start
         for i in fresh:
             pos += len(self.draft.token_bytes([i]))
-            ends.append(pos)
-        view.ids, view.ends = old[:keep] + fresh, ends
+            view.ends.append(pos)
+        old.extend(fresh)
+        return keep, dropped
 
     def start(self, seqs, history):
         raw = isinstance(self.draft, ByteTokenizer)
@@ -243,12 +250,13 @@ class TranslatingDrafter:
 
     def accepted(self, seqs, old_lengths, result):
         for s, new in zip(seqs, result.tokens):
-            held = self.views[s].ids + self._proposed[s][:-1]  # what the draft's cache may hold
-            self._sync(s, new)
-            fresh = self.views[s].ids
+            proposed = self._proposed[s]
+            kept, dropped = self._sync(s, new)
             if s in self._started:
-                keep = min(self.core.model.length(s), _common_prefix(held, fresh), len(fresh) - 1)
-                self.core.model.set_length(s, max(keep, 0))
+                # The cache may hold the old tokens and the drafts it was fed; the first `kept` are unchanged.
+                fresh = self.views[s].ids
+                same = kept + _common_prefix(dropped + proposed[:-1], fresh[kept:])
+                self.core.model.set_length(s, max(min(self.core.model.length(s), same, len(fresh) - 1), 0))
 
     def finish(self, seq):
         if seq in self._started:
