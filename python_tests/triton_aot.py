@@ -18,11 +18,13 @@ BITS = {1: "*i8", 2: "*i16", 4: "*i32"}
 
 
 def compile_kernel(fn, pointers: dict, constexprs: dict, arch: int):
-    """Arguments not named in `pointers` (or other typed args) or `constexprs` are i32 scalars."""
+    """Arguments not named in `pointers` (or other typed args) or `constexprs` are i32 scalars.
+    BLOCK_M = 128 tiles launch with 8 warps, as the launcher does."""
     names = fn.arg_names
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
     src = ASTSource(fn, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32))
+    options = {"num_warps": 8} if constexprs.get("BLOCK_M") == 128 else {}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def kernels():
@@ -48,7 +50,8 @@ def kernels():
                     tree_mask="*i32", out=t, lse="*fp32", part_out="*fp32", part_lse="*fp32", scale_log2="fp32"),
                dict(HAS_MASK=has_mask, SPLIT=split, OUT_DTYPE=tl_dtype,
                     DOT_PRECISION="ieee" if name == "fp32" else "tf32", UPCAST=False,
-                    BLOCK_M=64, BLOCK_N=64 if head_dim <= 128 else 32, HEAD_DIM=head_dim))
+                    BLOCK_M=128 if head_dim == 128 else 64, BLOCK_N=64 if head_dim <= 128 else 32,
+                    HEAD_DIM=head_dim))
     for mode, has_q, has_uniforms, logits, probs, mapped in (
             (0, False, False, "*bf16", False, False), (1, True, False, "*bf16", False, False),
             (1, False, True, "*fp32", False, False), (2, False, True, "*fp16", False, False),

@@ -4,8 +4,10 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "specdec/tree_attention.cuh"
+#include "specdec/tree_attention_mma.cuh"
 #include "specdec/tree_attention_cuda.h"
 
 namespace specdec {
@@ -25,35 +27,76 @@ struct DeviceInfo {
   int device;
   int sms;
   int smem_optin;
+  int cc_major;
 };
 
-// SM count and opt-in shared memory of the current device, queried once per
-// device (attribute queries do not synchronise).
+// The kernel a launch runs: the tensor-core kernel (fp16 / bf16 on compute
+// capability 8.0+) with one or two 16-row m-tiles per warp, else the CUDA-core
+// kernel. Rows per query tile, shared memory and residency per SM with it.
+struct Kernel {
+  const void* func = nullptr;
+  bool mma = false;
+  int warps = 4;  // 32 threads each
+  int rows_per_tile = 0;
+  size_t smem = 0;
+  int variant = 0;  // dtype, head dim and kind: an index for per-kernel caches
+};
+constexpr int kKernelVariants = 3 * 3 * 3;
+
+// SM count, opt-in shared memory and compute capability of the current
+// device, queried once per device (attribute queries do not synchronise).
 cudaError_t device_info(DeviceInfo* info) {
-  static std::atomic<int> sms_cache[kMaxCachedDevices];
-  static std::atomic<int> smem_cache[kMaxCachedDevices];
+  static std::atomic<int> cache[kMaxCachedDevices][3];
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
   const bool cached = dev >= 0 && dev < kMaxCachedDevices;
+  int v[3] = {0, 0, 0};
   if (cached) {
-    const int sms = sms_cache[dev].load(std::memory_order_relaxed);
-    const int smem = smem_cache[dev].load(std::memory_order_relaxed);
-    if (sms > 0 && smem > 0) {
-      *info = DeviceInfo{dev, sms, smem};
-      return cudaSuccess;
+    for (int i = 0; i < 3; ++i) v[i] = cache[dev][i].load(std::memory_order_relaxed);
+  }
+  if (v[0] <= 0 || v[1] <= 0 || v[2] <= 0) {
+    const cudaDeviceAttr attrs[3] = {cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                     cudaDevAttrComputeCapabilityMajor};
+    for (int i = 0; i < 3; ++i) {
+      err = cudaDeviceGetAttribute(&v[i], attrs[i], dev);
+      if (err != cudaSuccess) return err;
+      if (cached) cache[dev][i].store(v[i], std::memory_order_relaxed);
     }
   }
-  int sms = 0, smem = 0;
-  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (err != cudaSuccess) return err;
-  if (cached) {
-    sms_cache[dev].store(sms, std::memory_order_relaxed);
-    smem_cache[dev].store(smem, std::memory_order_relaxed);
+  *info = DeviceInfo{dev, v[0] > 0 ? v[0] : 1, v[1], v[2]};
+  return cudaSuccess;
+}
+
+// Raises the kernel's dynamic shared-memory limit once per (kernel variant,
+// device): the attribute stays set for the process.
+cudaError_t allow_smem(const Kernel& k, const DeviceInfo& info) {
+  if (k.smem > size_t(info.smem_optin)) return cudaErrorInvalidValue;
+  if (k.smem <= 48 * 1024) return cudaSuccess;
+  static std::atomic<bool> done[kMaxCachedDevices][kKernelVariants];
+  const bool cached = info.device >= 0 && info.device < kMaxCachedDevices;
+  if (cached && done[info.device][k.variant].load(std::memory_order_relaxed)) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(k.func, cudaFuncAttributeMaxDynamicSharedMemorySize, int(k.smem));
+  if (err == cudaSuccess && cached) done[info.device][k.variant].store(true, std::memory_order_relaxed);
+  return err;
+}
+
+// Resident CTAs per SM of `k` (registers, shared memory, threads), once per
+// (kernel variant, device). The limit is raised first: the query counts
+// against the function's current one.
+cudaError_t ctas_per_sm(const Kernel& k, const DeviceInfo& info, int* out) {
+  static std::atomic<int> cache[kMaxCachedDevices][kKernelVariants];
+  const bool cached = info.device >= 0 && info.device < kMaxCachedDevices;
+  int v = cached ? cache[info.device][k.variant].load(std::memory_order_relaxed) : 0;
+  if (v <= 0) {
+    cudaError_t err = allow_smem(k, info);
+    if (err != cudaSuccess) return err;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, k.func, 32 * k.warps, k.smem);
+    if (err != cudaSuccess) return err;
+    v = std::max(v, 1);
+    if (cached) cache[info.device][k.variant].store(v, std::memory_order_relaxed);
   }
-  *info = DeviceInfo{dev, sms > 0 ? sms : 1, smem};
+  *out = v;
   return cudaSuccess;
 }
 
@@ -104,17 +147,42 @@ cudaError_t validate(const TreeAttentionArgs& a) {
   return cudaSuccess;
 }
 
-int rows_per_tile_for(const TreeAttentionArgs& a) {
-  int rows = 0;
-  dispatch(a, [&](auto tag) {
-    using Tg = decltype(tag);
-    rows = ta::Config<typename Tg::type, Tg::dim>::kRows;
-    return cudaSuccess;
-  });
-  return rows;
+template <typename T, int D>
+Kernel pick_kernel(int cc_major, int64_t rows_per_seq) {
+  Kernel k;
+  const int base = 3 * ((std::is_same<T, __half>::value ? 0 : std::is_same<T, float>::value ? 2 : 1) * 3 +
+                        (D == 64 ? 0 : D == 128 ? 1 : 2));
+  if constexpr (!std::is_same<T, float>::value) {
+    if (cc_major >= 8) {
+      k.mma = true;
+      if constexpr (D <= 128) {
+        if (rows_per_seq > ta::MmaConfig<T, D, 4>::kRows) {
+          using C = ta::MmaConfig<T, D, 8>;
+          k.func = reinterpret_cast<const void*>(ta::tree_attention_mma_kernel<T, D, 8>);
+          k.warps = 8;
+          k.rows_per_tile = C::kRows;
+          k.smem = C::kSmemBytes;
+          k.variant = base + 2;
+          return k;
+        }
+      }
+      using C = ta::MmaConfig<T, D, 4>;
+      k.func = reinterpret_cast<const void*>(ta::tree_attention_mma_kernel<T, D, 4>);
+      k.rows_per_tile = C::kRows;
+      k.smem = C::kSmemBytes;
+      k.variant = base + 1;
+      return k;
+    }
+  }
+  k.func = reinterpret_cast<const void*>(ta::tree_attention_kernel<T, D>);
+  k.rows_per_tile = ta::Config<T, D>::kRows;
+  k.smem = ta::Config<T, D>::kSmemBytes;
+  k.variant = base;
+  return k;
 }
 
 struct Plan {
+  Kernel kernel;
   int splits = 1;
   int q_ctas = 1;
   int64_t main_ctas = 0;
@@ -125,21 +193,60 @@ struct Plan {
 
 int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
 
+// Flops per byte at which mma.sync fp16/bf16 work takes as long as HBM
+// traffic on A100 (312 TFLOP/s, 2.0 TB/s) and H100/H200 with mma.sync (about
+// 500 of the 990 dense TFLOP/s wgmma reaches, 3.35-4.8 TB/s): about 150.
+constexpr double kRidgeFlopsPerByte = 150.0;
+
+// KV splits (flash-decoding partitions) for `ctas` CTAs per split, `slots`
+// resident CTAs (one wave), `sms` SMs. The cost of s splits, in bytes, is
+//   max(KV bytes + partial bytes(s), flops / ridge) / min(1, ctas s / sms):
+// the KV is read once whatever s is; each split adds its fp32 partials (a
+// write and the merge's read); more splits keep more SMs busy, up to all of
+// them. The cheapest s with ctas s <= slots (never a second partial wave),
+// at most one per kMinKeysPerSplit keys of the reach, at most
+// kTreeAttentionMaxSplits; ties go to fewer splits.
+int plan_splits(const TreeAttentionArgs& a, size_t elem, int64_t ctas, int64_t slots, int sms) {
+  const int64_t reach = (a.max_blocks > 0 && a.block_size > 0) ? a.max_blocks * a.block_size : 0;
+  // The reach bounds every prefix; the average tree is added to it.
+  const double keys = double(reach) + double(a.num_tokens) / double(std::max<int64_t>(a.batch, 1));
+  const double kv_bytes = double(a.batch) * double(a.num_kv_heads) * keys * double(a.head_dim) * 2.0 * double(elem);
+  const double flops = 4.0 * double(a.num_tokens) * double(a.num_q_heads) * keys * double(a.head_dim);
+  const double partial_bytes = double(a.num_tokens) * double(a.num_q_heads) * double(a.head_dim + 1) * 4.0 * 2.0;
+  int64_t max_s = std::min<int64_t>(kTreeAttentionMaxSplits, std::max<int64_t>(1, reach / kMinKeysPerSplit));
+  max_s = std::min<int64_t>(max_s, std::max<int64_t>(1, slots / std::max<int64_t>(ctas, 1)));
+  int best = 1;
+  double best_cost = 0.0;
+  for (int64_t s = 1; s <= max_s; ++s) {
+    const double bytes = kv_bytes + (s > 1 ? double(s) * partial_bytes : 0.0);
+    const double busy = std::min(1.0, double(ctas * s) / double(sms));
+    const double cost = std::max(bytes, flops / kRidgeFlopsPerByte) / busy;
+    if (s == 1 || cost < best_cost * (1.0 - 1e-9)) {
+      best = int(s);
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
 // Grid and splits from host-known sizes (valid arguments, N > 0). `splits`
-// <= 0: the heuristic, which aims at ~2 waves of CTAs: as many splits as it
-// takes to lift batch * Hkv * query-tile CTAs to 2 * SMs, at most one per
-// kMinKeysPerSplit keys of the block table's reach, at most kMaxSplits.
-cudaError_t make_plan(const TreeAttentionArgs& a, int sms, int splits, Plan* plan) {
+// <= 0: plan_splits.
+cudaError_t make_plan(const TreeAttentionArgs& a, const DeviceInfo& info, int splits, Plan* plan) {
   Plan p;
   const int64_t n = a.num_tokens;
   const int64_t group = a.num_q_heads / a.num_kv_heads;
-  const int64_t rows_per_tile = rows_per_tile_for(a);
   p.rows = n * a.num_q_heads;
   if (a.batch > 0) {
     // Query-tile CTAs per (sequence, KV head, split): enough for the average
     // tree (exact when all trees have the same size); longer trees loop.
     const int64_t t_cap = std::min<int64_t>(n, kMaxTreeLen);
     const int64_t t_avg = std::min<int64_t>(ceil_div(n, a.batch), t_cap);
+    dispatch(a, [&](auto tag) {
+      using Tg = decltype(tag);
+      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info.cc_major, t_avg * group);
+      return cudaSuccess;
+    });
+    const int64_t rows_per_tile = p.kernel.rows_per_tile;
     const int64_t q_max = ceil_div(t_cap * group, rows_per_tile);
     const int64_t q_ctas = std::max<int64_t>(1, std::min<int64_t>(ceil_div(t_avg * group, rows_per_tile), q_max));
     const double per_split = double(a.batch) * double(a.num_kv_heads) * double(q_ctas);
@@ -147,18 +254,22 @@ cudaError_t make_plan(const TreeAttentionArgs& a, int sms, int splits, Plan* pla
     p.q_ctas = int(q_ctas);
     const int64_t ctas = a.batch * a.num_kv_heads * q_ctas;
     if (splits <= 0) {
-      const int64_t target = 2 * int64_t(sms);
-      int64_t s = ctas >= target ? 1 : ceil_div(target, ctas);
-      const int64_t reach = (a.max_blocks > 0 && a.block_size > 0) ? a.max_blocks * a.block_size : 0;
-      s = std::min<int64_t>(s, std::max<int64_t>(1, ceil_div(reach, kMinKeysPerSplit)));
-      s = std::min<int64_t>(s, kTreeAttentionMaxSplits);
-      splits = int(std::max<int64_t>(1, s));
+      int per_sm = 1;
+      const cudaError_t err = ctas_per_sm(p.kernel, info, &per_sm);
+      if (err != cudaSuccess) return err;
+      const int64_t slots = int64_t(per_sm) * info.sms;
+      splits = plan_splits(a, a.dtype == DType::kFloat32 ? 4 : 2, ctas, slots, info.sms);
     }
     if (splits > kTreeAttentionMaxSplits) return cudaErrorInvalidValue;
     if (double(ctas) * splits > double(kMaxGrid)) return cudaErrorInvalidValue;
     p.main_ctas = ctas * splits;
   } else {
     splits = 1;  // no sequence: every token is uncovered
+    dispatch(a, [&](auto tag) {
+      using Tg = decltype(tag);
+      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info.cc_major, 0);
+      return cudaSuccess;
+    });
   }
   p.splits = splits;
   if (splits > 1) {
@@ -186,21 +297,6 @@ bool vector_loads_ok(const TreeAttentionArgs& a, size_t elem) {
 template <typename T, int D>
 cudaError_t launch(const TreeAttentionArgs& a, const Plan& plan, const DeviceInfo& info, void* workspace,
                    cudaStream_t stream) {
-  using C = ta::Config<T, D>;
-  const size_t smem = C::kSmemBytes;
-  if (smem > size_t(info.smem_optin)) return cudaErrorInvalidValue;
-  if (smem > 48 * 1024) {
-    // Once per device: the attribute stays set for the process.
-    static std::atomic<uint64_t> done{0};
-    const uint64_t bit = info.device < 64 ? (uint64_t(1) << info.device) : 0;
-    if (bit == 0 || (done.load(std::memory_order_relaxed) & bit) == 0) {
-      const cudaError_t err = cudaFuncSetAttribute(ta::tree_attention_kernel<T, D>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-      if (err != cudaSuccess) return err;
-      done.fetch_or(bit, std::memory_order_relaxed);
-    }
-  }
-
   ta::Params p{};
   p.a = a;
   p.num_splits = plan.splits;
@@ -215,8 +311,17 @@ cudaError_t launch(const TreeAttentionArgs& a, const Plan& plan, const DeviceInf
 
   const int64_t grid = plan.main_ctas + plan.fill_ctas;
   if (grid > 0) {
-    ta::tree_attention_kernel<T, D><<<unsigned(grid), ta::kThreads, smem, stream>>>(p);
-    const cudaError_t err = cudaGetLastError();
+    void (*kernel)(const ta::Params) = ta::tree_attention_kernel<T, D>;
+    if constexpr (!std::is_same<T, float>::value) {
+      if (plan.kernel.mma) kernel = ta::tree_attention_mma_kernel<T, D, 4>;
+      if constexpr (D <= 128) {
+        if (plan.kernel.mma && plan.kernel.warps == 8) kernel = ta::tree_attention_mma_kernel<T, D, 8>;
+      }
+    }
+    cudaError_t err = allow_smem(plan.kernel, info);
+    if (err != cudaSuccess) return err;
+    kernel<<<unsigned(grid), unsigned(32 * plan.kernel.warps), plan.kernel.smem, stream>>>(p);
+    err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   if (plan.splits > 1) {
@@ -237,7 +342,7 @@ cudaError_t plan_for(const TreeAttentionArgs& a, int splits, DeviceInfo* info, P
   }
   err = device_info(info);
   if (err != cudaSuccess) return err;
-  return make_plan(a, info->sms, splits, plan);
+  return make_plan(a, *info, splits, plan);
 }
 
 size_t workspace_bytes_impl(const TreeAttentionArgs& a, int splits, int* num_splits_out) {

@@ -516,6 +516,42 @@ void check_launcher_edges(cudaStream_t stream) {
   CUDA_OK(cudaGetLastError());
 }
 
+// The split planner (host only: no launch). Shapes of a real step, fp16,
+// D = 128, Hkv = 8, a 4096-token reach: decode at batch 1 must fill the SMs
+// (as many splits as the reach allows, 16 of at least 256 keys); a big batch
+// fills them without splits; a 64-node tree with G = 4 (256 rows, compute
+// bound) splits, but its fp32 partials cap the count below the decode's.
+void check_planner() {
+  g_case = "split planner";
+  Check ck("split planner");
+  DeviceMem dummy(4096);
+  auto args = [&](int64_t batch, int64_t tree, int64_t group) {
+    specdec::TreeAttentionArgs a{};
+    a.dtype = DType::kFloat16;
+    a.q = a.out = dummy.get();
+    a.k_cache = a.v_cache = dummy.get();
+    a.lse = reinterpret_cast<float*>(dummy.get());
+    a.qo_indptr = a.prefix_lens = a.block_table = reinterpret_cast<const int32_t*>(dummy.get());
+    a.batch = batch;
+    a.num_tokens = batch * tree;
+    a.num_kv_heads = 8;
+    a.num_q_heads = 8 * group;
+    a.head_dim = 128;
+    a.block_size = 16;
+    a.max_blocks = 256;
+    a.num_blocks = 1 << 20;
+    return a;
+  };
+  int splits = 0;
+  specdec::tree_attention_cuda_workspace_bytes(args(1, 1, 4), &splits);
+  if (splits != 16) ck.fail("decode, batch 1: %d splits, want 16", splits);
+  specdec::tree_attention_cuda_workspace_bytes(args(128, 4, 4), &splits);
+  if (splits != 1) ck.fail("batch 128: %d splits, want 1", splits);
+  specdec::tree_attention_cuda_workspace_bytes(args(1, 64, 4), &splits);
+  if (splits < 2 || splits >= 16) ck.fail("64-node tree, G 4, batch 1: %d splits, want 2..15", splits);
+  std::printf("ok? %-4s split planner\n", ck.bad ? "NO" : "yes");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -671,6 +707,7 @@ int main(int argc, char** argv) {
   }
 
   check_launcher_edges(stream);
+  check_planner();
   CUDA_OK(cudaStreamDestroy(stream));
   std::printf("test_tree_attention_cuda: %s (%d failures)\n", g_failures == 0 ? "PASSED" : "FAILED", g_failures);
   return g_failures == 0 ? 0 : 1;

@@ -1,8 +1,9 @@
 """Triton tree attention.
 
-One program per (sequence, KV head, query tile, KV split). Its query tile
-packs (tree token, query head of the group) pairs into BLOCK_M rows, so each
-K/V tile of the prefix is read once for all tree queries of all query heads
+One program per (sequence, KV head, KV split) for trees of up to 128 rows
+(more query tiles, and programs, for larger ones). Its query tile packs
+(tree token, query head of the group) pairs into BLOCK_M rows, so each K/V
+tile of the prefix is read once for all tree queries of all query heads
 sharing that KV head. The prefix needs no mask; tree positions test the
 packed mask bits (or causality). Long KV ranges with few programs split across
 programs (flash-decoding) and merge by log-sum-exp in a second kernel.
@@ -155,9 +156,17 @@ def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr, tre
     if num_tokens == 0 or batch == 0 or max_blocks == 0:
         return out, lse
 
-    block_m = 64 if q.is_cuda else 16
+    # A query tile covers all (tree node, q head) rows of the average tree,
+    # up to 128 (64 at D = 256), so one program per (sequence, KV head,
+    # split) reads each K/V tile once for all of them; longer trees loop over
+    # more tiles in the same programs.
+    rows = min(triton.cdiv(num_tokens, batch), MAX_TREE_LEN) * group
+    if q.is_cuda:
+        block_m = min(128 if head_dim <= 128 else 64, max(16, triton.next_power_of_2(rows)))
+    else:
+        block_m = 16
     block_n = 64 if q.is_cuda and head_dim <= 128 else 32 if q.is_cuda else 16
-    num_q_programs = triton.cdiv(min(num_tokens, MAX_TREE_LEN) * group, block_m)
+    num_q_programs = triton.cdiv(rows, block_m)
     kv_bound = max_blocks * block_size
     split_len = split_len or (KV_SPLIT_LEN if q.is_cuda else kv_bound)
     split_len = triton.cdiv(split_len, block_n) * block_n
@@ -183,6 +192,7 @@ def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr, tre
         DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32",
         UPCAST=upcast,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
+        num_warps=8 if block_m == 128 else 4,
     )
     if splits > 1:
         _merge_splits_kernel[(num_tokens * num_q_heads,)](

@@ -3,6 +3,11 @@
 // runtime can instantiate them in its own translation units. Launchers:
 // csrc/cuda/tree_attention.cu. Contract: specdec/tree_attention.h.
 //
+// This header has what both kernels share (parameters, the fill role, the
+// split merge) and the CUDA-core kernel, tree_attention_kernel, which runs
+// fp32 and any dtype on devices below compute capability 8.0. fp16 / bf16 on
+// sm_80+ take the tensor-core kernel in tree_attention_mma.cuh.
+//
 // Work decomposition. One CTA per (sequence b, KV head, KV split, query-tile
 // slot). The rows of a sequence and KV head are the T_b x G pairs (tree query
 // i, q head g of the KV head's group), i-major: row r = (i, g) = (r / G, r % G).
@@ -22,9 +27,7 @@
 // Per key tile (kKeyTile = 32 keys): K and V rows -> shared memory (zeros for
 // keys that map outside the block table or the pool), S = Q K^T (fp32),
 // online softmax with running max per row (one warp per row, lane = key),
-// O += P V with O kept in shared memory as fp32. S and P V use tensor cores
-// (nvcuda::wmma 16x16x16, fp32 accumulate) for fp16/bf16 on sm_80+, CUDA-core
-// FMAs for fp32 (and below sm_80, or with SPECDEC_TREE_ATTN_NO_MMA defined).
+// O += P V with O kept in shared memory as fp32, all on CUDA cores.
 //
 // Tokens no sequence owns (sequence_of_token(t) < 0) get out = 0 and
 // lse = -inf from the merge kernel (split mode) or from extra "fill" CTAs at
@@ -34,7 +37,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -43,12 +45,6 @@
 
 #include "specdec/paged_index.h"
 #include "specdec/tree_attention.h"
-
-#if !defined(SPECDEC_TREE_ATTN_NO_MMA) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
-#define SPECDEC_TREE_ATTN_WMMA 1
-#else
-#define SPECDEC_TREE_ATTN_WMMA 0
-#endif
 
 namespace specdec {
 namespace kernels {
@@ -72,8 +68,7 @@ struct Config {
   static constexpr bool kShareKV = kFloat && D == 256;
   static constexpr int kVec = 16 / int(sizeof(T));  // elements per 16-byte vector
   static constexpr int kLdT = D + kVec;             // Q, K, V rows: +16 B against bank conflicts
-  static constexpr int kLdS = kKeyTile + 4;         // S rows (fp32); P (T) reuses them in place
-  static constexpr int kLdP = kFloat ? kLdS : 2 * kLdS;  // P row stride in P's element type
+  static constexpr int kLdS = kKeyTile + 4;         // S rows (fp32); P reuses them in place
   static constexpr int kLdO = D + 4;                // O rows (fp32)
 
   static constexpr size_t kOffQ = 0;
@@ -90,7 +85,6 @@ struct Config {
   static constexpr size_t kOffKeyNode = kOffKeyOff + size_t(kKeyTile) * sizeof(int64_t);
   static constexpr size_t kSmemBytes = align128(kOffKeyNode + size_t(kKeyTile) * sizeof(int32_t));
 
-  static_assert(kRows % 16 == 0 || kFloat, "wmma tiles need 16-row multiples");
   static_assert(kRows % kWarps == 0, "rows are dealt to warps");
   static_assert(kThreads % (D / 4) == 0 && kRows % (kThreads / (D / 4)) == 0, "P V thread mapping");
   static_assert(kSmemBytes <= 99 * 1024, "tile does not fit the smallest opt-in shared memory");
@@ -237,67 +231,6 @@ __device__ __forceinline__ void fma_pv(const float* sP, const T* sV, float* sO, 
   }
 }
 
-// S = Q K^T with wmma (fp16/bf16 in, fp32 out). Q row-major [kRows, D] (ldm
-// kLdT), K^T as a col-major [D, kKeyTile] matrix (K rows are its columns).
-// Every fragment pointer is 32-byte aligned: 16-row steps of the padded
-// strides and 16-element column steps are multiples of 32 bytes.
-template <typename T, int D>
-__device__ __forceinline__ void mma_scores(const T* sQ, const T* sK, float* sS, int warp) {
-#if SPECDEC_TREE_ATTN_WMMA
-  using namespace nvcuda;
-  using C = Config<T, D>;
-  constexpr int kColTiles = kKeyTile / 16;
-  constexpr int kTiles = (C::kRows / 16) * kColTiles;
-  for (int tile = warp; tile < kTiles; tile += kWarps) {
-    const int rt = tile / kColTiles;
-    const int ct = tile % kColTiles;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-#pragma unroll 4
-    for (int k = 0; k < D; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
-      wmma::load_matrix_sync(fa, sQ + rt * 16 * C::kLdT + k, C::kLdT);
-      wmma::load_matrix_sync(fb, sK + ct * 16 * C::kLdT + k, C::kLdT);
-      wmma::mma_sync(acc, fa, fb, acc);
-    }
-    wmma::store_matrix_sync(sS + rt * 16 * C::kLdS + ct * 16, acc, C::kLdS, wmma::mem_row_major);
-  }
-#else
-  (void)sQ; (void)sK; (void)sS; (void)warp;
-#endif
-}
-
-// O += P V with wmma: P row-major [kRows, kKeyTile] in T (ldm kLdP), V
-// row-major [kKeyTile, D] (ldm kLdT), O fp32 row-major in shared memory.
-template <typename T, int D>
-__device__ __forceinline__ void mma_pv(const T* sP, const T* sV, float* sO, int warp) {
-#if SPECDEC_TREE_ATTN_WMMA
-  using namespace nvcuda;
-  using C = Config<T, D>;
-  constexpr int kColTiles = D / 16;
-  constexpr int kTiles = (C::kRows / 16) * kColTiles;
-  for (int tile = warp; tile < kTiles; tile += kWarps) {
-    const int rt = tile / kColTiles;
-    const int ct = tile % kColTiles;
-    float* o = sO + rt * 16 * C::kLdO + ct * 16;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::load_matrix_sync(acc, o, C::kLdO, wmma::mem_row_major);
-#pragma unroll
-    for (int k = 0; k < kKeyTile; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
-      wmma::load_matrix_sync(fa, sP + rt * 16 * C::kLdP + k, C::kLdP);
-      wmma::load_matrix_sync(fb, sV + k * C::kLdT + ct * 16, C::kLdT);
-      wmma::mma_sync(acc, fa, fb, acc);
-    }
-    wmma::store_matrix_sync(o, acc, C::kLdO, wmma::mem_row_major);
-  }
-#else
-  (void)sP; (void)sV; (void)sO; (void)warp;
-#endif
-}
-
 // ------------------------------------------------------------ fill role
 
 // Tokens no sequence owns: out = 0, lse = -inf. One thread tests one token;
@@ -328,7 +261,6 @@ __device__ void fill_uncovered(const Params& p, int64_t fill_idx) {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 2) tree_attention_kernel(const Params p) {
   using C = Config<T, D>;
-  constexpr bool kMma = SPECDEC_TREE_ATTN_WMMA && !std::is_same<T, float>::value;
   constexpr int kRows = C::kRows;
   constexpr int kVec = C::kVec;
   constexpr float kNegInf = -INFINITY;
@@ -473,11 +405,7 @@ __global__ void __launch_bounds__(kThreads, 2) tree_attention_kernel(const Param
       }
       __syncthreads();
 
-      if constexpr (kMma) {
-        mma_scores<T, D>(sQ, sK, sS, warp);
-      } else {
-        fma_scores<T, D>(sQ, sK, sS, warp, lane);
-      }
+      fma_scores<T, D>(sQ, sK, sS, warp, lane);
       __syncthreads();
 
       if constexpr (C::kShareKV) {  // S is done with K: V takes its buffer
@@ -490,8 +418,8 @@ __global__ void __launch_bounds__(kThreads, 2) tree_attention_kernel(const Param
       }
 
       // Online softmax: warp per row, lane = key. P overwrites S in place
-      // (as T for wmma, at half the byte offset: each lane has read its S
-      // before the shuffles, and __syncwarp orders the writes after them).
+      // (each lane has read its S before the shuffles, and __syncwarp orders
+      // the writes after them).
       for (int r = warp; r < kRows; r += kWarps) {
         const int32_t tok = sRowTok[r];
         float s = kNegInf;
@@ -518,11 +446,7 @@ __global__ void __launch_bounds__(kThreads, 2) tree_attention_kernel(const Param
         }
         const float sum = warp_sum(pr);
         __syncwarp();
-        if constexpr (kMma) {
-          reinterpret_cast<T*>(sS + r * C::kLdS)[lane] = from_float<T>(pr);
-        } else {
-          sS[r * C::kLdS + lane] = pr;
-        }
+        sS[r * C::kLdS + lane] = pr;
         if (lane == 0) {
           sM[r] = m_new;
           sL[r] = sL[r] * alpha + sum;
@@ -533,11 +457,7 @@ __global__ void __launch_bounds__(kThreads, 2) tree_attention_kernel(const Param
       }
       __syncthreads();
 
-      if constexpr (kMma) {
-        mma_pv<T, D>(reinterpret_cast<const T*>(sS), sV, sO, warp);
-      } else {
-        fma_pv<T, D>(sS, sV, sO, tid);
-      }
+      fma_pv<T, D>(sS, sV, sO, tid);
       // No barrier here: the next tile's key meta touches nothing P V reads,
       // and the barrier after it precedes every write P V could race with.
     }

@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdarg>
@@ -122,6 +123,15 @@ struct Fiber {
   unsigned char* stack = nullptr;   // [stack, stack + kStackBytes), a guard page below
   Context ctx;
   void* tsan = nullptr;
+  // cp.async copies issued and not yet completed (group 0: not committed).
+  struct Copy {
+    unsigned char* dst;
+    int bytes;
+    uint64_t group;
+    unsigned char data[16];
+  };
+  std::vector<Copy> copies;
+  uint64_t groups = 0;  // commit groups closed so far
 };
 
 struct Warp {
@@ -131,6 +141,10 @@ struct Warp {
   std::atomic<uint64_t> gen{0};
   std::atomic<uint64_t> vals[32];
   std::atomic<unsigned> src[32];
+  // warp_gather's registers, one buffer per generation parity: a lane reads
+  // generation g's right after it, before it can reach generation g + 1, and
+  // g + 2 (the next writer of the buffer) needs every lane past g + 1.
+  std::atomic<uint32_t> regs[2][32][kMaxGatherWords];
   char sync[2];  // __syncwarp's happens-before, one per generation parity
 };
 
@@ -282,6 +296,7 @@ void complete_barrier(Worker& w) {
 void thread_exit(Worker& w, Fiber& f) {
   Warp& wp = w.warps[f.tid / 32];
   const uint32_t bit = 1u << (f.tid % 32);
+  if (!f.copies.empty()) fail("returned with %zu cp.async copies not waited for", f.copies.size());
   st(wp.exited, ld(wp.exited) | bit);
   if (ld(wp.arrived) != 0u && (ld(wp.mask) & bit) != 0u)
     fail("returned while lanes 0x%08x wait for it in a warp intrinsic with mask 0x%08x", ld(wp.arrived),
@@ -312,6 +327,7 @@ const char* op_name(int op) {
     case WarpOp::kShuffle: return "a shuffle";
     case WarpOp::kBallot: return "a ballot";
     case WarpOp::kConverge: return "a WMMA call";
+    case WarpOp::kGather: return "an mma.sync / ldmatrix";
   }
   return "?";
 }
@@ -584,6 +600,122 @@ uint64_t warp_exchange(WarpOp op, uint32_t mask, uint64_t bits, unsigned src) {
   return ld(f.result);
 }
 
+void warp_gather(const uint32_t* mine, int n, uint32_t* all) {
+  if (n < 1 || n > kMaxGatherWords) fail("warp_gather of %d words", n);
+  Worker& w = *t_worker;
+  Fiber& f = self();
+  Warp& wp = w.warps[f.tid / 32];
+  const unsigned lane = f.tid % 32;
+  const unsigned par = unsigned(ld(wp.gen) & 1);
+  for (int i = 0; i < n; ++i) st(wp.regs[par][lane][i], mine[i]);
+  warp_exchange(WarpOp::kGather, 0xffffffffu, 0, 0);
+  for (unsigned l = 0; l < 32; ++l)
+    for (int i = 0; i < n; ++i) all[l * unsigned(n) + unsigned(i)] = ld(wp.regs[par][l][i]);
+}
+
+bool in_shared(const void* p, size_t bytes) {
+  const Worker& w = *t_worker;
+  const auto* b = static_cast<const unsigned char*>(p);
+  if (w.dyn != nullptr && b >= w.dyn && b + bytes <= w.dyn + w.dyn_bytes) return true;
+  for (int i = 0; i < ld(w.n_statics); ++i) {
+    // Static allocations are keyed by their declaration; their size is not
+    // kept, so only the start is checked against them (ASan sees overruns).
+    if (b == ld(w.statics[i].mem)) return true;
+  }
+  return false;
+}
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of %d bytes (4, 8 or 16)", bytes);
+  if (src_bytes < 0 || src_bytes > bytes) fail("cp.async src-size %d of a %d-byte copy", src_bytes, bytes);
+  if (reinterpret_cast<uintptr_t>(dst) % unsigned(bytes) != 0 || reinterpret_cast<uintptr_t>(src) % unsigned(bytes) != 0)
+    fail("cp.async: %d-byte copy %p <- %p is not %d-byte aligned", bytes, dst, src, bytes);
+  if (!in_shared(dst, size_t(bytes))) fail("cp.async: destination %p is not in the block's shared memory", dst);
+  Fiber::Copy c{static_cast<unsigned char*>(dst), bytes, 0, {}};
+  if (src_bytes > 0) std::memcpy(c.data, src, size_t(src_bytes));
+  self().copies.push_back(c);
+}
+
+void cp_async_commit() {
+  Fiber& f = self();
+  ++f.groups;
+  for (auto& c : f.copies)
+    if (c.group == 0) c.group = f.groups;
+}
+
+void cp_async_wait(int pending) {
+  Fiber& f = self();
+  if (pending < 0) fail("cp.async.wait_group %d", pending);
+  const uint64_t done = f.groups > uint64_t(pending) ? f.groups - uint64_t(pending) : 0;
+  size_t kept = 0;
+  for (size_t i = 0; i < f.copies.size(); ++i) {
+    Fiber::Copy& c = f.copies[i];
+    if (c.group != 0 && c.group <= done) {
+      std::memcpy(c.dst, c.data, size_t(c.bytes));
+    } else {
+      f.copies[kept++] = c;
+    }
+  }
+  f.copies.resize(kept);
+}
+
+void ldmatrix(uint32_t* r, int num, bool trans, const void* row_addr) {
+  if (num != 1 && num != 2 && num != 4) fail("ldmatrix .x%d", num);
+  if (reinterpret_cast<uintptr_t>(row_addr) % 16 != 0) fail("ldmatrix: row address %p is not 16-byte aligned", row_addr);
+  if (!in_shared(row_addr, 16)) fail("ldmatrix: row address %p is not in the block's shared memory", row_addr);
+  uint32_t mine[2], all[64];
+  const uintptr_t a = reinterpret_cast<uintptr_t>(row_addr);
+  mine[0] = uint32_t(a);
+  mine[1] = uint32_t(uint64_t(a) >> 32);
+  warp_gather(mine, 2, all);
+  auto row = [&](unsigned l) {
+    return reinterpret_cast<const unsigned char*>(uintptr_t(all[2 * l]) | (uintptr_t(all[2 * l + 1]) << 32));
+  };
+  const unsigned l = lane();
+  for (int i = 0; i < num; ++i) {
+    uint16_t lo, hi;
+    if (!trans) {
+      const unsigned char* p = row(unsigned(8 * i) + l / 4) + 4 * (l % 4);
+      std::memcpy(&lo, p, 2);
+      std::memcpy(&hi, p + 2, 2);
+    } else {
+      std::memcpy(&lo, row(unsigned(8 * i) + 2 * (l % 4)) + 2 * (l / 4), 2);
+      std::memcpy(&hi, row(unsigned(8 * i) + 2 * (l % 4) + 1) + 2 * (l / 4), 2);
+    }
+    r[i] = uint32_t(lo) | (uint32_t(hi) << 16);
+  }
+}
+
+void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, bool bf16) {
+  uint32_t mine[6], all[32 * 6];
+  std::memcpy(mine, a, 16);
+  std::memcpy(mine + 4, b, 8);
+  warp_gather(mine, 6, all);
+  auto half_of = [&](unsigned l, int reg, int hi) {
+    const uint16_t bits = uint16_t(all[l * 6 + unsigned(reg)] >> (16 * hi));
+    if (bf16) {
+      __nv_bfloat16 v;
+      v.bits = bits;
+      return __bfloat162float(v);
+    }
+    __half v;
+    v.bits = bits;
+    return __half2float(v);
+  };
+  // A (16 x 16, row): element (r, k) is in lane (r % 8) * 4 + (k % 8) / 2,
+  // register (r / 8) + 2 (k / 8), half k % 2. B (16 x 8, col): element (k, n)
+  // in lane n * 4 + (k % 8) / 2, register 4 + k / 8, half k % 2.
+  auto A = [&](int r, int k) { return half_of(unsigned((r % 8) * 4 + (k % 8) / 2), r / 8 + 2 * (k / 8), k % 2); };
+  auto B = [&](int k, int n) { return half_of(unsigned(n * 4 + (k % 8) / 2), 4 + k / 8, k % 2); };
+  const int g = int(lane()) / 4, t = int(lane()) % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int r = g + 8 * (i / 2), n = 2 * t + i % 2;
+    float acc = d[i];
+    for (int k = 0; k < 16; ++k) acc += A(r, k) * B(k, n);
+    d[i] = acc;
+  }
+}
+
 void run_grid(const Config& c, const void* func, void (*body)(void*), void* ctx) {
   const uint64_t threads = uint64_t(c.block.x) * c.block.y * c.block.z;
   if (threads == 0 || threads > 1024 || c.block.x > 1024 || c.block.y > 1024 || c.block.z > 64 ||
@@ -656,6 +788,7 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int d) {
     case cudaDevAttrMultiProcessorCount: *v = emu::kSMs; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *v = int(emu::kDefaultDynamicSmem); return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = int(emu::kMaxDynamicSmem); return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
@@ -678,6 +811,12 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaSt
 cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int block, size_t smem) {
+  if (n == nullptr || block <= 0 || block > 1024) return cudaErrorInvalidValue;
+  const int by_threads = 2048 / block, by_smem = int((228 * 1024) / (smem + 1024));
+  *n = std::min(std::min(by_threads, 32), by_smem);
+  return cudaSuccess;
+}
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
   if (value < 0 || size_t(value) > emu::kMaxDynamicSmem) return cudaErrorInvalidValue;

@@ -64,6 +64,7 @@ struct alignas(8) float2 { float x, y; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 // ------------------------------------------------------------------ errors and runtime API
 enum cudaError_t {
@@ -78,7 +79,7 @@ typedef cudaError_t cudaError;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
                       cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlock = 8, cudaDevAttrMultiProcessorCount = 16,
-                      cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+                      cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct CUstream_st {};
 typedef CUstream_st* cudaStream_t;
@@ -120,7 +121,7 @@ void syncthreads();
 // The warp intrinsics. An exchange among the lanes of `mask`: every lane gives
 // `bits` and gets the bits of lane `src` (shuffles) or the ballot (src < 0).
 // Only __syncwarp orders memory (as documented); shuffles and ballots do not.
-enum class WarpOp { kSync, kShuffle, kBallot, kConverge };
+enum class WarpOp { kSync, kShuffle, kBallot, kConverge, kGather };
 uint64_t warp_exchange(WarpOp op, uint32_t mask, uint64_t bits, unsigned src);
 
 struct Config {
@@ -133,6 +134,30 @@ inline Config config(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t stream
 }
 
 void run_grid(const Config& c, const void* func, void (*body)(void*), void* ctx);
+
+// What mma.sync and ldmatrix do among the lanes of a warp: every lane of the
+// full warp gives n (<= kMaxGatherWords) 32-bit registers and gets all 32
+// lanes' (all[l * n + w]). Synchronises execution, orders no memory.
+constexpr int kMaxGatherWords = 8;
+void warp_gather(const uint32_t* mine, int n, uint32_t* all);
+// Whether [p, p + bytes) lies in the block's shared memory (dynamic or static).
+bool in_shared(const void* p, size_t bytes);
+// cp.async.cg.shared.global: `src_bytes` (<= bytes) of src are read now, the
+// rest of dst is zero-filled; dst is written only when a cp_async_wait
+// completes the copy's commit group (by this thread, so ThreadSanitizer sees a
+// reader on another thread that skipped the barrier after the wait). Copies
+// not yet committed are never completed by a wait; a thread that returns with
+// copies outstanding is an error.
+void cp_async(void* dst, const void* src, int bytes, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
+// ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16: lane 8 i + r gives
+// row r of matrix i; lane l gets, of matrix i, row l / 4, elements 2 (l % 4)
+// and + 1 (transposed: rows 2 (l % 4) and + 1 of column l / 4).
+void ldmatrix(uint32_t* r, int num, bool trans, const void* row_addr);
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: d += a b with the PTX
+// fragment layouts, fp32 accumulation in k order.
+void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, bool bf16);
 
 template <typename... P, typename... A>
 void launch(void (*kernel)(P...), const Config& c, A&&... args) {
@@ -298,6 +323,13 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
 template <typename... P>
 cudaError_t cudaFuncSetAttribute(void (*func)(P...), cudaFuncAttribute attr, int value) {
   return cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
+}
+// Resident blocks per SM from threads and shared memory only (the harness
+// knows no register counts): min(2048 / threads, 32, 228 KB / (smem + 1 KB)).
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void* func, int block, size_t smem);
+template <typename... P>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void (*func)(P...), int block, size_t smem) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, reinterpret_cast<const void*>(func), block, smem);
 }
 
 // ------------------------------------------------------------------ WMMA

@@ -1,0 +1,136 @@
+"""The per-tile model of the CUDA tree-attention kernel, for bench/NOTES.md.
+
+    python bench/attention_model.py [--device h200|a100] [--json out.json]
+
+For every shape bench_tree_attention.py runs on CUDA (Hq 32, Hkv 8, D 128, bf16;
+trees of 8, 64 and 120 nodes; prefix 1k..32k; batch 1, 8, 64) it prints the
+floor (bytes over HBM bandwidth, FLOPs over the mma.sync rate, the larger one),
+the launch the planner makes (warps per CTA, CTAs, KV splits) and the time the
+design should take by a simple model:
+
+  memory   all bytes moved (K/V once per (sequence, KV head), Q, out, the split
+           partials written and merged) over bandwidth x the fraction of SMs
+           that hold a CTA;
+  compute  waves x key tiles per CTA x the issue cycles of one tile on the
+           busiest sub-partition (each active warp: 64 HMMA.16816 at
+           hmma_cycles each, plus about 350 issue slots of masking, exp2,
+           rescale and ldmatrix), the CTAs an SM holds sharing its four
+           sub-partitions;
+  expected max(memory, compute) + launch latency (two launches with splits).
+
+Device numbers are datasheet leads, not measurements (no GPU ran this); the
+GPU run (bench/gpu_check.sh) measures both peaks and the kernel. The split
+rule is plan_splits in csrc/cuda/tree_attention.cu, restated here; the C++
+test (check_planner) pins three of its answers, and this model prints the same
+three shapes first, so a drift between the two shows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, asdict
+
+DEVICES = {
+    # SMs, clock (GHz), HBM (TB/s), mma.sync dense fp16/bf16 (TFLOP/s), cycles of one
+    # HMMA.16816 on one sub-partition, CTAs per SM for 4- and 8-warp CTAs (check_sass).
+    "h200": dict(sms=132, ghz=1.83, tbps=4.8, tflops=660.0, hmma_cycles=6.0, ctas4=2, ctas8=1),
+    "a100": dict(sms=108, ghz=1.41, tbps=2.0, tflops=312.0, hmma_cycles=8.0, ctas4=2, ctas8=1),
+}
+RIDGE = 150.0      # kRidgeFlopsPerByte in the launcher
+MIN_KEYS = 256     # kMinKeysPerSplit
+MAX_SPLITS = 32
+KEYS_PER_TILE = 32
+SOFTMAX_SLOTS = 350  # issue slots per warp per 32-key tile besides the HMMA
+LAUNCH_US = 2.5
+
+
+@dataclass
+class Row:
+    tree: int
+    prefix: int
+    batch: int
+    bytes: float
+    flops: float
+    floor_us: float
+    bound: str
+    warps: int
+    ctas: int
+    splits: int
+    memory_us: float
+    compute_us: float
+    expected_us: float
+    fraction_of_floor: float
+
+
+def plan_splits(batch, tokens, hq, hkv, d, reach, elem, ctas, slots, sms):
+    keys = reach + tokens / max(batch, 1)
+    kv_bytes = batch * hkv * keys * d * 2 * elem
+    flops = 4.0 * tokens * hq * keys * d
+    partial = tokens * hq * (d + 1) * 4.0 * 2.0
+    max_s = min(MAX_SPLITS, max(1, reach // MIN_KEYS), max(1, slots // max(ctas, 1)))
+    best, best_cost = 1, None
+    for s in range(1, max_s + 1):
+        cost = max(kv_bytes + (s * partial if s > 1 else 0.0), flops / RIDGE) / min(1.0, ctas * s / sms)
+        if best_cost is None or cost < best_cost * (1 - 1e-9):
+            best, best_cost = s, cost
+    return best
+
+
+def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16):
+    g = hq // hkv
+    rows = tree * g
+    warps = 8 if rows > 64 else 4
+    rows_per_cta = 16 * warps
+    q_ctas = math.ceil(rows / rows_per_cta)
+    ctas = batch * hkv * q_ctas
+    per_sm = dev["ctas4"] if warps == 4 else dev["ctas8"]
+    reach = math.ceil(prefix / block) * block
+    splits = plan_splits(batch, batch * tree, hq, hkv, d, reach, elem, ctas, per_sm * dev["sms"], dev["sms"])
+    keys = prefix + tree
+    kv = batch * hkv * keys * d * 2 * elem
+    q_out = 2 * batch * tree * hq * d * elem
+    partial = (splits * batch * tree * hq * (d + 1) * 4 * 2) if splits > 1 else 0
+    flops = 4.0 * batch * tree * hq * keys * d
+    bw, rate = dev["tbps"] * 1e12, dev["tflops"] * 1e12
+    floor = max((kv + q_out) / bw, flops / rate)
+    total_ctas = ctas * splits
+    busy = min(1.0, total_ctas / dev["sms"])
+    # q_ctas > 1 re-reads the prefix per query tile; the re-reads run together, so from L2.
+    memory = (kv + q_out + partial) / (bw * busy)
+    tiles = math.ceil(keys / splits / KEYS_PER_TILE)
+    active = min(warps, math.ceil(min(rows, rows_per_cta) / 16))
+    ctas_on_sm = min(per_sm, math.ceil(total_ctas / dev["sms"]))
+    waves = math.ceil(total_ctas / (per_sm * dev["sms"]))
+    warps_per_sp = math.ceil(active * ctas_on_sm / 4)
+    tile_cycles = warps_per_sp * (64 * dev["hmma_cycles"] + SOFTMAX_SLOTS)
+    compute = waves * tiles * tile_cycles / (dev["ghz"] * 1e9)
+    expected = max(memory, compute) + LAUNCH_US * 1e-6 * (2 if splits > 1 else 1)
+    return Row(tree, prefix, batch, kv + q_out, flops, floor * 1e6,
+               "memory" if (kv + q_out) / bw >= flops / rate else "compute", warps, total_ctas, splits,
+               memory * 1e6, compute * 1e6, expected * 1e6, floor / expected)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=sorted(DEVICES), default="h200")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    dev = DEVICES[args.device]
+    rows = [model(dev, t, p, b) for t in (8, 64, 120) for p in (1024, 4096, 16384, 32768) for b in (1, 8, 64)]
+    pinned = [(1, 4096, 1, 4), (4, 4096, 128, 4), (64, 4096, 1, 4)]
+    print(f"planner pins (device {args.device}): " + ", ".join(
+        f"T={t} P={p} B={b}: {model(dev, t, p, b).splits} splits" for t, p, b, _ in pinned))
+    print(f"| T | prefix | B | floor µs | bound | warps | CTAs | splits | memory µs | compute µs | expected µs | floor/expected |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.tree} | {r.prefix} | {r.batch} | {r.floor_us:.1f} | {r.bound} | {r.warps} | {r.ctas} | "
+              f"{r.splits} | {r.memory_us:.1f} | {r.compute_us:.1f} | {r.expected_us:.1f} | "
+              f"{r.fraction_of_floor:.0%} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "assumptions": dev, "rows": [asdict(r) for r in rows]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Checks the compiled CUDA kernels for what their design promises, without a GPU.
+
+    python tools/check_sass.py [--object tree_attention.cu.o] [--json out.json]
+
+Compiles csrc/cuda/tree_attention.cu for sm_80 and sm_90a with nvcc (or reads an
+object CMake built, --object), disassembles it with cuobjdump (the toolkit's, or
+the copy Triton ships), and checks every variant of the tree-attention kernels:
+
+- the tensor-core kernel (fp16 and bf16 alike) has ldmatrix (LDSM), mma.sync
+  (HMMA) and cp.async (LDGSTS) in its SASS;
+- no kernel spills: no local loads/stores (LDL/STL) and a zero stack frame;
+- registers x threads x the CTAs per SM its launch bounds promise fit the
+  65,536 registers of an SM, and the dynamic shared memory of those CTAs fits
+  the SM (164 KB on sm_80, 228 KB on sm_90a, 1 KB reserved per CTA) and a CTA
+  fits 99 KB (the sm_86/89 opt-in, so the sm_80 build runs there too). The
+  fp16/bf16 builds of the CUDA-core kernel are exempt (sm_80+ never runs them).
+
+Shared-memory sizes come from the kernels' own constexpr configurations: a small
+host program prints them through the CPU harness's headers (g++, seconds). Exit
+status 1 with a list of what failed; a table of every variant either way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU = ROOT / "csrc" / "tests" / "emu"
+ARCHS = ("sm_80", "sm_90a")
+SM_SMEM = {"sm_80": 164 * 1024, "sm_90a": 228 * 1024}
+SM_REGS = 65536
+CTA_SMEM_LIMIT = 99 * 1024
+RESERVED_SMEM = 1024
+
+# Kernel (demangled template arguments) -> threads, CTAs per SM promised by its
+# __launch_bounds__, SASS it must have.
+MMA = re.compile(r"tree_attention_mma_kernel<(__half|__nv_bfloat16), (\d+), (\d+)>")
+FMA = re.compile(r"tree_attention_kernel<(float|__half|__nv_bfloat16), (\d+)>")
+MERGE = re.compile(r"tree_attention_merge_kernel<(float|__half|__nv_bfloat16), (\d+)>")
+
+SMEM_PROGRAM = r"""
+#include <cstdio>
+#include "specdec/tree_attention_mma.cuh"
+namespace ta = specdec::kernels::tree_attn;
+template <typename T, int D, int W> void mma(const char* t) {
+  std::printf("tree_attention_mma_kernel<%s, %d, %d> %zu\n", t, D, W, ta::MmaConfig<T, D, W>::kSmemBytes);
+}
+template <typename T, int D> void fma(const char* t) {
+  std::printf("tree_attention_kernel<%s, %d> %zu\n", t, D, ta::Config<T, D>::kSmemBytes);
+}
+int main() {
+  mma<__half, 64, 4>("__half"); mma<__half, 64, 8>("__half"); mma<__half, 128, 4>("__half");
+  mma<__half, 128, 8>("__half"); mma<__half, 256, 4>("__half");
+  mma<__nv_bfloat16, 64, 4>("__nv_bfloat16"); mma<__nv_bfloat16, 64, 8>("__nv_bfloat16");
+  mma<__nv_bfloat16, 128, 4>("__nv_bfloat16"); mma<__nv_bfloat16, 128, 8>("__nv_bfloat16");
+  mma<__nv_bfloat16, 256, 4>("__nv_bfloat16");
+  fma<float, 64>("float"); fma<float, 128>("float"); fma<float, 256>("float");
+  fma<__half, 64>("__half"); fma<__half, 128>("__half"); fma<__half, 256>("__half");
+  fma<__nv_bfloat16, 64>("__nv_bfloat16"); fma<__nv_bfloat16, 128>("__nv_bfloat16");
+  fma<__nv_bfloat16, 256>("__nv_bfloat16");
+}
+"""
+
+
+def find_tool(name: str) -> str:
+    """cuobjdump / cu++filt: the PATH, the toolkit next to nvcc, then Triton's bundled copy."""
+    hit = shutil.which(name)
+    if hit:
+        return hit
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from cuda_toolkit import find_toolkit
+        cand = Path(find_toolkit().root) / "bin" / name
+        if cand.exists():
+            return str(cand)
+    except Exception:  # noqa: BLE001 - any failure: try the next place
+        pass
+    try:
+        import triton
+        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+        if cand.exists():
+            return str(cand)
+    except ImportError:
+        pass
+    raise SystemExit(f"check_sass: {name} not found (PATH, the CUDA toolkit, triton/backends/nvidia/bin)")
+
+
+def compile_object(out: Path) -> Path:
+    nvcc = shutil.which("nvcc") or find_tool("nvcc")
+    obj = out / "tree_attention.o"
+    cmd = [nvcc, "-c", "-O3", "-std=c++17", f"-I{ROOT / 'csrc' / 'include'}", "-o", str(obj),
+           str(ROOT / "csrc" / "cuda" / "tree_attention.cu")]
+    for a in ARCHS:
+        cmd[1:1] = [f"-gencode=arch=compute_{a[3:]},code={a}"]
+    subprocess.run(cmd, check=True)
+    return obj
+
+
+def smem_sizes(out: Path) -> dict[str, int]:
+    sys.path.insert(0, str(EMU))
+    import rewrite_cuda
+    headers = out / "include" / "specdec"
+    rewrite_cuda.main(["--headers", str(headers), str(ROOT / "csrc" / "include" / "specdec")])
+    src, exe = out / "smem.cpp", out / "smem"
+    src.write_text(SMEM_PROGRAM)
+    subprocess.run([os.environ.get("CXX", "g++"), "-std=c++17", "-O0", "-w", "-DSPECDEC_EMULATED", "-include",
+                    str(EMU / "cuda_emu.h"), f"-I{EMU / 'include'}", f"-I{headers.parent}", str(src),
+                    "-o", str(exe)], check=True)
+    sizes = {}
+    for line in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines():
+        name, size = line.rsplit(" ", 1)
+        sizes[name] = int(size)
+    return sizes
+
+
+def parse(obj: Path) -> dict[tuple[str, str], dict]:
+    """(arch, demangled kernel) -> registers, stack, instruction counts."""
+    cuobjdump, filt = find_tool("cuobjdump"), shutil.which("cu++filt")
+    res = subprocess.run([cuobjdump, "-res-usage", str(obj)], check=True, capture_output=True, text=True).stdout
+    sass = subprocess.run([cuobjdump, "-sass", str(obj)], check=True, capture_output=True, text=True).stdout
+    mangled = sorted(set(re.findall(r"Function (?:: )?(_Z\w+)", res + sass)))
+    if filt:
+        names = subprocess.run([filt], input="\n".join(mangled), check=True, capture_output=True,
+                               text=True).stdout.split("\n")
+    else:  # c++filt understands the same mangling
+        names = subprocess.run(["c++filt"], input="\n".join(mangled), check=True, capture_output=True,
+                               text=True).stdout.split("\n")
+    demangle = {m: re.sub(r"^.*?((?:tree_attention\w*)<[^()]*>).*$", r"\1", n) for m, n in zip(mangled, names)}
+    kernels: dict[tuple[str, str], dict] = {}
+    arch = None
+    for block in re.split(r"(?=arch = sm_\w+)|(?=\n\s*Function)", res):
+        m = re.search(r"arch = (sm_\w+)", block)
+        if m:
+            arch = m.group(1)
+        m = re.search(r"Function (_Z\w+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", block)
+        if m:
+            kernels[(arch, demangle[m.group(1)])] = {"regs": int(m.group(2)), "stack": int(m.group(3)),
+                                                     "static_smem": int(m.group(4)), "local": int(m.group(5)),
+                                                     "sass": {}}
+    arch = cur = None
+    for line in sass.splitlines():
+        m = re.search(r"arch = (sm_\w+)", line)
+        if m:
+            arch = m.group(1)
+        m = re.search(r"Function : (_Z\w+)", line)
+        if m:
+            cur = kernels.setdefault((arch, demangle[m.group(1)]), {"sass": {}})["sass"]
+            continue
+        m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if m and cur is not None:
+            cur[m.group(1)] = cur.get(m.group(1), 0) + 1
+    return kernels
+
+
+def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
+    rows, failures = [], []
+    for (arch, name), k in sorted(kernels.items()):
+        if arch not in ARCHS or not name.startswith("tree_attention"):
+            continue
+        sass = k["sass"]
+        need: tuple[str, ...] = ()
+        if m := MMA.fullmatch(name):
+            threads, ctas = 32 * int(m.group(3)), 2 if m.group(3) == "4" else 1
+            need = ("LDSM", "HMMA", "LDGSTS")
+        elif m := FMA.fullmatch(name):
+            # fp16 / bf16 take the tensor-core kernel on sm_80+: these builds of
+            # the CUDA-core kernel never run, so only their spills count.
+            threads, ctas = 128, 2 if m.group(1) == "float" else 0
+        elif MERGE.fullmatch(name):
+            threads, ctas = 128, 1
+        else:
+            failures.append(f"{arch} {name}: a kernel this check does not know (add it)")
+            continue
+        smem = sizes.get(name, 0)
+        row = {"arch": arch, "kernel": name, "threads": threads, "ctas_per_sm": ctas, "regs": k.get("regs"),
+               "stack": k.get("stack"), "dynamic_smem": smem,
+               **{op: sass.get(op, 0) for op in ("LDSM", "HMMA", "LDGSTS", "LDL", "STL")}}
+        rows.append(row)
+        why = [f"no {op}" for op in need if sass.get(op, 0) == 0]
+        why += [f"{op} x{sass[op]} (a spill)" for op in ("LDL", "STL") if sass.get(op, 0)]
+        if k.get("stack", 0) or k.get("local", 0):
+            why.append(f"stack {k.get('stack')} B, local {k.get('local')} B")
+        if k.get("regs") is None:
+            why.append("no resource usage reported")
+        elif ctas and k["regs"] * threads * ctas > SM_REGS:
+            why.append(f"{k['regs']} registers x {threads} threads x {ctas} CTAs > {SM_REGS}")
+        if ctas and smem > CTA_SMEM_LIMIT:
+            why.append(f"{smem} B of shared memory > {CTA_SMEM_LIMIT} per CTA")
+        if (smem + RESERVED_SMEM) * ctas > SM_SMEM[arch]:
+            why.append(f"{ctas} CTAs x {smem} B of shared memory > the SM's {SM_SMEM[arch]}")
+        failures += [f"{arch} {name}: {w}" for w in why]
+    return rows, failures
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--object", type=Path, help="an object file of csrc/cuda/tree_attention.cu built for sm_80;sm_90a")
+    ap.add_argument("--json", type=Path, help="write the table here")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = args.object or compile_object(Path(tmp))
+        kernels, sizes = parse(obj), smem_sizes(Path(tmp))
+    rows, failures = check(kernels, sizes)
+    if not any(r["kernel"].startswith("tree_attention_mma_kernel") for r in rows):
+        failures.append("no tensor-core kernel found in the object")
+    for a in ARCHS:
+        if not any(r["arch"] == a for r in rows):
+            failures.append(f"nothing compiled for {a}")
+    print(f"{'arch':7} {'kernel':52} {'thr':>4} {'cta':>3} {'regs':>4} {'smem':>6} "
+          f"{'LDSM':>5} {'HMMA':>5} {'LDGSTS':>6} {'LDL':>4} {'STL':>4}")
+    for r in rows:
+        print(f"{r['arch']:7} {r['kernel']:52} {r['threads']:4} {r['ctas_per_sm']:3} {r['regs']:4} "
+              f"{r['dynamic_smem']:6} {r['LDSM']:5} {r['HMMA']:5} {r['LDGSTS']:6} {r['LDL']:4} {r['STL']:4}")
+    if args.json:
+        args.json.write_text(json.dumps({"kernels": rows, "failures": failures}, indent=1))
+    for f in failures:
+        print("FAIL", f)
+    print(f"check_sass: {'FAILED' if failures else 'passed'} ({len(rows)} kernels, {len(failures)} failures)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
