@@ -1,14 +1,16 @@
 """Checks the compiled CUDA kernels for what their design promises, without a GPU.
 
-    python tools/check_sass.py [--object tree_attention.cu.o] [--json out.json]
+    python tools/check_sass.py [--object tree_attention.cu.o --object sampling.cu.o] [--json out.json]
 
-Compiles csrc/cuda/tree_attention.cu for sm_80 and sm_90a with nvcc (or reads an
-object CMake built, --object), disassembles it with cuobjdump (the toolkit's, or
-the copy Triton ships), and checks every variant of the tree-attention kernels:
+Compiles csrc/cuda/tree_attention.cu and sampling.cu for sm_80 and sm_90a with
+nvcc (or reads objects CMake built, --object), disassembles them with cuobjdump
+(the toolkit's, or the copy Triton ships), and checks every variant of the
+tree-attention and verification kernels:
 
 - the tensor-core kernel (fp16 and bf16 alike) has ldmatrix (LDSM), mma.sync
   (HMMA) and cp.async (LDGSTS) in its SASS;
-- no kernel spills: no local loads/stores (LDL/STL) and a zero stack frame;
+- no kernel spills: no local loads/stores (LDL/STL) and a zero stack frame
+  (the verification kernel included: its row passes unroll 4 loads deep);
 - registers x threads x the CTAs per SM its launch bounds promise fit the
   65,536 registers of an SM, and the dynamic shared memory of those CTAs fits
   the SM (164 KB on sm_80, 228 KB on sm_90a, 1 KB reserved per CTA) and a CTA
@@ -44,6 +46,8 @@ RESERVED_SMEM = 1024
 MMA = re.compile(r"tree_attention_mma_kernel<(__half|__nv_bfloat16), (\d+), (\d+)>")
 FMA = re.compile(r"tree_attention_kernel<(float|__half|__nv_bfloat16), (\d+)>")
 MERGE = re.compile(r"tree_attention_merge_kernel<(float|__half|__nv_bfloat16), (\d+)>")
+VERIFY = re.compile(r"verify_kernel<(float|__half|__nv_bfloat16)>")
+SOURCES = ("tree_attention.cu", "sampling.cu")
 
 SMEM_PROGRAM = r"""
 #include <cstdio>
@@ -92,11 +96,11 @@ def find_tool(name: str) -> str:
     raise SystemExit(f"check_sass: {name} not found (PATH, the CUDA toolkit, triton/backends/nvidia/bin)")
 
 
-def compile_object(out: Path) -> Path:
+def compile_object(out: Path, source: str) -> Path:
     nvcc = shutil.which("nvcc") or find_tool("nvcc")
-    obj = out / "tree_attention.o"
+    obj = out / (source + ".o")
     cmd = [nvcc, "-c", "-O3", "-std=c++17", f"-I{ROOT / 'csrc' / 'include'}", "-o", str(obj),
-           str(ROOT / "csrc" / "cuda" / "tree_attention.cu")]
+           str(ROOT / "csrc" / "cuda" / source)]
     for a in ARCHS:
         cmd[1:1] = [f"-gencode=arch=compute_{a[3:]},code={a}"]
     subprocess.run(cmd, check=True)
@@ -132,7 +136,8 @@ def parse(obj: Path) -> dict[tuple[str, str], dict]:
     else:  # c++filt understands the same mangling
         names = subprocess.run(["c++filt"], input="\n".join(mangled), check=True, capture_output=True,
                                text=True).stdout.split("\n")
-    demangle = {m: re.sub(r"^.*?((?:tree_attention\w*)<[^()]*>).*$", r"\1", n) for m, n in zip(mangled, names)}
+    demangle = {m: re.sub(r"^.*?((?:tree_attention\w*|verify_kernel)<[^()]*>).*$", r"\1", n)
+                for m, n in zip(mangled, names)}
     kernels: dict[tuple[str, str], dict] = {}
     arch = None
     for block in re.split(r"(?=arch = sm_\w+)|(?=\n\s*Function)", res):
@@ -162,7 +167,7 @@ def parse(obj: Path) -> dict[tuple[str, str], dict]:
 def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
     rows, failures = [], []
     for (arch, name), k in sorted(kernels.items()):
-        if arch not in ARCHS or not name.startswith("tree_attention"):
+        if arch not in ARCHS or not (name.startswith("tree_attention") or name.startswith("verify_kernel")):
             continue
         sass = k["sass"]
         need: tuple[str, ...] = ()
@@ -175,6 +180,8 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
             threads, ctas = 128, 2 if m.group(1) == "float" else 0
         elif MERGE.fullmatch(name):
             threads, ctas = 128, 1
+        elif VERIFY.fullmatch(name):
+            threads, ctas = 256, 1
         else:
             failures.append(f"{arch} {name}: a kernel this check does not know (add it)")
             continue
@@ -201,15 +208,22 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--object", type=Path, help="an object file of csrc/cuda/tree_attention.cu built for sm_80;sm_90a")
+    ap.add_argument("--object", type=Path, action="append",
+                    help="an object file of csrc/cuda/tree_attention.cu or sampling.cu built for sm_80;sm_90a "
+                         "(repeatable; default: compile both)")
     ap.add_argument("--json", type=Path, help="write the table here")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        obj = args.object or compile_object(Path(tmp))
-        kernels, sizes = parse(obj), smem_sizes(Path(tmp))
+        objects = args.object or [compile_object(Path(tmp), src) for src in SOURCES]
+        kernels = {}
+        for obj in objects:
+            kernels.update(parse(obj))
+        sizes = smem_sizes(Path(tmp))
     rows, failures = check(kernels, sizes)
     if not any(r["kernel"].startswith("tree_attention_mma_kernel") for r in rows):
-        failures.append("no tensor-core kernel found in the object")
+        failures.append("no tensor-core kernel found in the objects")
+    if not any(r["kernel"].startswith("verify_kernel") for r in rows):
+        failures.append("no verification kernel found in the objects")
     for a in ARCHS:
         if not any(r["arch"] == a for r in rows):
             failures.append(f"nothing compiled for {a}")

@@ -27,8 +27,17 @@ cudaError_t verify_cuda(const VerifyArgs& args, void* workspace, size_t workspac
                   (verify_cuda_workspace_bytes(args) == 0 || workspace != nullptr);
   if (!ok) return cudaErrorInvalidValue;
   if (args.batch == 0) return cudaSuccess;
-  kernels::verify::verify_kernel<<<unsigned(args.batch), kernels::verify::kThreads, 0, stream>>>(
-      args, static_cast<float*>(workspace));
+  float* residual = static_cast<float*>(workspace);
+  const unsigned grid = unsigned(args.batch);
+  constexpr int kThreads = kernels::verify::kThreads;
+  switch (args.logits_dtype) {
+    case DType::kFloat16: kernels::verify::verify_kernel<__half><<<grid, kThreads, 0, stream>>>(args, residual); break;
+    case DType::kBFloat16:
+      kernels::verify::verify_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(args, residual);
+      break;
+    case DType::kFloat32: kernels::verify::verify_kernel<float><<<grid, kThreads, 0, stream>>>(args, residual); break;
+    default: return cudaErrorInvalidValue;
+  }
   return cudaGetLastError();
 }
 

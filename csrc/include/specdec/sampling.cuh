@@ -2,7 +2,7 @@
 // per request walks the request's tree exactly as the CPU kernel and the
 // Python reference do (rules in specdec/sampling.h). Every thread runs the
 // same scalar walk; the passes over a row (argmax, softmax statistics, the
-// exact top-k / top-p thresholds by bisection over the order-preserving
+// exact top-k / top-p thresholds by a 16-way search over the order-preserving
 // integer key of z, residual updates, the inverse-CDF draw) are block-wide
 // with deterministic reductions, so all threads hold identical scalars and
 // control flow stays uniform. Thread 0 writes the outputs.
@@ -37,9 +37,16 @@ __device__ __forceinline__ float load(const void* base, DType dtype, int64_t i) 
   }
 }
 
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Points one pass of a threshold search tests at once (see search_key).
+constexpr int kProbes = 15;
+
 // Shared scratch of the block reductions.
 struct Scratch {
-  float f[kWarps];
+  float f[kWarps * kProbes];
   int64_t i[kWarps];
   double seg[kThreads];
 };
@@ -66,6 +73,27 @@ __device__ __forceinline__ float block_max(float v, Scratch& s) {
   return r;
 }
 
+// kProbes sums at once, each bitwise what block_sum gives for that value
+// (same shuffle tree, warp partials folded in the same order), for one pair
+// of barriers instead of kProbes.
+__device__ __forceinline__ void block_sum_probes(float (&v)[kProbes], Scratch& s) {
+#pragma unroll
+  for (int j = 0; j < kProbes; ++j)
+    for (int o = 16; o > 0; o >>= 1) v[j] += __shfl_xor_sync(0xffffffffu, v[j], o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+    for (int j = 0; j < kProbes; ++j) s.f[j * kWarps + (threadIdx.x >> 5)] = v[j];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kProbes; ++j) {
+    float r = s.f[j * kWarps];
+    for (int w = 1; w < kWarps; ++w) r += s.f[j * kWarps + w];
+    v[j] = r;
+  }
+}
+
 template <bool kMin>
 __device__ __forceinline__ int64_t block_extreme(int64_t v, Scratch& s) {
   for (int o = 16; o > 0; o >>= 1) {
@@ -89,13 +117,16 @@ __device__ __forceinline__ int64_t key_of(float z) {
   return bits >= 0 ? int64_t(bits) + 2147483648LL : int64_t(-1 - bits);
 }
 
+// A row of the target's logits (or probabilities) of element type L: the
+// kernel is instantiated per logits dtype, so the row passes have no dtype
+// branch between their loads and unroll by 4 into 4 loads in flight per
+// thread (each thread still sums its elements in x order: same results).
+template <typename L>
 struct Row {
-  const void* base;
-  DType dtype;
-  int64_t offset;  // element offset of the row
+  const L* base;   // the row's first element
   int64_t vocab;
   bool probs;      // the row holds probabilities: its logits are log(raw)
-  __device__ float raw(int64_t x) const { return load(base, dtype, offset + x); }
+  __device__ float raw(int64_t x) const { return to_f(base[x]); }
   __device__ float logit(int64_t x) const {
     const float v = raw(x);
     return probs ? logf(v) : v;
@@ -103,7 +134,8 @@ struct Row {
 };
 
 // z = logit / t with IEEE division, so every backend gets the same z.
-__device__ __forceinline__ float z_of(const Row& row, int64_t x, float t) { return __fdiv_rn(row.logit(x), t); }
+template <typename R>
+__device__ __forceinline__ float z_of(const R& row, int64_t x, float t) { return __fdiv_rn(row.logit(x), t); }
 
 struct Scan {
   int64_t argmax;
@@ -113,10 +145,12 @@ struct Scan {
 // Argmax of the raw row (lowest index on ties); valid = no NaN, finite max
 // (probabilities: no NaN or negative value, a finite positive max, i.e. the
 // same test on log(row)).
-__device__ Scan scan_row(const Row& row, Scratch& s) {
+template <typename R>
+__device__ Scan scan_row(const R& row, Scratch& s) {
   float best = -kInf;
   int64_t idx = row.vocab;  // this thread's first maximum (strided x increases)
   int nan = 0;
+#pragma unroll 4
   for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
     const float v = row.raw(x);
     if (v != v || (row.probs && v < 0.f)) {
@@ -135,21 +169,25 @@ __device__ Scan scan_row(const Row& row, Scratch& s) {
 struct Stats {
   int64_t thr;  // keep tokens with key(z) >= thr
   float m, total;
-  __device__ float p(const Row& row, int64_t x, float t) const {
+  template <typename R>
+  __device__ float p(const R& row, int64_t x, float t) const {
     if (x < 0 || x >= row.vocab) return 0.f;
     const float z = z_of(row, x, t);
     return key_of(z) >= thr ? expf(z - m) / total : 0.f;
   }
 };
 
-__device__ void softmax_stats(const Row& row, float t, int64_t thr, Scratch& s, float* m_out, float* total_out) {
+template <typename R>
+__device__ void softmax_stats(const R& row, float t, int64_t thr, Scratch& s, float* m_out, float* total_out) {
   float m = -kInf;
+#pragma unroll 4
   for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
     const float z = z_of(row, x, t);
     if (key_of(z) >= thr) m = fmaxf(m, z);
   }
   m = block_max(m, s);
   float total = 0.f;
+#pragma unroll 4
   for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
     const float z = z_of(row, x, t);
     if (key_of(z) >= thr) total += expf(z - m);
@@ -158,34 +196,93 @@ __device__ void softmax_stats(const Row& row, float t, int64_t thr, Scratch& s, 
   *total_out = block_sum(total, s);
 }
 
-__device__ Stats target_stats(const Row& row, float t, int64_t top_k, float top_p, Scratch& s) {
+// The boundary of a monotone predicate over keys in [lo, hi], kProbes + 1
+// ways per pass over the row (8 passes for 32-bit keys where bisection takes
+// 32). fill(probe, sums) adds this thread's share of each probe's sum; the
+// sums are block-reduced exactly as a bisection step's single sum would be,
+// so the boundary found is the one bisection finds, bit for bit.
+// kLast: the largest key whose predicate holds (it holds at lo); otherwise
+// the smallest key whose predicate holds (hi when none in [lo, hi) does).
+template <bool kLast, typename Fill, typename Pred>
+__device__ int64_t search_key(int64_t lo, int64_t hi, Fill fill, Pred holds, Scratch& s) {
+  while (lo < hi) {
+    int64_t probe[kProbes];
+    float sums[kProbes];
+    const int64_t span = hi - lo;
+#pragma unroll
+    for (int j = 0; j < kProbes; ++j) {
+      // kLast probes (lo, hi], else [lo, hi): both strictly inside the interval's open end.
+      probe[j] = kLast ? lo + (span * (j + 1) + kProbes) / (kProbes + 1) : lo + span * j / (kProbes + 1);
+      sums[j] = 0.f;
+    }
+    fill(probe, sums);
+    block_sum_probes(sums, s);
+    if (kLast) {
+      int64_t new_lo = lo, new_hi = hi;
+#pragma unroll
+      for (int j = 0; j < kProbes; ++j) {
+        if (holds(sums[j])) {
+          new_lo = probe[j] > new_lo ? probe[j] : new_lo;
+        } else if (probe[j] - 1 < new_hi) {
+          new_hi = probe[j] - 1;
+        }
+      }
+      lo = new_lo;
+      hi = new_hi > lo ? new_hi : lo;
+    } else {
+      int64_t new_lo = lo, new_hi = hi;
+#pragma unroll
+      for (int j = kProbes - 1; j >= 0; --j) {
+        if (holds(sums[j])) {
+          new_hi = probe[j] < new_hi ? probe[j] : new_hi;
+        } else if (probe[j] + 1 > new_lo) {
+          new_lo = probe[j] + 1;
+        }
+      }
+      hi = new_hi;
+      lo = new_lo < hi ? new_lo : hi;
+    }
+  }
+  return lo;
+}
+
+template <typename R>
+__device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p, Scratch& s) {
   Stats st{0, 0.f, 0.f};
   if (top_k > 0 && top_k < row.vocab) {
     // The largest key that at least k keys reach: the k-th largest z.
-    int64_t lo = 0, hi = 4294967295LL;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo + 1) / 2;
-      float count = 0.f;
-      for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) count += key_of(z_of(row, x, t)) >= mid;
-      if (block_sum(count, s) >= float(top_k)) lo = mid; else hi = mid - 1;
-    }
-    st.thr = lo;
+    st.thr = search_key<true>(
+        0, 4294967295LL,
+        [&](const int64_t (&probe)[kProbes], float (&count)[kProbes]) {
+#pragma unroll 1  // 15 probes per element already keep the loads apart
+          for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
+            const int64_t k = key_of(z_of(row, x, t));
+#pragma unroll
+            for (int j = 0; j < kProbes; ++j) count[j] += k >= probe[j];
+          }
+        },
+        [&](float count) { return count >= float(top_k); }, s);
   }
   softmax_stats(row, t, st.thr, s, &st.m, &st.total);
   if (top_p < 1.f) {
     // The smallest key whose strictly larger kept mass is < top_p * total.
     const float limit = top_p * st.total;
-    int64_t lo = st.thr, hi = 4294967295LL;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      float mass = 0.f;
-      for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
-        const float z = z_of(row, x, t);
-        const int64_t k = key_of(z);
-        if (k >= st.thr && k > mid) mass += expf(z - st.m);
-      }
-      if (block_sum(mass, s) < limit) hi = mid; else lo = mid + 1;
-    }
+    const int64_t thr = st.thr;
+    const float m = st.m;
+    const int64_t lo = search_key<false>(
+        thr, 4294967295LL,
+        [&](const int64_t (&probe)[kProbes], float (&mass)[kProbes]) {
+#pragma unroll 1
+          for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
+            const float z = z_of(row, x, t);
+            const int64_t k = key_of(z);
+            if (k < thr) continue;
+            const float e = expf(z - m);
+#pragma unroll
+            for (int j = 0; j < kProbes; ++j) mass[j] += k > probe[j] ? e : 0.f;
+          }
+        },
+        [&](float mass) { return mass < limit; }, s);
     st.thr = lo > st.thr ? lo : st.thr;
     softmax_stats(row, t, st.thr, s, &st.m, &st.total);
   }
@@ -232,6 +329,7 @@ __device__ int64_t sample(int64_t vocab, float u, W weight, Scratch& s) {
   return found < vocab ? found : (last_all >= 0 ? last_all : 0);
 }
 
+template <typename L>
 struct Walk {
   const VerifyArgs& a;
   int64_t b, start, size;
@@ -242,8 +340,9 @@ struct Walk {
   __device__ int32_t parent(int64_t node) const { return a.parents[start + node]; }
   __device__ bool has_row(int64_t node) const { return node < rows.count; }
   __device__ int64_t bonus() const { return a.bonus_tokens[b]; }
-  __device__ Row row(int64_t node) const {
-    return Row{a.logits, a.logits_dtype, (rows.start + node) * a.logits_stride, a.vocab, a.logits_are_probs};
+  __device__ Row<L> row(int64_t node) const {
+    return Row<L>{static_cast<const L*>(a.logits) + (rows.start + node) * a.logits_stride, a.vocab,
+                  a.logits_are_probs};
   }
   __device__ float q(int64_t node, int64_t x) const {
     return load(a.draft_probs, a.probs_dtype, (rows.start + node) * a.probs_stride + x);
@@ -264,7 +363,8 @@ struct Walk {
 };
 
 // Returns the number of accepted drafted tokens, or -1 for an invalid row.
-__device__ int64_t walk_greedy(const Walk& w) {
+template <typename W>
+__device__ int64_t walk_greedy(const W& w) {
   int64_t node = 0, accepted = 0;
   while (true) {
     if (!w.has_row(node)) {
@@ -288,7 +388,8 @@ __device__ int64_t walk_greedy(const Walk& w) {
   }
 }
 
-__device__ int64_t walk_rejection(const Walk& w, float* residual) {
+template <typename W>
+__device__ int64_t walk_rejection(const W& w, float* residual) {
   const VerifyArgs& a = w.a;
   const float t = a.temperature[w.b];
   const int64_t top_k = a.top_k[w.b];
@@ -301,7 +402,7 @@ __device__ int64_t walk_rejection(const Walk& w, float* residual) {
       w.emit_bonus(accepted, w.bonus());
       return accepted;
     }
-    const Row row = w.row(node);
+    const auto row = w.row(node);
     if (!scan_row(row, w.s).valid) return -1;
     const Stats st = target_stats(row, t, top_k, top_p, w.s);
     bool res_active = false;  // with q: residual materialised (unnormalised) in `residual`
@@ -324,6 +425,7 @@ __device__ int64_t walk_rejection(const Walk& w, float* residual) {
         }
         auto r_of = [&](int64_t y) { return res_active ? residual[y] / res_total : st.p(row, y, t); };
         float mass = 0.f;
+#pragma unroll 4
         for (int64_t y = threadIdx.x; y < vocab; y += kThreads) mass += fmaxf(r_of(y) - w.q(node, y), 0.f);
         mass = block_sum(mass, w.s);
         if (mass > 0.f) {
@@ -374,9 +476,11 @@ struct TypicalNode {
   float m, total, thr, score;
 };
 
-__device__ void typical_stats(const Row& row, float t, float eps, float alpha, Scratch& s, TypicalNode& n) {
+template <typename R>
+__device__ void typical_stats(const R& row, float t, float eps, float alpha, Scratch& s, TypicalNode& n) {
   softmax_stats(row, t, 0, s, &n.m, &n.total);
   float h = 0.f;
+#pragma unroll 4
   for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
     const float p = expf(z_of(row, x, t) - n.m) / n.total;
     h -= p * logf(p + kTypicalLogEps);
@@ -384,7 +488,8 @@ __device__ void typical_stats(const Row& row, float t, float eps, float alpha, S
   n.thr = fminf(eps, alpha * expf(-block_sum(h, s)));
 }
 
-__device__ int64_t walk_typical(const Walk& w, TypicalNode* nodes) {
+template <typename W>
+__device__ int64_t walk_typical(const W& w, TypicalNode* nodes) {
   const VerifyArgs& a = w.a;
   const float t = a.temperature[w.b], eps = a.posterior_threshold[w.b], alpha = a.posterior_alpha[w.b];
   for (int64_t i = threadIdx.x; i < w.size; i += kThreads) nodes[i] = TypicalNode{i == 0 ? 1 : 0, 0, 0.f, 0.f, 0.f, 0.f};
@@ -419,7 +524,7 @@ __device__ int64_t walk_typical(const Walk& w, TypicalNode* nodes) {
   }
   int64_t bonus;
   if (w.has_row(best)) {
-    const Row row = w.row(best);
+    const auto row = w.row(best);
     if (!scan_row(row, w.s).valid) return -1;
     TypicalNode bn{};
     typical_stats(row, t, eps, alpha, w.s, bn);
@@ -438,6 +543,8 @@ __device__ int64_t walk_typical(const Walk& w, TypicalNode* nodes) {
 }
 
 // grid = batch, block = kThreads. residual: float [batch, vocab] (mode 1 with q).
+// L: the element type of a.logits (a.logits_dtype).
+template <typename L>
 __global__ void __launch_bounds__(kThreads) verify_kernel(const VerifyArgs a, float* residual) {
   __shared__ Scratch scratch;
   __shared__ TypicalNode typical_nodes[kMaxVerifyNodes];
@@ -453,7 +560,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(const VerifyArgs a, fl
   int64_t accepted = 0;
   if (size > 0) {
     if (threadIdx.x == 0) a.accepted_nodes[b * a.width] = 0;
-    const Walk w{a, b, start, size, row_span(a, b, start, size), scratch};
+    const Walk<L> w{a, b, start, size, row_span(a, b, start, size), scratch};
     const bool greedy = a.mode == VerifyMode::kGreedy || !(a.temperature[b] > 0.f);
     if (greedy) {
       accepted = walk_greedy(w);

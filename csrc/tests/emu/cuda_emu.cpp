@@ -151,6 +151,7 @@ struct Warp {
 struct Static {
   std::atomic<const void*> key{nullptr};
   std::atomic<void*> mem{nullptr};
+  std::atomic<size_t> bytes{0};
 };
 
 struct Launch {
@@ -363,6 +364,7 @@ void serve_alloc(Worker& w, Fiber& f) {
   std::memset(mem, 0xff, bytes);  // garbage on the device: NaN bytes here
   st(w.statics[n].key, ld(w.alloc_key));
   st(w.statics[n].mem, mem);
+  st(w.statics[n].bytes, bytes);
   st(w.n_statics, n + 1);
   hb_release(&w.statics_sync);
   st(f.state, kRunnable);
@@ -618,9 +620,8 @@ bool in_shared(const void* p, size_t bytes) {
   const auto* b = static_cast<const unsigned char*>(p);
   if (w.dyn != nullptr && b >= w.dyn && b + bytes <= w.dyn + w.dyn_bytes) return true;
   for (int i = 0; i < ld(w.n_statics); ++i) {
-    // Static allocations are keyed by their declaration; their size is not
-    // kept, so only the start is checked against them (ASan sees overruns).
-    if (b == ld(w.statics[i].mem)) return true;
+    const auto* m = static_cast<const unsigned char*>(ld(w.statics[i].mem));
+    if (b >= m && b + bytes <= m + ld(w.statics[i].bytes)) return true;
   }
   return false;
 }

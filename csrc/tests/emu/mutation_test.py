@@ -69,14 +69,20 @@ MUTATIONS = [
      "  if ((threadIdx.x & 31) == 0) s.f[threadIdx.x >> 5] = v;\n  float r = s.f[0];\n"
      "  for (int w = 1; w < kWarps; ++w) r += s.f[w];", "tsan", "sampling"),
     ("verify: the row map's start ignored (target rows read at the node index)", "sampling.cuh",
-     "return Row{a.logits, a.logits_dtype, (rows.start + node) * a.logits_stride",
-     "return Row{a.logits, a.logits_dtype, (start + node) * a.logits_stride", "asan", "sampling"),
+     "static_cast<const L*>(a.logits) + (rows.start + node) * a.logits_stride",
+     "static_cast<const L*>(a.logits) + (start + node) * a.logits_stride", "asan", "sampling"),
+    ("verify: the top-p search counts the probe's own key as larger", "sampling.cuh",
+     "mass[j] += k > probe[j] ? e : 0.f;", "mass[j] += k >= probe[j] ? e : 0.f;", "asan", "sampling"),
+    ("verify: the top-k threshold wants more than k tokens at or above it", "sampling.cuh",
+     "[&](float count) { return count >= float(top_k); }", "[&](float count) { return count > float(top_k); }",
+     "asan", "sampling"),
 ]
 ARGS = {"tree_attention": ["--subset"]}
 
 # The harness's own checks (selftest.cu): case -> the sanitizer whose build must fail on it.
 SELFTEST = {"inter_block_race": "tsan", "intra_block_race": "tsan", "deadlock": "asan",
-            "smem_overrun": "asan", "misaligned_vector": "asan", "smem_over_limit": "asan"}
+            "smem_overrun": "asan", "misaligned_vector": "asan", "smem_over_limit": "asan",
+            "cp_async_no_barrier": "tsan", "cp_async_not_waited": "asan", "ldmatrix_misaligned": "asan"}
 
 
 def selftest(tmp: Path) -> int:
@@ -85,7 +91,8 @@ def selftest(tmp: Path) -> int:
         src = tmp / f"selftest-{san}"
         rewrite_cuda.main([str(src), str(EMU / "selftest.cu")])
         exe = src / "selftest"
-        subprocess.run(["g++", "-std=c++17", "-O2", "-g", "-include", str(EMU / "cuda_emu.h"), f"-I{EMU / 'include'}",
+        subprocess.run(["g++", "-std=c++17", "-O2", "-g", "-DSPECDEC_EMULATED", "-include", str(EMU / "cuda_emu.h"),
+                        f"-I{EMU / 'include'}", f"-I{ROOT / 'csrc' / 'include'}",
                         *SAN[san], str(EMU / "cuda_emu.cpp"), str(src / "selftest.cpp"), "-o", str(exe), "-pthread"],
                        check=True)
         for case in ["ok", *[c for c, s in SELFTEST.items() if s == san]]:

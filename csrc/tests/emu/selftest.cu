@@ -1,10 +1,16 @@
 // The harness's own checks: each case is a small kernel with one deliberate
 // defect (or none); mutation_test.py runs `selftest CASE` under the named
-// sanitizer and expects exactly the "ok" case to pass.
+// sanitizer and expects exactly the "ok" case to pass. "ok" also multiplies a
+// 16x16 by a 16x8 tile through cp.async, ldmatrix and mma.sync and compares
+// the product with the host's (fragment layouts: PTX ISA, "Matrix Fragments
+// for mma.m16n8k16 with floating point type" and "ldmatrix").
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+
+#include "specdec/ptx.cuh"
 
 namespace {
 
@@ -52,6 +58,87 @@ __global__ void misaligned_vector(const float* in, float* out) {
   out[threadIdx.x] = v.x;
 }
 
+namespace ptx = specdec::ptx;
+
+// One warp: A (16 x 16) and B^T (8 x 16, n-major) reach shared memory by
+// cp.async, then D = A B by ldmatrix + mma.sync with the addressing the
+// tree-attention kernel uses; out gets D (16 x 8, row-major).
+__global__ void mma_ok(const __half* a, const __half* bt, float* out) {
+  __shared__ __align__(16) __half sa[16 * 16];
+  __shared__ __align__(16) __half sb[8 * 16];
+  const int lane = threadIdx.x;
+  ptx::cp_async_16(sa + lane * 8, a + lane * 8, 16);
+  if (lane < 16) ptx::cp_async_16(sb + lane * 8, bt + lane * 8, 16);
+  ptx::cp_async_commit();
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+  uint32_t fa[4], fb[4];
+  ptx::ldmatrix_x4(fa, sa + (lane % 16) * 16 + (lane / 16) * 8);
+  // Rows of B^T (n) 0..7 twice: matrices 2, 3 repeat 0, 1.
+  ptx::ldmatrix_x4(fb, sb + (lane % 8) * 16 + ((lane / 8) % 2) * 8);
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  ptx::mma_16816<__half>(d, fa, fb[0], fb[1]);
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) out[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+}
+
+// Thread 0's cp.async lands at its wait; thread 1 reads with no barrier after it.
+__global__ void cp_async_no_barrier(const float* in, float* out) {
+  __shared__ __align__(16) float x[4];
+  if (threadIdx.x == 0) {
+    ptx::cp_async_16(x, in, 16);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<0>();
+  }
+  if (threadIdx.x == 1) out[0] = x[0];
+}
+
+// Returns with a committed copy never waited for.
+__global__ void cp_async_not_waited(const float* in, float* out) {
+  __shared__ __align__(16) float x[4];
+  ptx::cp_async_16(x, in, 16);
+  ptx::cp_async_commit();
+  out[threadIdx.x] = 0.0f;
+}
+
+// ldmatrix rows must be 16-byte aligned.
+__global__ void ldmatrix_misaligned(float* out) {
+  __shared__ __align__(16) __half x[16 * 16 + 8];
+  for (int i = threadIdx.x; i < 16 * 16 + 8; i += 32) x[i] = __float2half(1.0f);
+  __syncthreads();
+  uint32_t r[4];
+  ptx::ldmatrix_x4(r, x + 2 + (threadIdx.x % 16) * 16);
+  out[threadIdx.x] = float(r[0]);
+}
+
+// mma_ok's product against the host's; 0 when they agree exactly (small integers).
+int check_mma(float* buf) {
+  __half a[256], bt[128];
+  float want[128];
+  for (int i = 0; i < 256; ++i) a[i] = __float2half(float((i * 7) % 5 - 2));
+  for (int i = 0; i < 128; ++i) bt[i] = __float2half(float((i * 3) % 7 - 3));
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 8; ++n) {
+      float acc = 0.0f;
+      for (int k = 0; k < 16; ++k) acc += __half2float(a[r * 16 + k]) * __half2float(bt[n * 16 + k]);
+      want[r * 8 + n] = acc;
+    }
+  auto* da = reinterpret_cast<__half*>(buf + 1024);
+  auto* db = reinterpret_cast<__half*>(buf + 2048);
+  cudaMemcpy(da, a, sizeof a, cudaMemcpyHostToDevice);
+  cudaMemcpy(db, bt, sizeof bt, cudaMemcpyHostToDevice);
+  mma_ok<<<1, 32>>>(da, db, buf);
+  float got[128];
+  cudaMemcpy(got, buf, sizeof got, cudaMemcpyDeviceToHost);
+  for (int i = 0; i < 128; ++i) {
+    if (got[i] != want[i]) {
+      std::fprintf(stderr, "mma_ok: D[%d][%d] = %g, want %g\n", i / 8, i % 8, double(got[i]), double(want[i]));
+      return 1;
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -60,6 +147,13 @@ int main(int argc, char** argv) {
   if (cudaMalloc(&buf, 4096 * sizeof(float)) != cudaSuccess) return 2;
   if (!std::strcmp(c, "ok")) {
     ok_kernel<<<4, 64>>>(buf);
+    if (check_mma(buf) != 0) return 1;
+  } else if (!std::strcmp(c, "cp_async_no_barrier")) {
+    cp_async_no_barrier<<<1, 32>>>(buf, buf + 1024);
+  } else if (!std::strcmp(c, "cp_async_not_waited")) {
+    cp_async_not_waited<<<1, 32>>>(buf, buf + 1024);
+  } else if (!std::strcmp(c, "ldmatrix_misaligned")) {
+    ldmatrix_misaligned<<<1, 32>>>(buf);
   } else if (!std::strcmp(c, "inter_block_race")) {
     inter_block_race<<<8, 32>>>(buf);
   } else if (!std::strcmp(c, "intra_block_race")) {
