@@ -231,6 +231,57 @@ __device__ __forceinline__ void fma_pv(const float* sP, const T* sV, float* sO, 
   }
 }
 
+// ------------------------------------------------------------ CTA work
+
+// What one attention CTA does: blockIdx.x = ((b * Hkv + kv) * S + split) *
+// q_ctas + slot; its sequence's rows (tree queries whose token lies in
+// [0, N), times the group) and query tiles; its split's key range. The key
+// index space is [0, L): keys past the block table's reach are invisible
+// anyway, so L stops there (bounded work for any prefix or T); split s takes
+// [s chunk, (s + 1) chunk), chunk = ceil(L / S) rounded up to the key tile.
+struct CtaWork {
+  int slot, split;
+  int64_t b, kv, group, start, i_lo, num_rows, num_qtiles;
+  int64_t prefix, prefix_keys, kv_begin, kv_end;
+};
+
+// False when the CTA has nothing to do (no rows, or its slot is past the tiles).
+__device__ __forceinline__ bool cta_work(const Params& p, int rows_per_tile, int key_tile, CtaWork* out) {
+  const TreeAttentionArgs& a = p.a;
+  CtaWork w;
+  int64_t idx = blockIdx.x;
+  w.slot = int(idx % p.q_ctas);
+  idx /= p.q_ctas;
+  w.split = int(idx % p.num_splits);
+  idx /= p.num_splits;
+  w.kv = idx % a.num_kv_heads;
+  w.b = idx / a.num_kv_heads;
+  const int64_t N = a.num_tokens;
+  w.group = a.num_q_heads / a.num_kv_heads;
+  w.start = a.qo_indptr[w.b];
+  const int64_t tree_len = int64_t(a.qo_indptr[w.b + 1]) - w.start;
+  if (tree_len <= 0) return false;
+  w.i_lo = w.start < 0 ? -w.start : 0;
+  const int64_t i_hi = tree_len < N - w.start ? tree_len : N - w.start;
+  if (i_hi <= w.i_lo) return false;
+  w.num_rows = (i_hi - w.i_lo) * w.group;
+  w.num_qtiles = (w.num_rows + rows_per_tile - 1) / rows_per_tile;
+  if (w.slot >= w.num_qtiles) return false;
+  w.prefix = a.prefix_lens[w.b];
+  w.prefix_keys = w.prefix > 0 ? w.prefix : 0;
+  const int64_t reach = (a.max_blocks > 0 && a.block_size > 0) ? a.max_blocks * a.block_size : 0;
+  int64_t L = w.prefix_keys + tree_len;
+  const int64_t L_reach = reach + w.prefix_keys - w.prefix;  // key whose position is `reach`
+  if (L > L_reach) L = L_reach;
+  if (L < 0) L = 0;
+  int64_t chunk = (L + p.num_splits - 1) / p.num_splits;
+  chunk = (chunk + key_tile - 1) / key_tile * key_tile;
+  w.kv_begin = int64_t(w.split) * chunk;
+  w.kv_end = w.kv_begin + chunk < L ? w.kv_begin + chunk : L;
+  *out = w;
+  return true;
+}
+
 // ------------------------------------------------------------ fill role
 
 // Tokens no sequence owns: out = 0, lse = -inf. One thread tests one token;
@@ -287,42 +338,12 @@ __global__ void __launch_bounds__(kThreads, 2) tree_attention_kernel(const Param
   const TreeAttentionArgs& a = p.a;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
 
-  // blockIdx.x = ((b * Hkv + kv) * S + split) * q_ctas + slot
-  int64_t idx = blockIdx.x;
-  const int slot = int(idx % p.q_ctas);
-  idx /= p.q_ctas;
-  const int split = int(idx % p.num_splits);
-  idx /= p.num_splits;
-  const int64_t kv = idx % a.num_kv_heads;
-  const int64_t b = idx / a.num_kv_heads;
-
-  const int64_t N = a.num_tokens;
-  const int64_t Hq = a.num_q_heads;
-  const int64_t group = Hq / a.num_kv_heads;
-  const int64_t start = a.qo_indptr[b];
-  const int64_t tree_len = int64_t(a.qo_indptr[b + 1]) - start;
-  if (tree_len <= 0) return;
-  // Tree queries whose token lies in [0, N): only those rows are written.
-  const int64_t i_lo = start < 0 ? -start : 0;
-  const int64_t i_hi = tree_len < N - start ? tree_len : N - start;
-  if (i_hi <= i_lo) return;
-  const int64_t num_rows = (i_hi - i_lo) * group;
-  const int64_t num_qtiles = (num_rows + kRows - 1) / kRows;
-  if (slot >= num_qtiles) return;
-
-  // Key index space [0, L): keys past the block table's reach are invisible
-  // anyway, so L stops there (bounded work for any prefix or T).
-  const int64_t prefix = a.prefix_lens[b];
-  const int64_t prefix_keys = prefix > 0 ? prefix : 0;
-  const int64_t reach = (a.max_blocks > 0 && a.block_size > 0) ? a.max_blocks * a.block_size : 0;
-  int64_t L = prefix_keys + tree_len;
-  const int64_t L_reach = reach + prefix_keys - prefix;  // key whose position is `reach`
-  if (L > L_reach) L = L_reach;
-  if (L < 0) L = 0;
-  int64_t chunk = (L + p.num_splits - 1) / p.num_splits;
-  chunk = (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
-  const int64_t kv_begin = int64_t(split) * chunk;
-  const int64_t kv_end = kv_begin + chunk < L ? kv_begin + chunk : L;
+  CtaWork wk;
+  if (!cta_work(p, kRows, kKeyTile, &wk)) return;
+  const int slot = wk.slot, split = wk.split;
+  const int64_t b = wk.b, kv = wk.kv, N = a.num_tokens, Hq = a.num_q_heads, group = wk.group;
+  const int64_t start = wk.start, i_lo = wk.i_lo, num_rows = wk.num_rows, num_qtiles = wk.num_qtiles;
+  const int64_t prefix = wk.prefix, prefix_keys = wk.prefix_keys, kv_begin = wk.kv_begin, kv_end = wk.kv_end;
 
   const PagedLayout layout{a.num_blocks, a.block_size, a.num_kv_heads, D,
                            a.cache_stride_block, a.cache_stride_token, a.cache_stride_head};

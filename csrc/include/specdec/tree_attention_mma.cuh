@@ -94,38 +94,13 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_mma_ker
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;
 
-  int64_t idx = blockIdx.x;
-  const int slot = int(idx % p.q_ctas);
-  idx /= p.q_ctas;
-  const int split = int(idx % p.num_splits);
-  idx /= p.num_splits;
-  const int64_t kv = idx % a.num_kv_heads;
-  const int64_t b = idx / a.num_kv_heads;
+  CtaWork wk;
+  if (!cta_work(p, kRows, kKeys, &wk)) return;
+  const int slot = wk.slot, split = wk.split;
+  const int64_t b = wk.b, kv = wk.kv, N = a.num_tokens, Hq = a.num_q_heads, group = wk.group;
+  const int64_t start = wk.start, i_lo = wk.i_lo, num_rows = wk.num_rows, num_qtiles = wk.num_qtiles;
+  const int64_t prefix = wk.prefix, prefix_keys = wk.prefix_keys, kv_begin = wk.kv_begin, kv_end = wk.kv_end;
 
-  const int64_t N = a.num_tokens;
-  const int64_t Hq = a.num_q_heads;
-  const int64_t group = Hq / a.num_kv_heads;
-  const int64_t start = a.qo_indptr[b];
-  const int64_t tree_len = int64_t(a.qo_indptr[b + 1]) - start;
-  if (tree_len <= 0) return;
-  const int64_t i_lo = start < 0 ? -start : 0;
-  const int64_t i_hi = tree_len < N - start ? tree_len : N - start;
-  if (i_hi <= i_lo) return;
-  const int64_t num_rows = (i_hi - i_lo) * group;
-  const int64_t num_qtiles = (num_rows + kRows - 1) / kRows;
-  if (slot >= num_qtiles) return;
-
-  const int64_t prefix = a.prefix_lens[b];
-  const int64_t prefix_keys = prefix > 0 ? prefix : 0;
-  const int64_t reach = (a.max_blocks > 0 && a.block_size > 0) ? a.max_blocks * a.block_size : 0;
-  int64_t L = prefix_keys + tree_len;
-  const int64_t L_reach = reach + prefix_keys - prefix;
-  if (L > L_reach) L = L_reach;
-  if (L < 0) L = 0;
-  int64_t chunk = (L + p.num_splits - 1) / p.num_splits;
-  chunk = (chunk + kKeys - 1) / kKeys * kKeys;
-  const int64_t kv_begin = int64_t(split) * chunk;
-  const int64_t kv_end = kv_begin + chunk < L ? kv_begin + chunk : L;
   const int num_tiles = kv_begin < kv_end ? int((kv_end - kv_begin + kKeys - 1) / kKeys) : 0;
 
   const PagedLayout layout{a.num_blocks, a.block_size, a.num_kv_heads, D,
