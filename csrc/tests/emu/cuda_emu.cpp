@@ -327,7 +327,6 @@ const char* op_name(int op) {
     case WarpOp::kSync: return "__syncwarp";
     case WarpOp::kShuffle: return "a shuffle";
     case WarpOp::kBallot: return "a ballot";
-    case WarpOp::kConverge: return "a WMMA call";
     case WarpOp::kGather: return "an mma.sync / ldmatrix";
   }
   return "?";

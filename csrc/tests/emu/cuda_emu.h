@@ -23,9 +23,10 @@
 //   runs nothing and sets the error cudaGetLastError returns, as on the device.
 // - Shared memory (static and dynamic) is allocated per block at its exact
 //   size, so AddressSanitizer sees overruns, and starts as NaN bytes.
-// - WMMA fragments are kept whole in every lane (fp32 accumulation); loads
-//   check the documented 256-bit pointer alignment and ldm multiples; stores
-//   are split among the lanes so each element has one writer.
+// - mma.sync, ldmatrix and cp.async (reached through specdec/ptx.cuh) have
+//   their PTX meaning: register exchanges among the full warp that order no
+//   memory, and copies that land only at their wait (see warp_gather,
+//   ldmatrix, mma_m16n8k16, cp_async below).
 // - Misaligned vector loads: uint4/float4/uint2 are over-aligned types, so the
 //   AddressSanitizer build's -fsanitize=alignment faults on them as the device does.
 // - Device memory is host memory; streams are synchronous.
@@ -121,7 +122,7 @@ void syncthreads();
 // The warp intrinsics. An exchange among the lanes of `mask`: every lane gives
 // `bits` and gets the bits of lane `src` (shuffles) or the ballot (src < 0).
 // Only __syncwarp orders memory (as documented); shuffles and ballots do not.
-enum class WarpOp { kSync, kShuffle, kBallot, kConverge, kGather };
+enum class WarpOp { kSync, kShuffle, kBallot, kGather };
 uint64_t warp_exchange(WarpOp op, uint32_t mask, uint64_t bits, unsigned src);
 
 struct Config {
@@ -331,109 +332,3 @@ template <typename... P>
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void (*func)(P...), int block, size_t smem) {
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, reinterpret_cast<const void*>(func), block, smem);
 }
-
-// ------------------------------------------------------------------ WMMA
-namespace nvcuda {
-namespace wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-
-// matrix_a / matrix_b fragments hold the whole tile in every lane. An
-// accumulator holds M*N/32 elements per lane, as on the device: element i of
-// lane l is tile element l + 32 * i (the device's mapping is unspecified, so a
-// kernel can only use num_elements-wide element-wise operations, which work on
-// either). mma_sync computes each lane's own elements only.
-template <typename Use, int M, int N, int K, typename T, typename Layout = void>
-struct fragment {
-  static constexpr bool acc = std::is_same<Use, accumulator>::value;
-  static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
-  static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
-  static_assert(!acc || (M * N) % 32 == 0, "accumulator tiles split evenly over a warp");
-  static constexpr int num_elements = acc ? rows * cols / 32 : rows * cols;
-  float x[num_elements];
-};
-
-inline float elem_to_float(const float& v) { return v; }
-inline float elem_to_float(const __half& v) { return __half2float(v); }
-inline float elem_to_float(const __nv_bfloat16& v) { return __bfloat162float(v); }
-
-// The lanes of a warp meet at a WMMA call, which (unlike __syncwarp) orders no
-// memory: a tile read before the writers synchronised is a race.
-inline void converge() { emu::warp_exchange(emu::WarpOp::kConverge, 0xffffffffu, 0, 0); }
-
-template <typename T>
-void check_ptr(const T* p, unsigned ldm, const char* what) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0)
-    emu::fail("wmma::%s: pointer %p is not 256-bit aligned", what, static_cast<const void*>(p));
-  const unsigned mult = 16 / sizeof(T);
-  if (ldm % mult != 0) emu::fail("wmma::%s: ldm %u is not a multiple of %u elements", what, ldm, mult);
-}
-
-template <typename Use, int M, int N, int K, typename FT, typename Layout>
-void fill_fragment(fragment<Use, M, N, K, FT, Layout>& f, float v) {
-  for (float& e : f.x) e = v;
-}
-
-// Each lane reads the rows of A and the columns of B its accumulator elements
-// need (together the lanes read the whole tile); the rest stay NaN.
-template <typename Use, int M, int N, int K, typename FT, typename Layout, typename T>
-void load_matrix_sync(fragment<Use, M, N, K, FT, Layout>& f, const T* p, unsigned ldm) {
-  static_assert(!std::is_same<Use, accumulator>::value, "accumulator loads take a layout_t");
-  static_assert(std::is_same<T, FT>::value, "wmma: pointer and fragment element types differ");
-  converge();
-  check_ptr(p, ldm, "load_matrix_sync");
-  using F = fragment<Use, M, N, K, FT, Layout>;
-  constexpr bool row = std::is_same<Layout, row_major>::value, is_a = std::is_same<Use, matrix_a>::value;
-  bool need[is_a ? M : N] = {};
-  for (int i = 0; i < M * N / 32; ++i) {
-    const int e = int(emu::lane()) + 32 * i;
-    need[is_a ? e / N : e % N] = true;
-  }
-  for (int r = 0; r < F::rows; ++r)
-    for (int c = 0; c < F::cols; ++c)
-      f.x[r * F::cols + c] = need[is_a ? r : c] ? elem_to_float(row ? p[r * ldm + c] : p[c * ldm + r]) : NAN;
-  converge();
-}
-
-template <int M, int N, int K>
-void load_matrix_sync(fragment<accumulator, M, N, K, float, void>& f, const float* p, unsigned ldm, layout_t l) {
-  converge();
-  check_ptr(p, ldm, "load_matrix_sync");
-  for (int i = 0; i < M * N / 32; ++i) {
-    const int e = int(emu::lane()) + 32 * i, r = e / N, c = e % N;
-    f.x[i] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
-  }
-  converge();
-}
-
-// fp32 accumulation, one rounding per multiply and add (not the tensor cores' order).
-template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
-void mma_sync(fragment<accumulator, M, N, K, float, void>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
-              const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float, void>& c) {
-  converge();
-  float out[M * N / 32];
-  for (int i = 0; i < M * N / 32; ++i) {
-    const int e = int(emu::lane()) + 32 * i, r = e / N, col = e % N;
-    float acc = c.x[i];
-    for (int k = 0; k < K; ++k) acc += a.x[r * K + k] * b.x[k * N + col];
-    out[i] = acc;
-  }
-  std::memcpy(d.x, out, sizeof out);
-}
-
-template <int M, int N, int K>
-void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float, void>& f, unsigned ldm, layout_t l) {
-  converge();
-  check_ptr(p, ldm, "store_matrix_sync");
-  for (int i = 0; i < M * N / 32; ++i) {
-    const int e = int(emu::lane()) + 32 * i, r = e / N, c = e % N;
-    (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[i];
-  }
-  converge();
-}
-}  // namespace wmma
-}  // namespace nvcuda

@@ -1,3 +1,0 @@
-// Stand-in for the CUDA header under the CPU harness.
-#pragma once
-#include "../cuda_emu.h"
