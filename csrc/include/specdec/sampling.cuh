@@ -73,24 +73,39 @@ __device__ __forceinline__ float block_max(float v, Scratch& s) {
   return r;
 }
 
-// kProbes sums at once, each bitwise what block_sum gives for that value
-// (same shuffle tree, warp partials folded in the same order), for one pair
-// of barriers instead of kProbes.
+// kProbes sums at once, each bitwise what block_sum gives for that value.
+// The xor tree by recursive halving: at step o a lane keeps half of the
+// values it still holds and sends its partner the other half, so each kept
+// value is the very sum the full tree forms at that step (same operands, and
+// a + b == b + a), for 16 shuffles instead of 5 kProbes. Lane l ends with the
+// warp's sum of value (l >> 1) & 15; the warp partials are folded in the
+// same order as block_sum's.
 __device__ __forceinline__ void block_sum_probes(float (&v)[kProbes], Scratch& s) {
+  static_assert(kProbes <= 16, "one value per lane pair after four halvings");
+  const unsigned lane = threadIdx.x & 31;
+  float h[16];
 #pragma unroll
-  for (int j = 0; j < kProbes; ++j)
-    for (int o = 16; o > 0; o >>= 1) v[j] += __shfl_xor_sync(0xffffffffu, v[j], o);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) {
+  for (int j = 0; j < 16; ++j) h[j] = j < kProbes ? v[j] : 0.f;
 #pragma unroll
-    for (int j = 0; j < kProbes; ++j) s.f[j * kWarps + (threadIdx.x >> 5)] = v[j];
+  for (int width = 8, o = 16; width >= 1; width >>= 1, o >>= 1) {
+    const bool upper = (lane & unsigned(o)) != 0;
+#pragma unroll
+    for (int i = 0; i < width; ++i) {
+      const float send = upper ? h[i] : h[width + i];
+      const float keep = upper ? h[width + i] : h[i];
+      h[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
   }
+  h[0] += __shfl_xor_sync(0xffffffffu, h[0], 1);
+  __syncthreads();
+  const unsigned j = (lane >> 1) & 15u;
+  if ((lane & 1u) == 0 && j < unsigned(kProbes)) s.f[j * kWarps + (threadIdx.x >> 5)] = h[0];
   __syncthreads();
 #pragma unroll
-  for (int j = 0; j < kProbes; ++j) {
-    float r = s.f[j * kWarps];
-    for (int w = 1; w < kWarps; ++w) r += s.f[j * kWarps + w];
-    v[j] = r;
+  for (int k = 0; k < kProbes; ++k) {
+    float r = s.f[k * kWarps];
+    for (int w = 1; w < kWarps; ++w) r += s.f[k * kWarps + w];
+    v[k] = r;
   }
 }
 
