@@ -31,11 +31,10 @@ struct DeviceInfo {
 };
 
 // The kernel a launch runs: the tensor-core kernel (fp16 / bf16 on compute
-// capability 8.0+) with one or two 16-row m-tiles per warp, else the CUDA-core
-// kernel. Rows per query tile, shared memory and residency per SM with it.
+// capability 8.0+) with 4 or 8 warps of 16 rows, else the CUDA-core kernel.
+// Rows per query tile, shared memory and residency per SM with it.
 struct Kernel {
-  const void* func = nullptr;
-  bool mma = false;
+  void (*func)(ta::Params) = nullptr;
   int warps = 4;  // 32 threads each
   int rows_per_tile = 0;
   size_t smem = 0;
@@ -154,11 +153,10 @@ Kernel pick_kernel(int cc_major, int64_t rows_per_seq) {
                         (D == 64 ? 0 : D == 128 ? 1 : 2));
   if constexpr (!std::is_same<T, float>::value) {
     if (cc_major >= 8) {
-      k.mma = true;
       if constexpr (D <= 128) {
         if (rows_per_seq > ta::MmaConfig<T, D, 4>::kRows) {
           using C = ta::MmaConfig<T, D, 8>;
-          k.func = reinterpret_cast<const void*>(ta::tree_attention_mma_kernel<T, D, 8>);
+          k.func = ta::tree_attention_mma_kernel<T, D, 8>;
           k.warps = 8;
           k.rows_per_tile = C::kRows;
           k.smem = C::kSmemBytes;
@@ -167,14 +165,14 @@ Kernel pick_kernel(int cc_major, int64_t rows_per_seq) {
         }
       }
       using C = ta::MmaConfig<T, D, 4>;
-      k.func = reinterpret_cast<const void*>(ta::tree_attention_mma_kernel<T, D, 4>);
+      k.func = ta::tree_attention_mma_kernel<T, D, 4>;
       k.rows_per_tile = C::kRows;
       k.smem = C::kSmemBytes;
       k.variant = base + 1;
       return k;
     }
   }
-  k.func = reinterpret_cast<const void*>(ta::tree_attention_kernel<T, D>);
+  k.func = ta::tree_attention_kernel<T, D>;
   k.rows_per_tile = ta::Config<T, D>::kRows;
   k.smem = ta::Config<T, D>::kSmemBytes;
   k.variant = base;
@@ -311,15 +309,9 @@ cudaError_t launch(const TreeAttentionArgs& a, const Plan& plan, const DeviceInf
 
   const int64_t grid = plan.main_ctas + plan.fill_ctas;
   if (grid > 0) {
-    void (*kernel)(const ta::Params) = ta::tree_attention_kernel<T, D>;
-    if constexpr (!std::is_same<T, float>::value) {
-      if (plan.kernel.mma) kernel = ta::tree_attention_mma_kernel<T, D, 4>;
-      if constexpr (D <= 128) {
-        if (plan.kernel.mma && plan.kernel.warps == 8) kernel = ta::tree_attention_mma_kernel<T, D, 8>;
-      }
-    }
     cudaError_t err = allow_smem(plan.kernel, info);
     if (err != cudaSuccess) return err;
+    const auto kernel = plan.kernel.func;
     kernel<<<unsigned(grid), unsigned(32 * plan.kernel.warps), plan.kernel.smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
