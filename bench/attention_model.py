@@ -1,6 +1,6 @@
 """The per-tile model of the CUDA tree-attention kernel, for bench/NOTES.md.
 
-    python bench/attention_model.py [--device h200|a100] [--json out.json]
+    python bench/attention_model.py [--device h200|a100] [--kernel mma|wgmma] [--json out.json]
 
 For every shape bench_tree_attention.py runs on CUDA (Hq 32, Hkv 8, D 128, bf16;
 trees of 8, 64 and 120 nodes; prefix 1k..32k; batch 1, 8, 64) it prints the
@@ -17,6 +17,15 @@ design should take by a simple model:
            rescale and ldmatrix), the CTAs an SM holds sharing its four
            sub-partitions;
   expected max(memory, compute) + launch latency (two launches with splits).
+
+--kernel wgmma (H200 only) models the sm_90a kernel (tree_attention_wgmma.cuh):
+64-key tiles, the floor at wgmma's dense rate (989 TFLOP/s), and per tile on
+a sub-partition max(n (w + s) / 2, n w, n s, w + s) cycles for its n active
+warps, where w is one warp's share of the tile's wgmma work (16 rows x 64 keys
+x D x 4 FLOP at 1024 FLOP/cycle) and s its other issue slots (masking, exp2,
+rescale, copies: about 700 per 64-key tile): a warp waits for its own
+wgmmas before its softmax, so w + s is serial within a warp, while other
+warps' softmax overlaps its tensor-core time (taken as half-overlapped).
 
 Device numbers are datasheet leads, not measurements (no GPU ran this); the
 GPU run (bench/gpu_check.sh) measures both peaks and the kernel. The split
@@ -37,6 +46,9 @@ DEVICES = {
     "h200": dict(sms=132, ghz=1.83, tbps=4.8, tflops=660.0, hmma_cycles=6.0, ctas4=2, ctas8=1),
     "a100": dict(sms=108, ghz=1.41, tbps=2.0, tflops=312.0, hmma_cycles=8.0, ctas4=2, ctas8=1),
 }
+# The wgmma kernel (sm_90a): dense fp16/bf16 rate, FLOP per cycle per sub-partition, keys per tile at D = 128,
+# issue slots per warp per tile besides the wgmma, CTAs per SM (check_sass: 4 warps 2, 8 warps 1).
+WGMMA = dict(tflops=989.0, flop_per_cycle_sp=1024.0, keys=64, slots=700, ctas4=2, ctas8=1)
 RIDGE = 150.0      # kRidgeFlopsPerByte in the launcher
 MIN_KEYS = 256     # kMinKeysPerSplit
 MAX_SPLITS = 32
@@ -77,14 +89,15 @@ def plan_splits(batch, tokens, hq, hkv, d, reach, elem, ctas, slots, sms):
     return best
 
 
-def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16):
+def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16, kernel="mma"):
     g = hq // hkv
     rows = tree * g
     warps = 8 if rows > 64 else 4
     rows_per_cta = 16 * warps
     q_ctas = math.ceil(rows / rows_per_cta)
     ctas = batch * hkv * q_ctas
-    per_sm = dev["ctas4"] if warps == 4 else dev["ctas8"]
+    wg = kernel == "wgmma"
+    per_sm = (WGMMA if wg else dev)["ctas4" if warps == 4 else "ctas8"]
     reach = math.ceil(prefix / block) * block
     splits = plan_splits(batch, batch * tree, hq, hkv, d, reach, elem, ctas, per_sm * dev["sms"], dev["sms"])
     keys = prefix + tree
@@ -92,18 +105,23 @@ def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16):
     q_out = 2 * batch * tree * hq * d * elem
     partial = (splits * batch * tree * hq * (d + 1) * 4 * 2) if splits > 1 else 0
     flops = 4.0 * batch * tree * hq * keys * d
-    bw, rate = dev["tbps"] * 1e12, dev["tflops"] * 1e12
+    bw, rate = dev["tbps"] * 1e12, (WGMMA if wg else dev)["tflops"] * 1e12
     floor = max((kv + q_out) / bw, flops / rate)
     total_ctas = ctas * splits
     busy = min(1.0, total_ctas / dev["sms"])
     # q_ctas > 1 re-reads the prefix per query tile; the re-reads run together, so from L2.
     memory = (kv + q_out + partial) / (bw * busy)
-    tiles = math.ceil(keys / splits / KEYS_PER_TILE)
+    tiles = math.ceil(keys / splits / (WGMMA["keys"] if wg else KEYS_PER_TILE))
     active = min(warps, math.ceil(min(rows, rows_per_cta) / 16))
     ctas_on_sm = min(per_sm, math.ceil(total_ctas / dev["sms"]))
     waves = math.ceil(total_ctas / (per_sm * dev["sms"]))
     warps_per_sp = math.ceil(active * ctas_on_sm / 4)
-    tile_cycles = warps_per_sp * (64 * dev["hmma_cycles"] + SOFTMAX_SLOTS)
+    if wg:
+        w = 16 * WGMMA["keys"] * d * 4 / WGMMA["flop_per_cycle_sp"]
+        s, n = WGMMA["slots"], warps_per_sp
+        tile_cycles = max(n * (w + s) / 2, n * w, n * s, w + s)
+    else:
+        tile_cycles = warps_per_sp * (64 * dev["hmma_cycles"] + SOFTMAX_SLOTS)
     compute = waves * tiles * tile_cycles / (dev["ghz"] * 1e9)
     expected = max(memory, compute) + LAUNCH_US * 1e-6 * (2 if splits > 1 else 1)
     return Row(tree, prefix, batch, kv + q_out, flops, floor * 1e6,
@@ -114,10 +132,14 @@ def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=sorted(DEVICES), default="h200")
+    ap.add_argument("--kernel", choices=("mma", "wgmma"), default="mma")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.kernel == "wgmma" and args.device != "h200":
+        ap.error("the wgmma kernel runs on sm_90 (H100/H200) only")
     dev = DEVICES[args.device]
-    rows = [model(dev, t, p, b) for t in (8, 64, 120) for p in (1024, 4096, 16384, 32768) for b in (1, 8, 64)]
+    rows = [model(dev, t, p, b, kernel=args.kernel) for t in (8, 64, 120) for p in (1024, 4096, 16384, 32768)
+            for b in (1, 8, 64)]
     pinned = [(1, 4096, 1, 4), (4, 4096, 128, 4), (64, 4096, 1, 4)]
     print(f"planner pins (device {args.device}): " + ", ".join(
         f"T={t} P={p} B={b}: {model(dev, t, p, b).splits} splits" for t, p, b, _ in pinned))
@@ -129,7 +151,9 @@ def main(argv=None):
               f"{r.fraction_of_floor:.0%} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": args.device, "assumptions": dev, "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"device": args.device, "kernel": args.kernel,
+                       "assumptions": {**dev, **(WGMMA if args.kernel == "wgmma" else {})},
+                       "rows": [asdict(r) for r in rows]}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,23 @@ def test_cuda_core_fp16_builds_are_exempt_from_occupancy():
     assert check_sass.check({("sm_80", name): k}, {name: 89600})[1] == []
     name = "tree_attention_kernel<float, 256>"
     assert check_sass.check({("sm_80", name): k}, {name: 89600})[1] != []
+
+
+WGMMA = "tree_attention_wgmma_kernel<__nv_bfloat16, 128, 4>"
+
+
+def test_wgmma_kernel_needs_hgmma_on_sm90a_only():
+    k = {"regs": 255, "stack": 0, "static_smem": 0, "local": 0, "sass": {"HGMMA": 12, "LDGSTS": 33}}
+    assert check_sass.check({("sm_90a", WGMMA): k}, {WGMMA: 86 * 1024})[1] == []
+    no_hgmma = dict(k, sass={"LDGSTS": 33})
+    assert any("no HGMMA" in f for f in check_sass.check({("sm_90a", WGMMA): no_hgmma}, {WGMMA: 86 * 1024})[1])
+    # Two CTAs of 114 KB do not fit an H100 SM (228 KB, 1 KB reserved each).
+    assert any("shared memory" in f for f in check_sass.check({("sm_90a", WGMMA): k}, {WGMMA: 114 * 1024})[1])
+    # The sm_80 build is a trap stub: nothing to require of it but no spills.
+    stub = {"regs": 4, "stack": 0, "static_smem": 0, "local": 0, "sass": {}}
+    assert check_sass.check({("sm_80", WGMMA): stub}, {WGMMA: 86 * 1024})[1] == []
+
+
+def test_generated_wgmma_ptx_is_up_to_date():
+    import gen_wgmma_ptx
+    assert gen_wgmma_ptx.main(["--check"]) == 0, "run python tools/gen_wgmma_ptx.py"

@@ -9,12 +9,15 @@ tree-attention and verification kernels:
 
 - the tensor-core kernel (fp16 and bf16 alike) has ldmatrix (LDSM), mma.sync
   (HMMA) and cp.async (LDGSTS) in its SASS;
+- the sm_90a build of the Hopper kernel has warpgroup MMAs (HGMMA) and
+  cp.async (LDGSTS); its sm_80 build is a trap stub the launcher never picks;
 - no kernel spills: no local loads/stores (LDL/STL) and a zero stack frame
   (the verification kernel included: its row passes unroll 4 loads deep);
 - registers x threads x the CTAs per SM its launch bounds promise fit the
   65,536 registers of an SM, and the dynamic shared memory of those CTAs fits
   the SM (164 KB on sm_80, 228 KB on sm_90a, 1 KB reserved per CTA) and a CTA
-  fits 99 KB (the sm_86/89 opt-in, so the sm_80 build runs there too). The
+  fits 99 KB (the sm_86/89 opt-in, so the sm_80 build runs there too; the
+  sm_90a-only Hopper kernel: 227 KB). The
   fp16/bf16 builds of the CUDA-core kernel are exempt (sm_80+ never runs them).
 
 Shared-memory sizes come from the kernels' own constexpr configurations: a small
@@ -44,6 +47,7 @@ RESERVED_SMEM = 1024
 # Kernel (demangled template arguments) -> threads, CTAs per SM promised by its
 # __launch_bounds__, SASS it must have.
 MMA = re.compile(r"tree_attention_mma_kernel<(__half|__nv_bfloat16), (\d+), (\d+)>")
+WGMMA = re.compile(r"tree_attention_wgmma_kernel<(__half|__nv_bfloat16), (\d+), (\d+)>")
 FMA = re.compile(r"tree_attention_kernel<(float|__half|__nv_bfloat16), (\d+)>")
 MERGE = re.compile(r"tree_attention_merge_kernel<(float|__half|__nv_bfloat16), (\d+)>")
 VERIFY = re.compile(r"verify_kernel<(float|__half|__nv_bfloat16)>")
@@ -51,8 +55,11 @@ SOURCES = ("tree_attention.cu", "sampling.cu")
 
 SMEM_PROGRAM = r"""
 #include <cstdio>
-#include "specdec/tree_attention_mma.cuh"
+#include "specdec/tree_attention_wgmma.cuh"
 namespace ta = specdec::kernels::tree_attn;
+template <typename T, int D, int W> void wg(const char* t) {
+  std::printf("tree_attention_wgmma_kernel<%s, %d, %d> %zu\n", t, D, W, ta::WgmmaConfig<T, D, W>::kSmemBytes);
+}
 template <typename T, int D, int W> void mma(const char* t) {
   std::printf("tree_attention_mma_kernel<%s, %d, %d> %zu\n", t, D, W, ta::MmaConfig<T, D, W>::kSmemBytes);
 }
@@ -65,6 +72,11 @@ int main() {
   mma<__nv_bfloat16, 64, 4>("__nv_bfloat16"); mma<__nv_bfloat16, 64, 8>("__nv_bfloat16");
   mma<__nv_bfloat16, 128, 4>("__nv_bfloat16"); mma<__nv_bfloat16, 128, 8>("__nv_bfloat16");
   mma<__nv_bfloat16, 256, 4>("__nv_bfloat16");
+  wg<__half, 64, 4>("__half"); wg<__half, 64, 8>("__half"); wg<__half, 128, 4>("__half");
+  wg<__half, 128, 8>("__half"); wg<__half, 256, 4>("__half");
+  wg<__nv_bfloat16, 64, 4>("__nv_bfloat16"); wg<__nv_bfloat16, 64, 8>("__nv_bfloat16");
+  wg<__nv_bfloat16, 128, 4>("__nv_bfloat16"); wg<__nv_bfloat16, 128, 8>("__nv_bfloat16");
+  wg<__nv_bfloat16, 256, 4>("__nv_bfloat16");
   fma<float, 64>("float"); fma<float, 128>("float"); fma<float, 256>("float");
   fma<__half, 64>("__half"); fma<__half, 128>("__half"); fma<__half, 256>("__half");
   fma<__nv_bfloat16, 64>("__nv_bfloat16"); fma<__nv_bfloat16, 128>("__nv_bfloat16");
@@ -171,7 +183,14 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
             continue
         sass = k["sass"]
         need: tuple[str, ...] = ()
-        if m := MMA.fullmatch(name):
+        cta_limit = CTA_SMEM_LIMIT
+        if m := WGMMA.fullmatch(name):
+            # sm_90a only: the sm_80 build is a trap stub (no registers or shared memory to fit).
+            threads = 32 * int(m.group(3))
+            ctas = (2 if m.group(3) == "4" else 1) if arch == "sm_90a" else 0
+            need = ("HGMMA", "LDGSTS") if arch == "sm_90a" else ()
+            cta_limit = 227 * 1024
+        elif m := MMA.fullmatch(name):
             threads, ctas = 32 * int(m.group(3)), 2 if m.group(3) == "4" else 1
             need = ("LDSM", "HMMA", "LDGSTS")
         elif m := FMA.fullmatch(name):
@@ -188,7 +207,7 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
         smem = sizes.get(name, 0)
         row = {"arch": arch, "kernel": name, "threads": threads, "ctas_per_sm": ctas, "regs": k.get("regs"),
                "stack": k.get("stack"), "dynamic_smem": smem,
-               **{op: sass.get(op, 0) for op in ("LDSM", "HMMA", "LDGSTS", "LDL", "STL")}}
+               **{op: sass.get(op, 0) for op in ("LDSM", "HMMA", "HGMMA", "LDGSTS", "LDL", "STL")}}
         rows.append(row)
         why = [f"no {op}" for op in need if sass.get(op, 0) == 0]
         why += [f"{op} x{sass[op]} (a spill)" for op in ("LDL", "STL") if sass.get(op, 0)]
@@ -198,8 +217,8 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
             why.append("no resource usage reported")
         elif ctas and k["regs"] * threads * ctas > SM_REGS:
             why.append(f"{k['regs']} registers x {threads} threads x {ctas} CTAs > {SM_REGS}")
-        if ctas and smem > CTA_SMEM_LIMIT:
-            why.append(f"{smem} B of shared memory > {CTA_SMEM_LIMIT} per CTA")
+        if ctas and smem > cta_limit:
+            why.append(f"{smem} B of shared memory > {cta_limit} per CTA")
         if (smem + RESERVED_SMEM) * ctas > SM_SMEM[arch]:
             why.append(f"{ctas} CTAs x {smem} B of shared memory > the SM's {SM_SMEM[arch]}")
         failures += [f"{arch} {name}: {w}" for w in why]
@@ -222,16 +241,19 @@ def main(argv=None) -> int:
     rows, failures = check(kernels, sizes)
     if not any(r["kernel"].startswith("tree_attention_mma_kernel") for r in rows):
         failures.append("no tensor-core kernel found in the objects")
+    if not any(r["kernel"].startswith("tree_attention_wgmma_kernel") and r["arch"] == "sm_90a" for r in rows):
+        failures.append("no sm_90a wgmma kernel found in the objects")
     if not any(r["kernel"].startswith("verify_kernel") for r in rows):
         failures.append("no verification kernel found in the objects")
     for a in ARCHS:
         if not any(r["arch"] == a for r in rows):
             failures.append(f"nothing compiled for {a}")
-    print(f"{'arch':7} {'kernel':52} {'thr':>4} {'cta':>3} {'regs':>4} {'smem':>6} "
-          f"{'LDSM':>5} {'HMMA':>5} {'LDGSTS':>6} {'LDL':>4} {'STL':>4}")
+    print(f"{'arch':7} {'kernel':54} {'thr':>4} {'cta':>3} {'regs':>4} {'smem':>6} "
+          f"{'LDSM':>5} {'HMMA':>5} {'HGMMA':>5} {'LDGSTS':>6} {'LDL':>4} {'STL':>4}")
     for r in rows:
-        print(f"{r['arch']:7} {r['kernel']:52} {r['threads']:4} {r['ctas_per_sm']:3} {r['regs']:4} "
-              f"{r['dynamic_smem']:6} {r['LDSM']:5} {r['HMMA']:5} {r['LDGSTS']:6} {r['LDL']:4} {r['STL']:4}")
+        print(f"{r['arch']:7} {r['kernel']:54} {r['threads']:4} {r['ctas_per_sm']:3} {r['regs']:4} "
+              f"{r['dynamic_smem']:6} {r['LDSM']:5} {r['HMMA']:5} {r['HGMMA']:5} {r['LDGSTS']:6} {r['LDL']:4} "
+              f"{r['STL']:4}")
     if args.json:
         args.json.write_text(json.dumps({"kernels": rows, "failures": failures}, indent=1))
     for f in failures:

@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
 #include "specdec/tree_attention.cuh"
 #include "specdec/tree_attention_mma.cuh"
+#include "specdec/tree_attention_wgmma.cuh"
 #include "specdec/tree_attention_cuda.h"
 
 namespace specdec {
@@ -28,11 +31,17 @@ struct DeviceInfo {
   int sms;
   int smem_optin;
   int cc_major;
+  int cc_minor;
 };
 
-// The kernel a launch runs: the tensor-core kernel (fp16 / bf16 on compute
-// capability 8.0+) with 4 or 8 warps of 16 rows, else the CUDA-core kernel.
-// Rows per query tile, shared memory and residency per SM with it.
+// The kernel a launch runs, for fp16 / bf16: the wgmma kernel on compute
+// capability 9.0 when the loaded binary has sm_90a code, else the mma.sync
+// kernel on 8.0+, each with 4 or 8 warps of 16 rows; fp32 and older devices:
+// the CUDA-core kernel. SPECDEC_TREE_ATTENTION_KERNEL = auto | wgmma | mma |
+// simt (read once per process) asks for one; a kernel the device or dtype
+// cannot run falls back to the next in that order. Rows per query tile,
+// shared memory and residency per SM with it.
+enum Kind { kSimt = 0, kMma4, kMma8, kWgmma4, kWgmma8, kKinds };
 struct Kernel {
   void (*func)(ta::Params) = nullptr;
   int warps = 4;  // 32 threads each
@@ -40,30 +49,45 @@ struct Kernel {
   size_t smem = 0;
   int variant = 0;  // dtype, head dim and kind: an index for per-kernel caches
 };
-constexpr int kKernelVariants = 3 * 3 * 3;
+constexpr int kKernelVariants = 3 * 3 * kKinds;
+
+enum class Choice { kAuto, kWgmma, kMma, kSimt };
+Choice requested_kernel() {
+  static const Choice c = [] {
+    const char* e = std::getenv("SPECDEC_TREE_ATTENTION_KERNEL");
+    if (e == nullptr) return Choice::kAuto;
+    if (std::strcmp(e, "wgmma") == 0) return Choice::kWgmma;
+    if (std::strcmp(e, "mma") == 0) return Choice::kMma;
+    if (std::strcmp(e, "simt") == 0) return Choice::kSimt;
+    return Choice::kAuto;  // "auto" or anything else
+  }();
+  return c;
+}
 
 // SM count, opt-in shared memory and compute capability of the current
 // device, queried once per device (attribute queries do not synchronise).
 cudaError_t device_info(DeviceInfo* info) {
-  static std::atomic<int> cache[kMaxCachedDevices][3];
+  // Minor + 1 is cached: minor 0 is a valid answer, 0 means "not queried".
+  static std::atomic<int> cache[kMaxCachedDevices][4];
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
   const bool cached = dev >= 0 && dev < kMaxCachedDevices;
-  int v[3] = {0, 0, 0};
+  int v[4] = {0, 0, 0, 0};
   if (cached) {
-    for (int i = 0; i < 3; ++i) v[i] = cache[dev][i].load(std::memory_order_relaxed);
+    for (int i = 0; i < 4; ++i) v[i] = cache[dev][i].load(std::memory_order_relaxed);
   }
-  if (v[0] <= 0 || v[1] <= 0 || v[2] <= 0) {
-    const cudaDeviceAttr attrs[3] = {cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                                     cudaDevAttrComputeCapabilityMajor};
-    for (int i = 0; i < 3; ++i) {
+  if (v[0] <= 0 || v[1] <= 0 || v[2] <= 0 || v[3] <= 0) {
+    const cudaDeviceAttr attrs[4] = {cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                     cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor};
+    for (int i = 0; i < 4; ++i) {
       err = cudaDeviceGetAttribute(&v[i], attrs[i], dev);
       if (err != cudaSuccess) return err;
+      if (i == 3) ++v[i];
       if (cached) cache[dev][i].store(v[i], std::memory_order_relaxed);
     }
   }
-  *info = DeviceInfo{dev, v[0] > 0 ? v[0] : 1, v[1], v[2]};
+  *info = DeviceInfo{dev, v[0] > 0 ? v[0] : 1, v[1], v[2], v[3] - 1};
   return cudaSuccess;
 }
 
@@ -146,36 +170,57 @@ cudaError_t validate(const TreeAttentionArgs& a) {
   return cudaSuccess;
 }
 
-template <typename T, int D>
-Kernel pick_kernel(int cc_major, int64_t rows_per_seq) {
+template <typename T, int D, template <typename, int, int> class Cfg>
+Kernel make_kernel(void (*func)(ta::Params), int warps, Kind kind) {
+  constexpr int kDtype = std::is_same<T, __half>::value ? 0 : std::is_same<T, float>::value ? 2 : 1;
   Kernel k;
-  const int base = 3 * ((std::is_same<T, __half>::value ? 0 : std::is_same<T, float>::value ? 2 : 1) * 3 +
-                        (D == 64 ? 0 : D == 128 ? 1 : 2));
+  k.func = func;
+  k.warps = warps;
+  k.rows_per_tile = 16 * warps;
+  k.smem = warps == 4 ? Cfg<T, D, 4>::kSmemBytes : Cfg<T, D, (D <= 128 ? 8 : 4)>::kSmemBytes;
+  k.variant = kKinds * (kDtype * 3 + (D == 64 ? 0 : D == 128 ? 1 : 2)) + kind;
+  return k;
+}
+
+// Whether the loaded binary of `func` was compiled for sm_90a (wgmma): its
+// PTX and SASS versions are 9.0 (an sm_80-only build JIT-compiled for the
+// device reports PTX 8.0). Once per device: every kernel of this file is
+// built for the same architectures.
+bool has_sm90a_code(const void* func, const DeviceInfo& info) {
+  static std::atomic<int> cache[kMaxCachedDevices];  // 0 unknown, 1 no, 2 yes
+  const bool cached = info.device >= 0 && info.device < kMaxCachedDevices;
+  int v = cached ? cache[info.device].load(std::memory_order_relaxed) : 0;
+  if (v == 0) {
+    cudaFuncAttributes attr{};
+    v = cudaFuncGetAttributes(&attr, func) == cudaSuccess && attr.ptxVersion >= 90 && attr.binaryVersion >= 90 ? 2 : 1;
+    (void)cudaGetLastError();
+    if (cached) cache[info.device].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+}
+
+template <typename T, int D>
+Kernel pick_kernel(const DeviceInfo& info, int64_t rows_per_seq) {
   if constexpr (!std::is_same<T, float>::value) {
-    if (cc_major >= 8) {
-      if constexpr (D <= 128) {
-        if (rows_per_seq > ta::MmaConfig<T, D, 4>::kRows) {
-          using C = ta::MmaConfig<T, D, 8>;
-          k.func = ta::tree_attention_mma_kernel<T, D, 8>;
-          k.warps = 8;
-          k.rows_per_tile = C::kRows;
-          k.smem = C::kSmemBytes;
-          k.variant = base + 2;
-          return k;
-        }
-      }
-      using C = ta::MmaConfig<T, D, 4>;
-      k.func = ta::tree_attention_mma_kernel<T, D, 4>;
-      k.rows_per_tile = C::kRows;
-      k.smem = C::kSmemBytes;
-      k.variant = base + 1;
-      return k;
+    const Choice want = requested_kernel();
+    constexpr bool kEight = D <= 128;  // 8 warps (128 rows) fit shared memory and registers up to D = 128
+    const bool wide = kEight && rows_per_seq > 64;
+    if (want != Choice::kSimt && want != Choice::kMma && info.cc_major == 9 && info.cc_minor == 0 &&
+        has_sm90a_code(reinterpret_cast<const void*>(ta::tree_attention_wgmma_kernel<T, D, 4>), info)) {
+      if (wide) return make_kernel<T, D, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, (kEight ? 8 : 4)>, 8, kWgmma8);
+      return make_kernel<T, D, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, 4>, 4, kWgmma4);
+    }
+    if (want != Choice::kSimt && info.cc_major >= 8) {
+      if (wide) return make_kernel<T, D, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, (kEight ? 8 : 4)>, 8, kMma8);
+      return make_kernel<T, D, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, 4>, 4, kMma4);
     }
   }
+  constexpr int kDtype = std::is_same<T, __half>::value ? 0 : std::is_same<T, float>::value ? 2 : 1;
+  Kernel k;
   k.func = ta::tree_attention_kernel<T, D>;
   k.rows_per_tile = ta::Config<T, D>::kRows;
   k.smem = ta::Config<T, D>::kSmemBytes;
-  k.variant = base;
+  k.variant = kKinds * (kDtype * 3 + (D == 64 ? 0 : D == 128 ? 1 : 2)) + kSimt;
   return k;
 }
 
@@ -241,7 +286,7 @@ cudaError_t make_plan(const TreeAttentionArgs& a, const DeviceInfo& info, int sp
     const int64_t t_avg = std::min<int64_t>(ceil_div(n, a.batch), t_cap);
     dispatch(a, [&](auto tag) {
       using Tg = decltype(tag);
-      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info.cc_major, t_avg * group);
+      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info, t_avg * group);
       return cudaSuccess;
     });
     const int64_t rows_per_tile = p.kernel.rows_per_tile;
@@ -265,7 +310,7 @@ cudaError_t make_plan(const TreeAttentionArgs& a, const DeviceInfo& info, int sp
     splits = 1;  // no sequence: every token is uncovered
     dispatch(a, [&](auto tag) {
       using Tg = decltype(tag);
-      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info.cc_major, 0);
+      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info, 0);
       return cudaSuccess;
     });
   }

@@ -568,6 +568,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device 0: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+  const char* kernel = std::getenv("SPECDEC_TREE_ATTENTION_KERNEL");
+  std::printf("SPECDEC_TREE_ATTENTION_KERNEL=%s\n", kernel != nullptr ? kernel : "(unset: auto)");
   cudaStream_t stream = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 

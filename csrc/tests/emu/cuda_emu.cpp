@@ -91,7 +91,7 @@ constexpr size_t kStackBytes = 1 << 20;  // per fiber; mmap'd, so only touched p
 constexpr size_t kStaticSmem = 48 * 1024;  // static __shared__ per block, as on the device
 constexpr int kMaxStatics = 64;
 
-enum State : int { kIdle, kRunnable, kAtBarrier, kAtWarp, kAtAlloc, kDone };
+enum State : int { kIdle, kRunnable, kAtBarrier, kAtWarp, kAtGroup, kAtAlloc, kDone };
 
 template <typename T>
 T ld(const std::atomic<T>& a) { return a.load(std::memory_order_relaxed); }
@@ -132,6 +132,16 @@ struct Fiber {
   };
   std::vector<Copy> copies;
   uint64_t groups = 0;  // commit groups closed so far
+  // wgmma ops issued and not yet completed (group 0: not committed).
+  struct Mma {
+    float* d;
+    int n;
+    bool bf16, a_in_regs, b_mn_major, accumulate;
+    float a[2][16];  // A from registers: this thread's two rows
+    uint64_t a_desc, b_desc, group;
+  };
+  std::vector<Mma> mmas;
+  uint64_t mma_groups = 0;
 };
 
 struct Warp {
@@ -146,6 +156,14 @@ struct Warp {
   // g + 2 (the next writer of the buffer) needs every lane past g + 1.
   std::atomic<uint32_t> regs[2][32][kMaxGatherWords];
   char sync[2];  // __syncwarp's happens-before, one per generation parity
+};
+
+// A warpgroup's exchange (wgmma): 128 threads, four whole warps.
+constexpr int kGroupWords = 10;
+struct WarpGroup {
+  std::atomic<int> arrived{0};
+  std::atomic<uint64_t> gen{0};
+  std::atomic<uint32_t> regs[2][128][kGroupWords];  // per generation parity, as Warp::regs
 };
 
 struct Static {
@@ -174,6 +192,7 @@ struct Worker {
   const Launch* run = nullptr;
   std::vector<std::unique_ptr<Fiber>> fibers;  // grows between launches only
   std::unique_ptr<Warp[]> warps;
+  std::unique_ptr<WarpGroup[]> groups;  // threads / 128 of them
   uint3 block{};
   unsigned char* dyn = nullptr;
   size_t dyn_bytes = 0;
@@ -298,6 +317,9 @@ void thread_exit(Worker& w, Fiber& f) {
   Warp& wp = w.warps[f.tid / 32];
   const uint32_t bit = 1u << (f.tid % 32);
   if (!f.copies.empty()) fail("returned with %zu cp.async copies not waited for", f.copies.size());
+  if (!f.mmas.empty()) fail("returned with %zu wgmma ops not waited for", f.mmas.size());
+  if (w.groups && f.tid / 128 < w.run->threads / 128 && ld(w.groups[f.tid / 128].arrived) > 0)
+    fail("returned while %d threads of its warpgroup wait for it in a wgmma", ld(w.groups[f.tid / 128].arrived));
   st(wp.exited, ld(wp.exited) | bit);
   if (ld(wp.arrived) != 0u && (ld(wp.mask) & bit) != 0u)
     fail("returned while lanes 0x%08x wait for it in a warp intrinsic with mask 0x%08x", ld(wp.arrived),
@@ -342,6 +364,9 @@ const char* op_name(int op) {
                    ld(wp.arrived), op_name(ld(wp.op)), ld(wp.mask), ld(wp.mask) & ~ld(wp.arrived),
                    (ld(wp.mask) & ~ld(wp.arrived) & ~ld(wp.exited)) ? " (they wait elsewhere)" : "");
   }
+  for (unsigned i = 0; w.groups && i < w.run->threads / 128; ++i)
+    if (ld(w.groups[i].arrived) > 0)
+      std::fprintf(stderr, "  warpgroup %u: %d of 128 threads wait in a wgmma\n", i, ld(w.groups[i].arrived));
   if (ld(w.arrived) > 0)
     std::fprintf(stderr, "  __syncthreads: %d of %d live threads arrived (a barrier some threads never reach)\n",
                  ld(w.arrived), ld(w.active));
@@ -378,6 +403,7 @@ void run_block(Worker& w) {
     st(w.warps[i].arrived, 0u);
     st(w.warps[i].exited, 0u);
   }
+  for (unsigned i = 0; i < threads / 128; ++i) st(w.groups[i].arrived, 0);
   for (unsigned t = 0; t < threads; ++t) st(w.fibers[t]->state, kRunnable);
   hb_release(&w.block_start);
   for (;;) {
@@ -412,6 +438,7 @@ void run_launch(Worker& w, const Launch& L) {
     const unsigned lanes = std::min(32u, L.threads - 32 * i);
     w.warps[i].members = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
   }
+  w.groups.reset(L.threads >= 128 ? new WarpGroup[L.threads / 128] : nullptr);
   // Exactly the launch's bytes, so AddressSanitizer sees a read past the end.
   w.dyn_bytes = c.smem;
   w.dyn = nullptr;
@@ -426,6 +453,7 @@ void run_launch(Worker& w, const Launch& L) {
   w.dyn = nullptr;
   w.dyn_bytes = 0;
   w.warps.reset();
+  w.groups.reset();
   w.run = nullptr;
 }
 
@@ -716,6 +744,169 @@ void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, bool bf16) {
   }
 }
 
+// ---------------------------------------------------------------- wgmma
+namespace {
+
+// Every thread of the caller's warpgroup gives n words and gets all 128
+// threads' (all[t * n + w], t = thread index in the warpgroup). Synchronises
+// the warpgroup's execution, orders no memory.
+void warpgroup_gather(const uint32_t* mine, int n, uint32_t* all) {
+  Worker& w = *t_worker;
+  Fiber& f = self();
+  if (w.run->threads % 128 != 0)
+    fail("wgmma in a block of %u threads (not whole warpgroups of 128)", w.run->threads);
+  const unsigned first = f.tid / 128 * 128;
+  for (unsigned i = 0; i < 4; ++i)
+    if (ld(w.warps[first / 32 + i].exited) != 0u)
+      fail("wgmma: threads of its warpgroup (warp %u, lanes 0x%08x) have returned", first / 32 + i,
+           ld(w.warps[first / 32 + i].exited));
+  WarpGroup& g = w.groups[f.tid / 128];
+  const unsigned par = unsigned(ld(g.gen) & 1);
+  for (int i = 0; i < n; ++i) st(g.regs[par][f.tid - first][i], mine[i]);
+  const int arrived = ld(g.arrived) + 1;
+  if (arrived == 128) {
+    st(g.arrived, 0);
+    st(g.gen, ld(g.gen) + 1);
+    for (unsigned t = first; t < first + 128; ++t)
+      if (t != f.tid && ld(w.fibers[t]->state) == kAtGroup) st(w.fibers[t]->state, kRunnable);
+  } else {
+    st(g.arrived, arrived);
+    st(f.state, kAtGroup);
+    yield(w, f);
+  }
+  for (unsigned t = 0; t < 128; ++t)
+    for (int i = 0; i < n; ++i) all[t * unsigned(n) + unsigned(i)] = ld(g.regs[par][t][i]);
+}
+
+float half_bits(uint16_t bits, bool bf16) {
+  if (bf16) {
+    __nv_bfloat16 v;
+    v.bits = bits;
+    return __bfloat162float(v);
+  }
+  __half v;
+  v.bits = bits;
+  return __half2float(v);
+}
+
+struct Desc {
+  uint32_t start, lbo, sbo;
+};
+Desc decode(uint64_t desc, const char* which) {
+  if ((desc >> 62) != 0) fail("wgmma: %s descriptor asks for swizzle mode %u (only no-swizzle is emulated)", which,
+                              unsigned(desc >> 62));
+  if (((desc >> 49) & 7u) != 0) fail("wgmma: %s descriptor has a matrix base offset (not emulated)", which);
+  return Desc{uint32_t(desc & 0x3FFFu) << 4, uint32_t((desc >> 16) & 0x3FFFu) << 4,
+              uint32_t((desc >> 32) & 0x3FFFu) << 4};
+}
+
+// The 16-bit element at shared-window address `addr`, which must lie in the
+// block's dynamic shared memory.
+float smem_elem(uint32_t addr, bool bf16, const char* which) {
+  const Worker& w = *t_worker;
+  if (addr < kSharedWindowBase || addr + 2 > kSharedWindowBase + w.dyn_bytes)
+    fail("wgmma: %s operand element at shared address %u is outside the block's %zu B of dynamic shared memory",
+         which, addr, w.dyn_bytes);
+  uint16_t bits;
+  std::memcpy(&bits, w.dyn + (addr - kSharedWindowBase), 2);
+  return half_bits(bits, bf16);
+}
+
+// No-swizzle canonical layouts (PTX ISA, "Shared Memory Matrix Layout"):
+// K-major element (row, k) of a 16-k slice at start + (row / 8) sbo +
+// (k / 8) lbo + 16 (row % 8) + 2 (k % 8); MN-major element (k, n) at
+// start + (n / 8) sbo + (k / 8) lbo + 16 (k % 8) + 2 (n % 8).
+uint32_t k_major(const Desc& d, int row, int k) {
+  return d.start + uint32_t(row / 8) * d.sbo + uint32_t(k / 8) * d.lbo + 16u * uint32_t(row % 8) + 2u * uint32_t(k % 8);
+}
+uint32_t mn_major(const Desc& d, int k, int n) {
+  return d.start + uint32_t(n / 8) * d.sbo + uint32_t(k / 8) * d.lbo + 16u * uint32_t(k % 8) + 2u * uint32_t(n % 8);
+}
+
+void complete(const Fiber& f, const Fiber::Mma& m) {
+  const int wi = int(f.tid % 128) / 32, lane = int(f.tid % 32), g = lane / 4, t = lane % 4;
+  const Desc a = m.a_in_regs ? Desc{} : decode(m.a_desc, "A");
+  const Desc b = decode(m.b_desc, "B");
+  for (int j = 0; j < m.n / 8; ++j)
+    for (int i = 0; i < 4; ++i) {
+      const int h = i / 2, row = 16 * wi + g + 8 * h, col = 8 * j + 2 * t + i % 2;
+      float acc = m.accumulate ? m.d[4 * j + i] : 0.0f;
+      for (int k = 0; k < 16; ++k) {
+        const float av = m.a_in_regs ? m.a[h][k] : smem_elem(k_major(a, row, k), m.bf16, "A");
+        const float bv = smem_elem(m.b_mn_major ? mn_major(b, k, col) : k_major(b, col, k), m.bf16, "B");
+        acc += av * bv;
+      }
+      m.d[4 * j + i] = acc;
+    }
+}
+
+}  // namespace
+
+uint32_t shared_window_addr(const void* p) {
+  const Worker& w = *t_worker;
+  const auto* b = static_cast<const unsigned char*>(p);
+  if (w.dyn == nullptr || b < w.dyn || b > w.dyn + w.dyn_bytes)
+    fail("smem_desc: %p is not in the block's dynamic shared memory", p);
+  return kSharedWindowBase + uint32_t(b - w.dyn);
+}
+
+void wgmma(float* d, int n, bool bf16, const uint32_t* a_regs, uint64_t a_desc, uint64_t b_desc, bool b_mn_major,
+           bool accumulate) {
+  if (n < 8 || n > 256 || n % 8 != 0) fail("wgmma m64n%dk16: N must be a multiple of 8 in [8, 256]", n);
+  Fiber& f = self();
+  uint32_t mine[kGroupWords] = {0, 0, 0, 0,
+                                uint32_t(a_desc), uint32_t(a_desc >> 32), uint32_t(b_desc), uint32_t(b_desc >> 32),
+                                uint32_t(n), uint32_t(bf16) | uint32_t(a_regs != nullptr) << 1 |
+                                                 uint32_t(b_mn_major) << 2 | uint32_t(accumulate) << 3};
+  if (a_regs != nullptr) std::memcpy(mine, a_regs, 16);
+  uint32_t all[128 * kGroupWords];
+  warpgroup_gather(mine, kGroupWords, all);
+  for (unsigned u = 0; u < 128; ++u)
+    for (int i = 4; i < kGroupWords; ++i)
+      if (all[u * kGroupWords + unsigned(i)] != mine[i])
+        fail("wgmma: the warpgroup's threads disagree on the shape, descriptors or flags (thread %u of the group)", u);
+  Fiber::Mma m{d, n, bf16, a_regs != nullptr, b_mn_major, accumulate, {}, a_desc, b_desc, 0};
+  if (a_regs != nullptr) {
+    // A (16 x 16 per warp, the mma.sync layout): element (r, k) in lane
+    // (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2.
+    const unsigned warp_base = f.tid % 128 / 32 * 32, g = f.tid % 32 / 4;
+    for (int h = 0; h < 2; ++h)
+      for (int k = 0; k < 16; ++k) {
+        const unsigned r = g + 8u * unsigned(h);
+        const unsigned src = warp_base + (r % 8) * 4 + unsigned(k % 8) / 2;
+        const uint32_t word = all[src * kGroupWords + r / 8 + 2 * unsigned(k / 8)];
+        m.a[h][k] = half_bits(uint16_t(word >> (16 * (k % 2))), bf16);
+      }
+  }
+  f.mmas.push_back(m);
+}
+
+void wgmma_fence() {}
+
+void wgmma_commit() {
+  Fiber& f = self();
+  ++f.mma_groups;
+  for (auto& m : f.mmas)
+    if (m.group == 0) m.group = f.mma_groups;
+}
+
+void wgmma_wait(int pending) {
+  Fiber& f = self();
+  if (pending < 0) fail("wgmma.wait_group %d", pending);
+  const uint64_t done = f.mma_groups > uint64_t(pending) ? f.mma_groups - uint64_t(pending) : 0;
+  size_t kept = 0;
+  for (size_t i = 0; i < f.mmas.size(); ++i) {
+    if (f.mmas[i].group != 0 && f.mmas[i].group <= done) {
+      complete(f, f.mmas[i]);
+    } else {
+      f.mmas[kept++] = f.mmas[i];
+    }
+  }
+  f.mmas.resize(kept);
+}
+
+void fence_proxy_async() {}
+
 void run_grid(const Config& c, const void* func, void (*body)(void*), void* ctx) {
   const uint64_t threads = uint64_t(c.block.x) * c.block.y * c.block.z;
   if (threads == 0 || threads > 1024 || c.block.x > 1024 || c.block.y > 1024 || c.block.z > 64 ||
@@ -789,6 +980,7 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int d) {
     case cudaDevAttrMaxSharedMemoryPerBlock: *v = int(emu::kDefaultDynamicSmem); return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = int(emu::kMaxDynamicSmem); return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *v = 0; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
@@ -811,6 +1003,15 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaSt
 cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
+  if (attr == nullptr || func == nullptr) return cudaErrorInvalidValue;
+  *attr = cudaFuncAttributes{};
+  attr->maxThreadsPerBlock = 1024;
+  attr->ptxVersion = 90;
+  attr->binaryVersion = 90;
+  attr->maxDynamicSharedSizeBytes = int(emu::smem_limit(func));
+  return cudaSuccess;
+}
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int block, size_t smem) {
   if (n == nullptr || block <= 0 || block > 1024) return cudaErrorInvalidValue;
   const int by_threads = 2048 / block, by_smem = int((228 * 1024) / (smem + 1024));

@@ -80,11 +80,17 @@ typedef cudaError_t cudaError;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
                       cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlock = 8, cudaDevAttrMultiProcessorCount = 16,
-                      cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+                      cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76,
+                      cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct CUstream_st {};
 typedef CUstream_st* cudaStream_t;
 constexpr unsigned cudaStreamNonBlocking = 1;
+
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes, constSizeBytes, localSizeBytes;
+  int maxThreadsPerBlock, numRegs, ptxVersion, binaryVersion, cacheModeCA, maxDynamicSharedSizeBytes;
+};
 
 struct cudaDeviceProp {
   char name[256];
@@ -159,6 +165,23 @@ void ldmatrix(uint32_t* r, int num, bool trans, const void* row_addr);
 // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: d += a b with the PTX
 // fragment layouts, fp32 accumulation in k order.
 void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, bool bf16);
+
+// sm_90a's warpgroup MMA (see wgmma in cuda_emu.cpp). Dynamic shared memory
+// starts at kSharedWindowBase in the shared window the descriptors address.
+constexpr uint32_t kSharedWindowBase = 1024;
+uint32_t shared_window_addr(const void* p);
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16}: a warpgroup-wide
+// exchange (the 128 threads must all call it with the same descriptors),
+// then recorded; d is written only when this thread's wgmma_wait completes
+// the op's commit group, and the operands in shared memory are read then.
+// a_regs: A from registers (the mma.sync A fragment per warp), else a_desc
+// (K-major). B from b_desc, K-major or (b_mn_major) MN-major. No swizzle.
+void wgmma(float* d, int n, bool bf16, const uint32_t* a_regs, uint64_t a_desc, uint64_t b_desc, bool b_mn_major,
+           bool accumulate);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int pending);
+void fence_proxy_async();
 
 template <typename... P, typename... A>
 void launch(void (*kernel)(P...), const Config& c, A&&... args) {
@@ -324,6 +347,12 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
 template <typename... P>
 cudaError_t cudaFuncSetAttribute(void (*func)(P...), cudaFuncAttribute attr, int value) {
   return cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
+}
+// The harness compiles every kernel "for sm_90a": ptxVersion = binaryVersion = 90.
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func);
+template <typename... P>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, void (*func)(P...)) {
+  return cudaFuncGetAttributes(attr, reinterpret_cast<const void*>(func));
 }
 // Resident blocks per SM from threads and shared memory only (the harness
 // knows no register counts): min(2048 / threads, 32, 228 KB / (smem + 1 KB)).

@@ -56,13 +56,21 @@ MUTATIONS = [
      "asan", "tree_attention"),
     ("tree attention (tensor cores): barrier after the cp.async wait removed", "tree_attention_mma.cuh",
      "      ptx::cp_async_wait<kStages - 2>();\n      __syncthreads();\n",
-     "      ptx::cp_async_wait<kStages - 2>();\n", "tsan", "tree_attention"),
+     "      ptx::cp_async_wait<kStages - 2>();\n", "tsan", "tree_attention_mma"),
     ("tree attention (tensor cores): a tile read while its copies are in flight", "tree_attention_mma.cuh",
-     "ptx::cp_async_wait<kStages - 2>();", "ptx::cp_async_wait<kStages - 1>();", "asan", "tree_attention"),
+     "ptx::cp_async_wait<kStages - 2>();", "ptx::cp_async_wait<kStages - 1>();", "asan", "tree_attention_mma"),
     ("tree attention (tensor cores): block-table offsets prefetched for the wrong tile", "tree_attention_mma.cuh",
-     "key_offsets(j + kStages, off);", "key_offsets(j + kStages - 1, off);", "asan", "tree_attention"),
+     "key_offsets(j + kStages, off);", "key_offsets(j + kStages - 1, off);", "asan", "tree_attention_mma"),
     ("tree attention (tensor cores): row max misses the quad's other half", "tree_attention_mma.cuh",
-     "        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));\n", "", "asan", "tree_attention"),
+     "    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));\n", "", "asan", "tree_attention_mma"),
+    ("tree attention (wgmma): S read before its wgmma group is waited for", "tree_attention_wgmma.cuh",
+     "      ptx::wgmma_commit();\n      ptx::wgmma_wait<0>();\n      ptx::fence_regs(s);\n",
+     "      ptx::wgmma_commit();\n      ptx::fence_regs(s);\n", "asan", "tree_attention"),
+    ("tree attention (wgmma): barrier after the cp.async wait removed", "tree_attention_wgmma.cuh",
+     "      ptx::fence_proxy_async();\n      __syncthreads();\n", "      ptx::fence_proxy_async();\n",
+     "tsan", "tree_attention"),
+    ("tree attention (wgmma): the second warpgroup's Q descriptor at the first's rows", "tree_attention_wgmma.cuh",
+     "ptx::smem_desc(sQ + wg * 8 * C::kGroupElems,", "ptx::smem_desc(sQ,", "asan", "tree_attention"),
     ("verify: barrier between the block sum's partials and their fold removed", "sampling.cuh",
      "  if ((threadIdx.x & 31) == 0) s.f[threadIdx.x >> 5] = v;\n  __syncthreads();\n  float r = s.f[0];\n"
      "  for (int w = 1; w < kWarps; ++w) r += s.f[w];",
@@ -77,12 +85,17 @@ MUTATIONS = [
      "[&](float count) { return count >= float(top_k); }", "[&](float count) { return count > float(top_k); }",
      "asan", "sampling"),
 ]
-ARGS = {"tree_attention": ["--subset"]}
+ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"]}
+# A test key -> the C++ test it builds and the environment it runs under: the
+# harness is an sm_90 device, where tree attention takes the wgmma kernel;
+# "tree_attention_mma" asks for the mma.sync kernel.
+TESTS = {"tree_attention_mma": ("tree_attention", {"SPECDEC_TREE_ATTENTION_KERNEL": "mma"})}
 
 # The harness's own checks (selftest.cu): case -> the sanitizer whose build must fail on it.
 SELFTEST = {"inter_block_race": "tsan", "intra_block_race": "tsan", "deadlock": "asan",
             "smem_overrun": "asan", "misaligned_vector": "asan", "smem_over_limit": "asan",
-            "cp_async_no_barrier": "tsan", "cp_async_not_waited": "asan", "ldmatrix_misaligned": "asan"}
+            "cp_async_no_barrier": "tsan", "cp_async_not_waited": "asan", "ldmatrix_misaligned": "asan",
+            "wgmma_not_waited": "asan", "wgmma_partial_group": "asan"}
 
 
 def selftest(tmp: Path) -> int:
@@ -123,6 +136,7 @@ def sources(work: Path, header: str | None = None, find: str = "", repl: str = "
 
 
 def build(work: Path, headers: Path, launchers: Path, san: str, test: str) -> Path:
+    test = TESTS.get(test, (test, {}))[0]
     src = work / "src"
     rewrite_cuda.main([str(src), *map(str, sorted(launchers.glob("*.cu"))),
                        str(ROOT / "csrc" / "tests" / f"test_{test}_cuda.cu")])
@@ -137,7 +151,8 @@ def build(work: Path, headers: Path, launchers: Path, san: str, test: str) -> Pa
 
 
 def run(exe: Path, test: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=0")
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=0",
+               **TESTS.get(test, (test, {}))[1])
     return subprocess.run([str(exe), *ARGS.get(test, [])], capture_output=True, text=True, env=env, timeout=900)
 
 

@@ -139,6 +139,35 @@ int check_mma(float* buf) {
   return 0;
 }
 
+// A warpgroup's wgmma (S = A B, 64 x 16 x 8 from zeroed shared memory) with
+// no wait: the threads return with the op in flight.
+__global__ void wgmma_not_waited(float* out) {
+  extern __shared__ __align__(128) unsigned char dyn[];
+  for (int i = threadIdx.x; i < 80 * 16 * 2; i += blockDim.x) dyn[i] = 0;
+  __syncthreads();
+  float d[4];
+  specdec::ptx::wgmma_fence();
+  specdec::ptx::wgmma_ss<__half, 8>(d, specdec::ptx::smem_desc(dyn, 128, 256),
+                                    specdec::ptx::smem_desc(dyn + 64 * 16 * 2, 128, 256), false);
+  specdec::ptx::wgmma_commit();
+  out[threadIdx.x] = 0.0f;
+}
+
+// Warp 3 of the warpgroup returns before the others' wgmma.
+__global__ void wgmma_partial_group(float* out) {
+  extern __shared__ __align__(128) unsigned char dyn[];
+  for (int i = threadIdx.x; i < 80 * 16 * 2; i += blockDim.x) dyn[i] = 0;
+  __syncthreads();
+  if (threadIdx.x >= 96) return;
+  float d[4];
+  specdec::ptx::wgmma_fence();
+  specdec::ptx::wgmma_ss<__half, 8>(d, specdec::ptx::smem_desc(dyn, 128, 256),
+                                    specdec::ptx::smem_desc(dyn + 64 * 16 * 2, 128, 256), false);
+  specdec::ptx::wgmma_commit();
+  specdec::ptx::wgmma_wait<0>();
+  out[threadIdx.x] = d[0];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -154,6 +183,10 @@ int main(int argc, char** argv) {
     cp_async_not_waited<<<1, 32>>>(buf, buf + 1024);
   } else if (!std::strcmp(c, "ldmatrix_misaligned")) {
     ldmatrix_misaligned<<<1, 32>>>(buf);
+  } else if (!std::strcmp(c, "wgmma_not_waited")) {
+    wgmma_not_waited<<<1, 128, 80 * 16 * 2>>>(buf);
+  } else if (!std::strcmp(c, "wgmma_partial_group")) {
+    wgmma_partial_group<<<1, 128, 80 * 16 * 2>>>(buf);
   } else if (!std::strcmp(c, "inter_block_race")) {
     inter_block_race<<<8, 32>>>(buf);
   } else if (!std::strcmp(c, "intra_block_race")) {
