@@ -308,8 +308,9 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "specdec_kernels": specdec_kernels.__version__,
         "specdec_kernels_info": specdec_kernels.info(),
-        "env": {k: os.environ[k] for k in ("TRITON_INTERPRET", "SPECDEC_BACKEND", "CUDA_VISIBLE_DEVICES",
-                                           "OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ},
+        "env": {k: os.environ[k] for k in ("TRITON_INTERPRET", "SPECDEC_BACKEND", "SPECDEC_TREE_ATTENTION_KERNEL",
+                                           "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+                if k in os.environ},
         "git": _git_state(),
         "argv": list(sys.argv),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

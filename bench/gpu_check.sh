@@ -14,8 +14,11 @@
 #   memcheck     compute-sanitizer memcheck on each C++ CUDA test       cap  60 s (beside gpu-tests)
 #   racecheck    compute-sanitizer racecheck, likewise                  cap  90 s (beside gpu-tests)
 #   synccheck, initcheck: only while at least 60 s of the budget is left
+#   mma-tests    on sm_90: the tree-attention C++ test with the mma.sync  cap  30 s
+#                kernel (SPECDEC_TREE_ATTENTION_KERNEL=mma; auto takes wgmma)
 #   bench-*      bench_kv_cache, bench_tree_attention, bench_verify,    cap  40 s each
-#                bench_runtime, each --quick, baselines in the same process
+#                bench_runtime, each --quick, baselines in the same process;
+#                on sm_90 bench_tree_attention again with the mma.sync kernel
 #   summary      one table, printed last
 # Default budget: 470 s, leaving room under the device tool's 8-minute plan.
 #
@@ -181,6 +184,10 @@ else
   for tool in synccheck initcheck; do
     if [ "$(left)" -ge 60 ]; then step "$tool" 40 sanitize "$tool"; else skip "$tool" "less than 60 s of the budget left"; fi
   done
+  # auto runs the wgmma kernel on sm_90; the mma.sync kernel (every other sm_80+ device) gets its test here too.
+  if [ "$CMAKE_ARCHS" = 90a ]; then
+    step mma-tests 30 env SPECDEC_TREE_ATTENTION_KERNEL=mma "$CMAKE_DIR/test_tree_attention_cuda"
+  fi
 fi
 
 # Benchmarks last and alone on the device, so their timings see no other work.
@@ -188,6 +195,11 @@ DEVICE=cuda; [ "$DRY" = 1 ] && DEVICE=cpu
 for b in kv_cache tree_attention verify runtime; do
   step "bench-$b" 40 $PY "bench/bench_$b.py" --quick --device "$DEVICE" --out "$RES/bench_$b.json"
 done
+if [ "$DRY" = 0 ] && [ "$CMAKE_ARCHS" = 90a ]; then
+  # The same shapes on the mma.sync kernel: wgmma's gain measured in one run.
+  step bench-tree_attention_mma 40 env SPECDEC_TREE_ATTENTION_KERNEL=mma $PY bench/bench_tree_attention.py --quick \
+    --device cuda --out "$RES/bench_tree_attention_mma.json"
+fi
 
 pack
 cat "$DEST/summary.txt"

@@ -82,3 +82,8 @@ def test_wgmma_kernel_needs_hgmma_on_sm90a_only():
 def test_generated_wgmma_ptx_is_up_to_date():
     import gen_wgmma_ptx
     assert gen_wgmma_ptx.main(["--check"]) == 0, "run python tools/gen_wgmma_ptx.py"
+
+
+def test_serialised_wgmma_fails():
+    k = {"regs": 252, "stack": 0, "static_smem": 0, "local": 0, "sass": {"HGMMA": 7, "LDGSTS": 33, "WGDEPBAR": 7}}
+    assert any("serialised" in f for f in check_sass.check({("sm_90a", WGMMA): k}, {WGMMA: 86 * 1024})[1])

@@ -170,6 +170,8 @@ def parse(obj: Path) -> dict[tuple[str, str], dict]:
         if m:
             cur = kernels.setdefault((arch, demangle[m.group(1)]), {"sass": {}})["sass"]
             continue
+        if cur is not None and "WARPGROUP.DEPBAR" in line:  # a wgmma wait (one per HGMMA: serialised)
+            cur["WGDEPBAR"] = cur.get("WGDEPBAR", 0) + 1
         m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
         if m and cur is not None:
             cur[m.group(1)] = cur.get(m.group(1), 0) + 1
@@ -190,6 +192,10 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
             ctas = (2 if m.group(3) == "4" else 1) if arch == "sm_90a" else 0
             need = ("HGMMA", "LDGSTS") if arch == "sm_90a" else ()
             cta_limit = 227 * 1024
+            if arch == "sm_90a" and sass.get("WGDEPBAR", 0) > 2:
+                # Two commit groups per key tile (S, then P V): more waits mean ptxas serialised the wgmmas.
+                failures.append(f"{arch} {name}: {sass['WGDEPBAR']} wgmma waits (want 2: ptxas serialised the "
+                                "wgmmas, warning C7520)")
         elif m := MMA.fullmatch(name):
             threads, ctas = 32 * int(m.group(3)), 2 if m.group(3) == "4" else 1
             need = ("LDSM", "HMMA", "LDGSTS")

@@ -219,10 +219,13 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_wgmma_k
       // (zeroing it made D = 128 spill 4 bytes), and it is dead outside the tile.
       float s[kNT * 4];
       ptx::wgmma_fence();
-      // Unrolled by 4 at D = 256, where O alone is 128 registers.
-#pragma unroll(D == 256 ? 4 : D / 16)
-      for (int ks = 0; ks < D / 16; ++ks)
-        ptx::wgmma_ss<T, kKeys>(s, q_desc + ks * kColStep, k_desc + stage * kStageStep + ks * kColStep, ks > 0);
+      // The first step peeled and the rest fully unrolled: a partly unrolled
+      // loop with a run-time accumulate flag made ptxas serialise every
+      // wgmma at D = 256 (C7520; check_sass counts the waits).
+      ptx::wgmma_ss<T, kKeys>(s, q_desc, k_desc + stage * kStageStep, false);
+#pragma unroll
+      for (int ks = 1; ks < D / 16; ++ks)
+        ptx::wgmma_ss<T, kKeys>(s, q_desc + ks * kColStep, k_desc + stage * kStageStep + ks * kColStep, true);
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();
       ptx::fence_regs(s);
