@@ -114,7 +114,13 @@ def test_info_reports_versions_and_backends():
         expected = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
         assert facts["cuda_archs"] == [a for a in expected if a], facts["cuda_archs"]
         assert facts["extension_build"].startswith("cuda+cpu")
+        if not torch.cuda.is_available():
+            assert facts["cuda_attention"].startswith("no CUDA device"), facts["cuda_attention"]
+        elif torch.cuda.get_device_capability() == (9, 0) and "9.0a" in facts["cuda_archs"]:
+            want = {"mma": "mma.sync", "simt": "CUDA-core"}.get(os.environ.get("SPECDEC_TREE_ATTENTION_KERNEL"), "wgmma")
+            assert facts["cuda_attention"].startswith(want), facts["cuda_attention"]
     else:
+        assert facts["cuda_attention"].startswith("none: the extension has no CUDA kernels")
         assert facts["cuda_archs"] == []
         assert facts["extension_build"].startswith("cpu-only")
         if torch.version.cuda is not None:

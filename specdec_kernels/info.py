@@ -50,6 +50,30 @@ def _cpu_kernels() -> dict:
             "threads": threads, "threading": text}
 
 
+def _cuda_tree_attention_kernel() -> str:
+    """Which CUDA tree-attention kernel fp16/bf16 calls run on this device: the
+    launcher's rule (csrc/cuda/tree_attention.cu, pick_kernel) restated, so a
+    Hopper that runs the slower mma.sync kernel (an extension built without
+    sm_90a, or the variable set) says so."""
+    want = os.environ.get("SPECDEC_TREE_ATTENTION_KERNEL", "auto")
+    if not _extension.with_cuda():
+        return "none: the extension has no CUDA kernels"
+    if not torch.cuda.is_available():
+        return f"no CUDA device (SPECDEC_TREE_ATTENTION_KERNEL={want})"
+    major, minor = torch.cuda.get_device_capability()
+    sm90a = (major, minor) == (9, 0) and "9.0a" in _extension.cuda_archs()
+    if want == "simt" or major < 8:
+        kernel = "CUDA-core kernel"
+    elif sm90a and want != "mma":
+        kernel = "wgmma kernel (sm_90a, FlashAttention-3 style)"
+    elif (major, minor) == (9, 0) and want != "mma":
+        kernel = ("mma.sync kernel: this extension has no sm_90a code, so the wgmma kernel cannot run "
+                  "(rebuild with TORCH_CUDA_ARCH_LIST including 9.0a)")
+    else:
+        kernel = "mma.sync kernel (FlashAttention-2 style)"
+    return f"{kernel}; fp32 always takes the CUDA-core kernel (SPECDEC_TREE_ATTENTION_KERNEL={want})"
+
+
 def info() -> dict:
     """A dict of facts; ``python -m specdec_kernels info`` prints it."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -76,6 +100,7 @@ def info() -> dict:
         "extension_build": _extension_build(),
         "cuda_archs": _extension.cuda_archs(),
         "cpu_kernels": _cpu_kernels(),
+        "cuda_attention": _cuda_tree_attention_kernel(),
         "backend_override": os.environ.get("SPECDEC_BACKEND") or None,
         # Every op shares the same backend availability today; listed per op
         # so later ops with narrower support can say so.
@@ -86,7 +111,8 @@ def info() -> dict:
 def format_info(facts: dict) -> str:
     lines = [f"specdec_kernels {facts['specdec_kernels']}"]
     for key in ("python", "torch", "torch_cuda", "triton", "triton_interpret", "cuda_device",
-                "extension", "extension_cuda", "extension_build", "cuda_archs", "backend_override"):
+                "extension", "extension_cuda", "extension_build", "cuda_archs", "backend_override",
+                "cuda_attention"):
         lines.append(f"  {key:18} {facts[key]}")
     lines.append(f"  {'cpu_kernels':18} {facts['cpu_kernels']['threading']}")
     for op, per_device in facts["ops"].items():
