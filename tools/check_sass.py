@@ -12,7 +12,9 @@ tree-attention and verification kernels:
 - the sm_90a build of the Hopper kernel has warpgroup MMAs (HGMMA) and
   cp.async (LDGSTS); its sm_80 build is a trap stub the launcher never picks;
 - no kernel spills: no local loads/stores (LDL/STL) and a zero stack frame
-  (the verification kernel included: its row passes unroll 4 loads deep);
+  (the verification kernels included: their row passes keep 4 loads in flight);
+- the verification kernels (the walk and the split pass) read rows with
+  16-byte loads (LDG.E.128);
 - registers x threads x the CTAs per SM its launch bounds promise fit the
   65,536 registers of an SM, and the dynamic shared memory of those CTAs fits
   the SM (164 KB on sm_80, 228 KB on sm_90a, 1 KB reserved per CTA) and a CTA
@@ -50,7 +52,10 @@ MMA = re.compile(r"tree_attention_mma_kernel<(__half|__nv_bfloat16), (\d+), (\d+
 WGMMA = re.compile(r"tree_attention_wgmma_kernel<(__half|__nv_bfloat16), (\d+), (\d+)>")
 FMA = re.compile(r"tree_attention_kernel<(float|__half|__nv_bfloat16), (\d+)>")
 MERGE = re.compile(r"tree_attention_merge_kernel<(float|__half|__nv_bfloat16), (\d+)>")
+# Verification: the walk (one CTA per request, launch bounds (256, 1)) and the
+# split pass (launch bounds (256, 4)); both read rows with 16-byte loads.
 VERIFY = re.compile(r"verify_kernel<(float|__half|__nv_bfloat16)>")
+VERIFY_PARTIAL = re.compile(r"verify_partial_kernel<(float|__half|__nv_bfloat16)>")
 SOURCES = ("tree_attention.cu", "sampling.cu")
 
 SMEM_PROGRAM = r"""
@@ -148,7 +153,7 @@ def parse(obj: Path) -> dict[tuple[str, str], dict]:
     else:  # c++filt understands the same mangling
         names = subprocess.run(["c++filt"], input="\n".join(mangled), check=True, capture_output=True,
                                text=True).stdout.split("\n")
-    demangle = {m: re.sub(r"^.*?((?:tree_attention\w*|verify_kernel)<[^()]*>).*$", r"\1", n)
+    demangle = {m: re.sub(r"^.*?((?:tree_attention\w*|verify\w*kernel)<[^()]*>).*$", r"\1", n)
                 for m, n in zip(mangled, names)}
     kernels: dict[tuple[str, str], dict] = {}
     arch = None
@@ -172,16 +177,18 @@ def parse(obj: Path) -> dict[tuple[str, str], dict]:
             continue
         if cur is not None and "WARPGROUP.DEPBAR" in line:  # a wgmma wait (one per HGMMA: serialised)
             cur["WGDEPBAR"] = cur.get("WGDEPBAR", 0) + 1
-        m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)([.\w]*)", line)
         if m and cur is not None:
             cur[m.group(1)] = cur.get(m.group(1), 0) + 1
+            if m.group(1) == "LDG" and m.group(2).endswith(".128"):  # 16-byte global loads (verify's row passes)
+                cur["LDG.128"] = cur.get("LDG.128", 0) + 1
     return kernels
 
 
 def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
     rows, failures = [], []
     for (arch, name), k in sorted(kernels.items()):
-        if arch not in ARCHS or not (name.startswith("tree_attention") or name.startswith("verify_kernel")):
+        if arch not in ARCHS or not (name.startswith("tree_attention") or name.startswith("verify")):
             continue
         sass = k["sass"]
         need: tuple[str, ...] = ()
@@ -207,13 +214,17 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
             threads, ctas = 128, 1
         elif VERIFY.fullmatch(name):
             threads, ctas = 256, 1
+            need = ("LDG.128",)
+        elif VERIFY_PARTIAL.fullmatch(name):
+            threads, ctas = 256, 4
+            need = ("LDG.128",)
         else:
             failures.append(f"{arch} {name}: a kernel this check does not know (add it)")
             continue
         smem = sizes.get(name, 0)
         row = {"arch": arch, "kernel": name, "threads": threads, "ctas_per_sm": ctas, "regs": k.get("regs"),
                "stack": k.get("stack"), "dynamic_smem": smem,
-               **{op: sass.get(op, 0) for op in ("LDSM", "HMMA", "HGMMA", "LDGSTS", "LDL", "STL")}}
+               **{op: sass.get(op, 0) for op in ("LDSM", "HMMA", "HGMMA", "LDGSTS", "LDL", "STL", "LDG.128")}}
         rows.append(row)
         why = [f"no {op}" for op in need if sass.get(op, 0) == 0]
         why += [f"{op} x{sass[op]} (a spill)" for op in ("LDL", "STL") if sass.get(op, 0)]
@@ -251,6 +262,8 @@ def main(argv=None) -> int:
         failures.append("no sm_90a wgmma kernel found in the objects")
     if not any(r["kernel"].startswith("verify_kernel") for r in rows):
         failures.append("no verification kernel found in the objects")
+    if not any(r["kernel"].startswith("verify_partial_kernel") for r in rows):
+        failures.append("no verification split-pass kernel found in the objects")
     for a in ARCHS:
         if not any(r["arch"] == a for r in rows):
             failures.append(f"nothing compiled for {a}")
@@ -260,6 +273,9 @@ def main(argv=None) -> int:
         print(f"{r['arch']:7} {r['kernel']:54} {r['threads']:4} {r['ctas_per_sm']:3} {r['regs']:4} "
               f"{r['dynamic_smem']:6} {r['LDSM']:5} {r['HMMA']:5} {r['HGMMA']:5} {r['LDGSTS']:6} {r['LDL']:4} "
               f"{r['STL']:4}")
+    for r in rows:
+        if r["kernel"].startswith("verify"):
+            print(f"{r['arch']:7} {r['kernel']:52} LDG.E.128 x{r['LDG.128']}")
     if args.json:
         args.json.write_text(json.dumps({"kernels": rows, "failures": failures}, indent=1))
     for f in failures:

@@ -63,7 +63,21 @@ struct Case {
   int32_t width = 1;
   std::vector<int32_t> row_indptr;  // the row map, empty when none
   std::vector<int64_t> bonus;
+  // Layout of the logits as the kernels read them: rows `stride` elements
+  // apart (0: vocab) from element `shift` of the buffer, the gaps NaN (a read
+  // there makes the row invalid). Odd values misalign rows for 16-byte loads.
+  int64_t stride = 0, shift = 0;
 };
+
+// The logits in the case's layout (stride, shift), gaps NaN.
+template <typename T>
+std::vector<T> laid_out(const Case& c, const std::vector<T>& rows, T nan) {
+  const int64_t stride = c.stride ? c.stride : c.vocab, n = int64_t(rows.size()) / c.vocab;
+  std::vector<T> out(size_t(c.shift + n * stride + 1), nan);
+  for (int64_t r = 0; r < n; ++r) std::copy(rows.begin() + r * c.vocab, rows.begin() + (r + 1) * c.vocab,
+                                            out.begin() + c.shift + r * stride);
+  return out;
+}
 
 // The case with rows for a random prefix of each request's nodes only (all,
 // all but the last, or any count), and random bonus tokens.
@@ -91,12 +105,15 @@ Case with_row_map(const Case& c, std::mt19937& rng) {
   return m;
 }
 
-Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, bool target_probs, int batch) {
+// levels > 0: logits rounded to multiples of 1/levels, so rows hold many
+// exact ties (top-k / top-p thresholds inside a run of equal values).
+Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, bool target_probs, int batch, int levels = 0,
+               int max_size = 12) {
   Case c;
   c.vocab = vocab;
   c.bf16 = bf16;
   c.target_probs = target_probs;
-  std::uniform_int_distribution<int> size_d(0, 12), tok_d(0, int(vocab) - 1);
+  std::uniform_int_distribution<int> size_d(0, max_size), tok_d(0, int(vocab) - 1);
   std::normal_distribution<float> n_d(0.f, 2.f);
   std::uniform_real_distribution<float> u_d(0.f, 1.f);
   for (int b = 0; b < batch; ++b) {
@@ -108,6 +125,7 @@ Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, bool target_probs, i
       std::vector<float> row(vocab);
       for (auto& v : row) {
         v = n_d(rng);
+        if (levels > 0) v = std::round(v * levels) / levels;
         if (target_probs) v = u_d(rng) < 0.1f ? 0.f : std::exp(v);
         if (bf16) {
           const uint16_t h = bf16_bits(v);
@@ -115,6 +133,11 @@ Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, bool target_probs, i
           const uint32_t u = uint32_t(h) << 16;
           std::memcpy(&v, &u, 4);
         }
+      }
+      if (levels > 0 && vocab > 8) {  // the maximum again near the end: a tie across split chunks
+        const float top = *std::max_element(row.begin(), row.end());
+        row[vocab - 1 - i % 8] = top;
+        if (bf16) c.logits_bf16[c.logits_bf16.size() - 1 - i % 8] = bf16_bits(top);
       }
       c.logits.insert(c.logits.end(), row.begin(), row.end());
       int64_t tok = tok_d(rng);
@@ -153,7 +176,7 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
   a.qo_indptr = indptr;
   a.logits = logits;
   a.logits_dtype = c.bf16 ? specdec::DType::kBFloat16 : specdec::DType::kFloat32;
-  a.logits_stride = c.vocab;
+  a.logits_stride = c.stride ? c.stride : c.vocab;
   a.logits_are_probs = c.target_probs;
   if (with_q) {
     a.draft_probs = probs;
@@ -183,6 +206,10 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
   return a;
 }
 
+// Requests verify_cuda ran through the split path (verify_partial_kernel
+// first: its workspace holds more than the residual rows) and through one launch.
+int split_requests = 0, single_requests = 0;
+
 int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, int64_t top_k, float top_p,
             int* requests) {
   const int64_t batch = int64_t(c.indptr.size()) - 1;
@@ -193,7 +220,10 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
 
   // CPU: host pointers.
   Result cpu{std::vector<int32_t>(batch), std::vector<int32_t>(batch * c.width), std::vector<int64_t>(batch * c.width)};
-  const void* host_logits = c.bf16 ? static_cast<const void*>(c.logits_bf16.data()) : c.logits.data();
+  const std::vector<float> logits_f32 = laid_out(c, c.logits, std::nanf(""));
+  const std::vector<uint16_t> logits_bf16 = laid_out(c, c.logits_bf16, uint16_t(0x7fc0));
+  const void* host_logits = c.bf16 ? static_cast<const void*>(logits_bf16.data() + c.shift)
+                                   : static_cast<const void*>(logits_f32.data() + c.shift);
   specdec::VerifyArgs ha = args_for(c, mode, with_q, philox, host_logits, c.probs.data(), c.tokens.data(),
                                     c.parents.data(), c.indptr.data(), temp.data(), tk.data(), tp.data(), eps.data(),
                                     alpha.data(), c.uniforms.data(), seed_offset, c.row_indptr.data(),
@@ -204,7 +234,9 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   specdec::verify_cpu(ha, 0, batch);
 
   // CUDA: device copies, outputs poisoned.
-  void* d_logits = c.bf16 ? static_cast<void*>(to_device(c.logits_bf16)) : static_cast<void*>(to_device(c.logits));
+  void* d_logits = c.bf16 ? static_cast<void*>(to_device(logits_bf16)) : static_cast<void*>(to_device(logits_f32));
+  const void* d_logits_at = c.bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(d_logits) + c.shift)
+                                   : static_cast<const void*>(static_cast<const float*>(d_logits) + c.shift);
   float* d_probs = to_device(c.probs);
   int64_t* d_tokens = to_device(c.tokens);
   int32_t* d_parents = to_device(c.parents);
@@ -218,12 +250,14 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   int32_t* d_num = to_device(std::vector<int32_t>(batch, 0x5a5a5a5a));
   int32_t* d_nodes = to_device(std::vector<int32_t>(batch * c.width, 0x5a5a5a5a));
   int64_t* d_toks = to_device(std::vector<int64_t>(batch * c.width, 0x5a5a5a5a));
-  specdec::VerifyArgs da = args_for(c, mode, with_q, philox, d_logits, d_probs, d_tokens, d_parents, d_indptr, d_temp,
+  specdec::VerifyArgs da = args_for(c, mode, with_q, philox, d_logits_at, d_probs, d_tokens, d_parents, d_indptr, d_temp,
                                     d_tk, d_tp, d_eps, d_alpha, d_unif, d_seed, d_rows, d_bonus);
   da.num_accepted = d_num;
   da.accepted_nodes = d_nodes;
   da.tokens = d_toks;
   const size_t bytes = specdec::verify_cuda_workspace_bytes(da);
+  const size_t residual_bytes = mode == specdec::VerifyMode::kRejection && with_q ? batch * c.vocab * sizeof(float) : 0;
+  (bytes > residual_bytes ? split_requests : single_requests) += int(batch);
   void* ws = nullptr;
   if (bytes) CHECK_CUDA(cudaMalloc(&ws, bytes));
   CHECK_CUDA(specdec::verify_cuda(da, ws, bytes, nullptr));
@@ -276,6 +310,49 @@ int main() {
         }
       }
     }
+  }
+  // Rows misaligned for 16-byte loads (the buffer starts 1-3 elements past a
+  // 16-byte boundary, rows vocab + 1..3 apart, the gaps NaN), logits on a
+  // grid of 1/2 so rows hold long runs of equal values: greedy's lowest-index
+  // argmax, top-k and top-p thresholds inside a run of ties.
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool bf16 = variant & 1, target_probs = variant & 2;
+    for (int64_t vocab : {1000, 3001}) {
+      Case c = make_case(rng, vocab, bf16, target_probs, 8, /*levels=*/2);
+      c.stride = vocab + 1 + variant;
+      c.shift = 1 + variant;
+      differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
+      differ += compare(c, specdec::VerifyMode::kRejection, false, variant & 1, 7, 0.6f, &requests);
+      differ += compare(c, specdec::VerifyMode::kRejection, true, false, 3, 0.5f, &requests);
+      differ += compare(c, specdec::VerifyMode::kTypical, false, true, 0, 1.f, &requests);
+    }
+  }
+  // Small batches of a larger vocabulary: 9 chunks of 1024 per row in the
+  // split pass (fewer chunks than CTAs would allow, so every chunk is full
+  // but the last).
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool bf16 = variant & 1, target_probs = variant & 2;
+    const Case plain = make_case(rng, 9000, bf16, target_probs, 2, 0, 5);
+    for (const Case& c : {plain, with_row_map(plain, rng)}) {
+      differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
+      differ += compare(c, specdec::VerifyMode::kRejection, false, true, 0, 1.f, &requests);
+      differ += compare(c, specdec::VerifyMode::kRejection, true, false, 20, 0.8f, &requests);
+      differ += compare(c, specdec::VerifyMode::kTypical, false, false, 0, 1.f, &requests);
+    }
+  }
+  // A batch with more rows than the split pass takes (over 528): one launch,
+  // one CTA per request, at a vocabulary that would otherwise split.
+  {
+    const Case c = make_case(rng, 1500, true, false, 80, 0, 16);
+    differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
+    differ += compare(c, specdec::VerifyMode::kRejection, true, true, 5, 0.9f, &requests);
+    differ += compare(c, specdec::VerifyMode::kTypical, false, false, 0, 1.f, &requests);
+  }
+  std::printf("test_sampling_cuda: %d requests through the split pass, %d through one launch\n", split_requests,
+              single_requests);
+  if (split_requests == 0 || single_requests == 0) {
+    std::printf("FAIL: a path was not exercised\n");
+    return 1;
   }
   if (differ * 100 > requests) {
     std::printf("FAIL: %d of %d requests differ\n", differ, requests);

@@ -1,15 +1,16 @@
-// CUDA verification kernel (header-only): one CTA of kVerifyThreads threads
-// per request walks the request's tree exactly as the CPU kernel and the
-// Python reference do (rules in specdec/sampling.h). Every thread runs the
-// same scalar walk; the passes over a row (argmax, softmax statistics, the
-// exact top-k / top-p thresholds by a 16-way search over the order-preserving
+// CUDA verification kernel (header-only): one CTA of kThreads threads per
+// request walks the request's tree exactly as the CPU kernel and the Python
+// reference do (rules in specdec/sampling.h). Every thread runs the same
+// scalar walk; the passes over a row (argmax, softmax statistics, the exact
+// top-k / top-p thresholds by a 16-way search over the order-preserving
 // integer key of z, residual updates, the inverse-CDF draw) are block-wide
 // with deterministic reductions, so all threads hold identical scalars and
 // control flow stays uniform. Thread 0 writes the outputs.
 //
-// This first version reads each visited row with one CTA; a row-parallel
-// statistics pass over all rows (several CTAs per row, last-CTA walk) is the
-// planned bandwidth step for B = 1 with large V.
+// Row passes read 16 bytes per load (row_pass): a row whose start is not
+// 16-byte aligned is read one element at a time up to its first 16-byte
+// boundary, the rest in 16-byte packs, several in flight per thread, and the
+// last partial pack one element at a time again.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -41,6 +42,59 @@ __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// 16 bytes of a row: one vector load (LDG.E.128).
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int N = int(16 / sizeof(T));
+  T e[N];
+};
+
+// How the row [base, base + n) splits for 16-byte loads: elements [0, head)
+// one by one up to the first 16-byte boundary, `vecs` packs, then elements
+// [rest, n) one by one (fewer than a pack, so fewer than kThreads).
+struct Split {
+  int64_t head, vecs, rest;
+};
+
+template <typename T>
+__device__ __forceinline__ Split split_of(const T* base, int64_t n) {
+  constexpr int N = Pack<T>::N;
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(base);
+  if (addr % sizeof(T) != 0) return Split{0, 0, 0};  // not even element-aligned: all one by one
+  int64_t head = (addr & 15u) != 0 ? int64_t((16u - (addr & 15u)) / sizeof(T)) : 0;
+  head = head < n ? head : n;
+  const int64_t vecs = (n - head) / N;
+  return Split{head, vecs, head + vecs * N};
+}
+
+// Calls f(x, value) for every x in [0, n): thread t takes the t-th head
+// element, packs t, t + kThreads, ... (U packs in flight per thread), and the
+// t-th element of the rest, so each thread sees its x in increasing order.
+template <int U, typename T, typename F>
+__device__ __forceinline__ void row_pass(const T* base, int64_t n, F&& f) {
+  constexpr int N = Pack<T>::N;
+  const Split sp = split_of(base, n);
+  const int64_t t = threadIdx.x;
+  if (t < sp.head) f(t, to_f(base[t]));
+  const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(base + sp.head);
+  for (int64_t i = t; i < sp.vecs; i += int64_t(kThreads) * U) {
+    Pack<T> r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (i + u * kThreads < sp.vecs) r[u] = packs[i + u * kThreads];
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (i + u * kThreads < sp.vecs) {
+        const int64_t x0 = sp.head + (i + u * kThreads) * N;
+#pragma unroll
+        for (int j = 0; j < N; ++j) f(x0 + j, to_f(r[u].e[j]));
+      }
+    }
+  }
+  for (int64_t x = sp.rest + t; x < n; x += kThreads) f(x, to_f(base[x]));
+}
+
 // Points one pass of a threshold search tests at once (see search_key).
 constexpr int kProbes = 15;
 
@@ -48,7 +102,8 @@ constexpr int kProbes = 15;
 struct Scratch {
   float f[kWarps * kProbes];
   int64_t i[kWarps];
-  double seg[kThreads];
+  double d[kWarps];
+  int64_t fi[kWarps];
 };
 
 // Reductions return the same value to every thread: warps combine by xor
@@ -63,6 +118,16 @@ __device__ __forceinline__ float block_sum(float v, Scratch& s) {
   return r;
 }
 
+__device__ __forceinline__ double block_sum_d(double v, Scratch& s) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) s.d[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double r = s.d[0];
+  for (int w = 1; w < kWarps; ++w) r += s.d[w];
+  return r;
+}
+
 __device__ __forceinline__ float block_max(float v, Scratch& s) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   __syncthreads();
@@ -71,6 +136,20 @@ __device__ __forceinline__ float block_max(float v, Scratch& s) {
   float r = s.f[0];
   for (int w = 1; w < kWarps; ++w) r = fmaxf(r, s.f[w]);
   return r;
+}
+
+// One step of block_sum_probes' recursive halving: lanes 2 * W apart swap
+// half of the W * 2 values they hold.
+template <int W>
+__device__ __forceinline__ void halve(float (&h)[16], unsigned lane) {
+  constexpr int o = 2 * W;
+  const bool upper = (lane & unsigned(o)) != 0;
+#pragma unroll
+  for (int i = 0; i < W; ++i) {
+    const float send = upper ? h[i] : h[W + i];
+    const float keep = upper ? h[W + i] : h[i];
+    h[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+  }
 }
 
 // kProbes sums at once, each bitwise what block_sum gives for that value.
@@ -86,16 +165,10 @@ __device__ __forceinline__ void block_sum_probes(float (&v)[kProbes], Scratch& s
   float h[16];
 #pragma unroll
   for (int j = 0; j < 16; ++j) h[j] = j < kProbes ? v[j] : 0.f;
-#pragma unroll
-  for (int width = 8, o = 16; width >= 1; width >>= 1, o >>= 1) {
-    const bool upper = (lane & unsigned(o)) != 0;
-#pragma unroll
-    for (int i = 0; i < width; ++i) {
-      const float send = upper ? h[i] : h[width + i];
-      const float keep = upper ? h[width + i] : h[i];
-      h[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-    }
-  }
+  halve<8>(h, lane);  // one call per width: a loop over widths is not always unrolled,
+  halve<4>(h, lane);  // and h then lives in local memory
+  halve<2>(h, lane);
+  halve<1>(h, lane);
   h[0] += __shfl_xor_sync(0xffffffffu, h[0], 1);
   __syncthreads();
   const unsigned j = (lane >> 1) & 15u;
@@ -134,79 +207,141 @@ __device__ __forceinline__ int64_t key_of(float z) {
 
 // A row of the target's logits (or probabilities) of element type L: the
 // kernel is instantiated per logits dtype, so the row passes have no dtype
-// branch between their loads and unroll by 4 into 4 loads in flight per
-// thread (each thread still sums its elements in x order: same results).
+// branch between their loads. pass<U>(f) is row_pass: 16-byte loads, U in
+// flight per thread.
+// Statistics of one chunk of one row, from verify_partial_kernel (small
+// batches: several CTAs per row). Chunks are combined in increasing order.
+struct RowPartial {
+  float raw_max;   // largest raw value that is not NaN (nor negative, for probabilities); -inf if none
+  int32_t bad;     // 1: a NaN (or negative probability) in the chunk
+  int64_t argmax;  // first x of raw_max in the chunk (absolute); vocab if none
+  float t;         // temperature z was taken at; 0: z not computed (greedy)
+  float z_max;     // max of z = logit / t over the chunk
+  float z_sum;     // sum of expf(z - z_max) over the chunk (0 when z_max is -inf)
+  int32_t unused;
+};
+
 template <typename L>
 struct Row {
   const L* base;   // the row's first element
   int64_t vocab;
   bool probs;      // the row holds probabilities: its logits are log(raw)
+  const RowPartial* pre;  // this row's chunk statistics, or null (then every pass reads the row)
+  int chunks;
   __device__ float raw(int64_t x) const { return to_f(base[x]); }
-  __device__ float logit(int64_t x) const {
-    const float v = raw(x);
-    return probs ? logf(v) : v;
-  }
+  __device__ float logit_of(float v) const { return probs ? logf(v) : v; }
+  __device__ float logit(int64_t x) const { return logit_of(raw(x)); }
+  // z = logit / t with IEEE division, so every backend gets the same z.
+  __device__ float z_of_raw(float v, float t) const { return __fdiv_rn(logit_of(v), t); }
+  template <int U = 4, typename F>
+  __device__ __forceinline__ void pass(F&& f) const { row_pass<U>(base, vocab, f); }
 };
 
-// z = logit / t with IEEE division, so every backend gets the same z.
 template <typename R>
-__device__ __forceinline__ float z_of(const R& row, int64_t x, float t) { return __fdiv_rn(row.logit(x), t); }
+__device__ __forceinline__ float z_of(const R& row, int64_t x, float t) { return row.z_of_raw(row.raw(x), t); }
 
 struct Scan {
   int64_t argmax;
   bool valid;
 };
 
-// Argmax of the raw row (lowest index on ties); valid = no NaN, finite max
-// (probabilities: no NaN or negative value, a finite positive max, i.e. the
-// same test on log(row)).
+struct RawStats {
+  float max;      // largest value that is not bad, -inf if none
+  int64_t first;  // its lowest index, vocab if none
+  bool bad;       // a NaN (or a negative probability)
+};
+
+// One pass: max, first argmax and badness of the raw row.
 template <typename R>
-__device__ Scan scan_row(const R& row, Scratch& s) {
+__device__ RawStats raw_stats(const R& row, Scratch& s) {
   float best = -kInf;
-  int64_t idx = row.vocab;  // this thread's first maximum (strided x increases)
+  int64_t idx = row.vocab;  // this thread's first maximum (each thread's x increase)
   int nan = 0;
-#pragma unroll 4
-  for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
-    const float v = row.raw(x);
+  row.pass([&](int64_t x, float v) {
     if (v != v || (row.probs && v < 0.f)) {
       nan = 1;
     } else if (idx == row.vocab || v > best) {
       best = v;
       idx = x;
     }
-  }
+  });
   const float m = block_max(best, s);
   const int64_t first = block_min(best == m && idx < row.vocab ? idx : row.vocab, s);
   const float nans = block_sum(float(nan), s);
-  return Scan{first < row.vocab ? first : 0, nans == 0.f && m > (row.probs ? 0.f : -kInf) && m < kInf};
+  return RawStats{m, first, nans != 0.f};
+}
+
+// Argmax of the raw row (lowest index on ties); valid = no NaN, finite max
+// (probabilities: no NaN or negative value, a finite positive max, i.e. the
+// same test on log(row)). From the row's chunk statistics when it has them
+// (every thread folds the chunks in order: the same result as one pass).
+template <typename R>
+__device__ Scan scan_row(const R& row, Scratch& s) {
+  RawStats r{-kInf, row.vocab, false};
+  if (row.pre != nullptr) {
+    for (int c = 0; c < row.chunks; ++c) {
+      const RowPartial& p = row.pre[c];
+      r.bad |= p.bad != 0;
+      if (p.argmax < row.vocab && (r.first == row.vocab || p.raw_max > r.max)) {
+        r.max = p.raw_max;
+        r.first = p.argmax;
+      }
+    }
+  } else {
+    r = raw_stats(row, s);
+  }
+  return Scan{r.first < row.vocab ? r.first : 0, !r.bad && r.max > (row.probs ? 0.f : -kInf) && r.max < kInf};
 }
 
 struct Stats {
   int64_t thr;  // keep tokens with key(z) >= thr
   float m, total;
   template <typename R>
-  __device__ float p(const R& row, int64_t x, float t) const {
-    if (x < 0 || x >= row.vocab) return 0.f;
-    const float z = z_of(row, x, t);
+  __device__ float p_of_raw(const R& row, float v, float t) const {
+    const float z = row.z_of_raw(v, t);
     return key_of(z) >= thr ? expf(z - m) / total : 0.f;
+  }
+  template <typename R>
+  __device__ float p(const R& row, int64_t x, float t) const {
+    return x < 0 || x >= row.vocab ? 0.f : p_of_raw(row, row.raw(x), t);
   }
 };
 
+// Max and normaliser of z over the tokens with key(z) >= thr. Without a
+// threshold (thr = 0) and with chunk statistics taken at this t, from those:
+// m = the largest chunk max, total = sum over chunks in order of
+// z_sum * expf(z_max - m) (the same m; total differs only by rounding).
 template <typename R>
 __device__ void softmax_stats(const R& row, float t, int64_t thr, Scratch& s, float* m_out, float* total_out) {
-  float m = -kInf;
-#pragma unroll 4
-  for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
-    const float z = z_of(row, x, t);
-    if (key_of(z) >= thr) m = fmaxf(m, z);
+  if (row.pre != nullptr && thr == 0) {
+    bool ok = true;
+    float m = -kInf;
+    for (int c = 0; c < row.chunks; ++c) {
+      ok &= row.pre[c].t == t;
+      m = fmaxf(m, row.pre[c].z_max);
+    }
+    if (ok) {
+      float total = 0.f;
+      for (int c = 0; c < row.chunks; ++c) {
+        const RowPartial& p = row.pre[c];
+        if (p.z_sum > 0.f) total += p.z_sum * expf(p.z_max - m);
+      }
+      *m_out = m;
+      *total_out = total;
+      return;
+    }
   }
+  float m = -kInf;
+  row.pass([&](int64_t, float v) {
+    const float z = row.z_of_raw(v, t);
+    if (key_of(z) >= thr) m = fmaxf(m, z);
+  });
   m = block_max(m, s);
   float total = 0.f;
-#pragma unroll 4
-  for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
-    const float z = z_of(row, x, t);
+  row.pass([&](int64_t, float v) {
+    const float z = row.z_of_raw(v, t);
     if (key_of(z) >= thr) total += expf(z - m);
-  }
+  });
   *m_out = m;
   *total_out = block_sum(total, s);
 }
@@ -269,12 +404,12 @@ __device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p,
     st.thr = search_key<true>(
         0, 4294967295LL,
         [&](const int64_t (&probe)[kProbes], float (&count)[kProbes]) {
-#pragma unroll 1  // 15 probes per element already keep the loads apart
-          for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
-            const int64_t k = key_of(z_of(row, x, t));
+          // One pack in flight: 15 probes per element already keep the loads apart.
+          row.template pass<1>([&](int64_t, float v) {
+            const int64_t k = key_of(row.z_of_raw(v, t));
 #pragma unroll
             for (int j = 0; j < kProbes; ++j) count[j] += k >= probe[j];
-          }
+          });
         },
         [&](float count) { return count >= float(top_k); }, s);
   }
@@ -287,15 +422,14 @@ __device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p,
     const int64_t lo = search_key<false>(
         thr, 4294967295LL,
         [&](const int64_t (&probe)[kProbes], float (&mass)[kProbes]) {
-#pragma unroll 1
-          for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
-            const float z = z_of(row, x, t);
+          row.template pass<1>([&](int64_t, float v) {
+            const float z = row.z_of_raw(v, t);
             const int64_t k = key_of(z);
-            if (k < thr) continue;
+            if (k < thr) return;
             const float e = expf(z - m);
 #pragma unroll
             for (int j = 0; j < kProbes; ++j) mass[j] += k > probe[j] ? e : 0.f;
-          }
+          });
         },
         [&](float mass) { return mass < limit; }, s);
     st.thr = lo > st.thr ? lo : st.thr;
@@ -304,44 +438,119 @@ __device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p,
   return st;
 }
 
-// Inverse CDF over weights(x): first index whose running sum exceeds
-// u * total, else the last index with weight. Each thread owns a contiguous
-// segment so the running sum has one well-defined order.
-template <typename W>
-__device__ int64_t sample(int64_t vocab, float u, W weight, Scratch& s) {
-  const int64_t per = (vocab + kThreads - 1) / kThreads;
-  const int64_t lo = threadIdx.x * per;
-  const int64_t hi = lo + per < vocab ? lo + per : vocab;
-  double mine = 0.0;  // double: a float running sum over 100K tokens drifts by ~1e-3
-  int64_t last = -1;
-  for (int64_t x = lo; x < hi; ++x) {
-    const float w = weight(x);
-    mine += w;
-    if (w > 0.f) last = x;
+// Packs per thread in one tile of the draw's scan: a tile is kThreads *
+// kDrawPacks packs, thread t owning kDrawPacks consecutive ones.
+constexpr int kDrawPacks = 4;
+
+// One tile of the inverse-CDF scan. This thread holds the weights w[0, cnt)
+// of x0, x0 + 1, ...; *base is the running sum before the tile. The block
+// scans its threads' sums (double), each thread continues the running sum
+// over its weights in x order and notes the first x where float(running) >
+// target; returns that block-wide first x (n if none) and advances *base by
+// the tile's sum. Every thread folds the warp sums in warp order, so all
+// hold the same *base and the running sums continue one fixed order of
+// additions. Scratch d and fi: each written before one barrier and read
+// before the next, so two barriers a tile.
+template <int M>
+__device__ __forceinline__ int64_t draw_tile(const float (&w)[M], int cnt, int64_t x0, double* base, float target,
+                                             int64_t n, Scratch& s) {
+  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  double local = 0.0;
+#pragma unroll
+  for (int j = 0; j < M; ++j) local += j < cnt ? double(w[j]) : 0.0;
+  double incl = local;  // warp-inclusive scan, lanes in order
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double y = __shfl_sync(0xffffffffu, incl, lane >= unsigned(o) ? lane - o : lane);
+    if (lane >= unsigned(o)) incl += y;
   }
+  double excl = __shfl_sync(0xffffffffu, incl, lane > 0 ? lane - 1 : 0);
+  if (lane == 0) excl = 0.0;
+  if (lane == 31) s.d[warp] = incl;
   __syncthreads();
-  s.seg[threadIdx.x] = mine;
-  __syncthreads();
-  double before = 0.0, total = 0.0;
-  for (int i = 0; i < kThreads; ++i) {
-    if (i == int(threadIdx.x)) before = total;
-    total += s.seg[i];
+  double running = *base, next = *base;
+  for (int v = 0; v < kWarps; ++v) {
+    if (v == int(warp)) running = next;
+    next += s.d[v];
   }
-  const float target = u * float(total);
-  int64_t found = vocab;
-  if (float(before + mine) > target && mine > 0.0) {
-    double running = before;
-    for (int64_t x = lo; x < hi; ++x) {
-      running += weight(x);
-      if (float(running) > target) {
-        found = x;
-        break;
-      }
+  *base = next;
+  running += excl;
+  int64_t found = n;
+#pragma unroll
+  for (int j = 0; j < M; ++j) {
+    if (j < cnt) {
+      running += w[j];
+      if (found == n && float(running) > target) found = x0 + j;
     }
   }
-  found = block_min(found, s);
+  for (int o = 16; o > 0; o >>= 1) {
+    const int64_t other = __shfl_xor_sync(0xffffffffu, found, o);
+    found = other < found ? other : found;
+  }
+  if (lane == 0) s.fi[warp] = found;
+  __syncthreads();
+  int64_t r = s.fi[0];
+  for (int v = 1; v < kWarps; ++v) r = s.fi[v] < r ? s.fi[v] : r;
+  return r;
+}
+
+// Inverse CDF over weight(x, value of x in src): the first index whose
+// running sum exceeds u * total, else the last index with weight. The total
+// is one pass of 16-byte loads (double per thread, folded in a fixed order);
+// the running sum is a double (a float one over 100K tokens drifts by ~1e-3)
+// continued over coalesced tiles by a block-wide scan (draw_tile), stopping
+// at the tile where it crosses.
+template <typename T, typename W>
+__device__ int64_t sample(const T* src, int64_t n, float u, W weight, Scratch& s) {
+  constexpr int N = Pack<T>::N;
+  double mine = 0.0;
+  int64_t last = -1;
+  row_pass<4>(src, n, [&](int64_t x, float v) {
+    const float w = weight(x, v);
+    mine += w;
+    if (w > 0.f) last = x;
+  });
+  const float target = u * float(block_sum_d(mine, s));
   const int64_t last_all = block_max_i(last, s);
-  return found < vocab ? found : (last_all >= 0 ? last_all : 0);
+  const Split sp = split_of(src, n);
+  const int64_t t = threadIdx.x;
+  double base = 0.0;
+  int64_t found = n;
+  for (int64_t h = 0; h < sp.head && found == n; h += kThreads) {  // at most one tile
+    float w[1] = {0.f};
+    const bool mine_x = h + t < sp.head;
+    if (mine_x) w[0] = weight(h + t, to_f(src[h + t]));
+    found = draw_tile(w, mine_x ? 1 : 0, h + t, &base, target, n, s);
+  }
+  const Pack<T>* packs = reinterpret_cast<const Pack<T>*>(src + sp.head);
+  for (int64_t p0 = 0; p0 < sp.vecs && found == n; p0 += int64_t(kThreads) * kDrawPacks) {
+    const int64_t mine_p = p0 + t * kDrawPacks;
+    Pack<T> r[kDrawPacks];
+#pragma unroll
+    for (int k = 0; k < kDrawPacks; ++k) {
+      if (mine_p + k < sp.vecs) r[k] = packs[mine_p + k];
+    }
+    float w[kDrawPacks * N];
+    int cnt = 0;
+#pragma unroll
+    for (int k = 0; k < kDrawPacks; ++k) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const int64_t x = sp.head + (mine_p + k) * N + j;
+        const bool in = mine_p + k < sp.vecs;
+        w[k * N + j] = in ? weight(x, to_f(r[k].e[j])) : 0.f;
+        cnt += in;
+      }
+    }
+    found = draw_tile(w, cnt, sp.head + mine_p * N, &base, target, n, s);
+  }
+  for (int64_t h = sp.rest; h < n && found == n; h += kThreads) {
+    float w[1] = {0.f};
+    const bool mine_x = h + t < n;
+    if (mine_x) w[0] = weight(h + t, to_f(src[h + t]));
+    found = draw_tile(w, mine_x ? 1 : 0, h + t, &base, target, n, s);
+  }
+  return found < n ? found : (last_all >= 0 ? last_all : 0);
 }
 
 template <typename L>
@@ -350,14 +559,17 @@ struct Walk {
   int64_t b, start, size;
   RowSpan rows;
   Scratch& s;
+  const RowPartial* pre;  // [rows of logits, chunks] or null
+  int chunks;
 
   __device__ int64_t token(int64_t node) const { return a.draft_tokens[start + node]; }
   __device__ int32_t parent(int64_t node) const { return a.parents[start + node]; }
   __device__ bool has_row(int64_t node) const { return node < rows.count; }
   __device__ int64_t bonus() const { return a.bonus_tokens[b]; }
   __device__ Row<L> row(int64_t node) const {
-    return Row<L>{static_cast<const L*>(a.logits) + (rows.start + node) * a.logits_stride, a.vocab,
-                  a.logits_are_probs};
+    const int64_t r = rows.start + node;
+    return Row<L>{static_cast<const L*>(a.logits) + r * a.logits_stride, a.vocab, a.logits_are_probs,
+                  pre != nullptr ? pre + r * chunks : nullptr, chunks};
   }
   __device__ float q(int64_t node, int64_t x) const {
     return load(a.draft_probs, a.probs_dtype, (rows.start + node) * a.probs_stride + x);
@@ -469,16 +681,16 @@ __device__ int64_t walk_rejection(const W& w, float* residual) {
     const float u0 = w.uniform(0);
     int64_t bonus;
     if (with_q && res_active) {
-      bonus = sample(vocab, u0, [&](int64_t y) { return residual[y]; }, w.s);
+      bonus = sample(residual, vocab, u0, [](int64_t, float r) { return r; }, w.s);
     } else if (!with_q && try_children) {
-      bonus = sample(vocab, u0, [&](int64_t y) {
+      bonus = sample(row.base, vocab, u0, [&](int64_t y, float v) {
         for (int64_t c = node + 1; c < w.size; ++c) {
           if (w.parent(c) == node && w.token(c) == y) return 0.f;
         }
-        return st.p(row, y, t);
+        return st.p_of_raw(row, v, t);
       }, w.s);
     } else {
-      bonus = sample(vocab, u0, [&](int64_t y) { return st.p(row, y, t); }, w.s);
+      bonus = sample(row.base, vocab, u0, [&](int64_t, float v) { return st.p_of_raw(row, v, t); }, w.s);
     }
     w.emit_bonus(accepted, bonus);
     return accepted;
@@ -495,11 +707,10 @@ template <typename R>
 __device__ void typical_stats(const R& row, float t, float eps, float alpha, Scratch& s, TypicalNode& n) {
   softmax_stats(row, t, 0, s, &n.m, &n.total);
   float h = 0.f;
-#pragma unroll 4
-  for (int64_t x = threadIdx.x; x < row.vocab; x += kThreads) {
-    const float p = expf(z_of(row, x, t) - n.m) / n.total;
+  row.pass([&](int64_t, float v) {
+    const float p = expf(row.z_of_raw(v, t) - n.m) / n.total;
     h -= p * logf(p + kTypicalLogEps);
-  }
+  });
   n.thr = fminf(eps, alpha * expf(-block_sum(h, s)));
 }
 
@@ -544,8 +755,8 @@ __device__ int64_t walk_typical(const W& w, TypicalNode* nodes) {
     TypicalNode bn{};
     typical_stats(row, t, eps, alpha, w.s, bn);
     const float u0 = w.uniform(0);
-    bonus = sample(a.vocab, u0, [&](int64_t y) {
-      const float p = expf(z_of(row, y, t) - bn.m) / bn.total;
+    bonus = sample(row.base, a.vocab, u0, [&](int64_t, float v) {
+      const float p = expf(row.z_of_raw(v, t) - bn.m) / bn.total;
       return p >= bn.thr ? p : 0.f;
     }, w.s);
   } else {
@@ -557,10 +768,61 @@ __device__ int64_t walk_typical(const W& w, TypicalNode* nodes) {
   return accepted;
 }
 
-// grid = batch, block = kThreads. residual: float [batch, vocab] (mode 1 with q).
-// L: the element type of a.logits (a.logits_dtype).
+// Small batches: the rows of logits split into `chunks` chunks of chunk_len
+// elements (a multiple of kChunkAlign, so every chunk starts as its row does
+// modulo 16 bytes). verify_partial_kernel, one CTA per (row, chunk), writes
+// each chunk's RowPartial; verify_kernel then takes each visited row's
+// argmax, validity and (without top-k) softmax max and normaliser from them,
+// in chunk order: a deterministic split reduction, no atomics.
+constexpr int64_t kChunkAlign = 1024;
+
+// The temperature verify_kernel uses for a row: that of the request whose
+// rows hold it (binary search over the row map, else qo_indptr; indices are
+// device data, so malformed ones only give some request, and verify_kernel
+// ignores statistics taken at another t). 0 for greedy.
+__device__ __forceinline__ float row_temperature(const VerifyArgs& a, int64_t r) {
+  if (a.mode == VerifyMode::kGreedy || a.temperature == nullptr || a.batch <= 0) return 0.f;
+  const int32_t* ind = a.target_indptr != nullptr ? a.target_indptr : a.qo_indptr;
+  int64_t lo = 0, hi = a.batch - 1;  // the last b with ind[b] <= r
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (ind[mid] <= r) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const float t = a.temperature[lo];
+  return t > 0.f ? t : 0.f;
+}
+
+// grid = rows * chunks, block = kThreads: CTA (r, c) reads chunk c of row r.
 template <typename L>
-__global__ void __launch_bounds__(kThreads) verify_kernel(const VerifyArgs a, float* residual) {
+__global__ void __launch_bounds__(kThreads, 4) verify_partial_kernel(const VerifyArgs a, RowPartial* out, int chunks,
+                                                                   int64_t chunk_len) {
+  __shared__ Scratch scratch;
+  const int64_t r = blockIdx.x / chunks, c = blockIdx.x % chunks;
+  const int64_t begin = c * chunk_len;
+  const int64_t end = begin + chunk_len < a.vocab ? begin + chunk_len : a.vocab;
+  const Row<L> row{static_cast<const L*>(a.logits) + r * a.logits_stride + begin, end - begin, a.logits_are_probs,
+                   nullptr, 0};
+  const RawStats raw = raw_stats(row, scratch);
+  RowPartial p{raw.max, raw.bad ? 1 : 0, raw.first < row.vocab ? begin + raw.first : a.vocab, 0.f, -kInf, 0.f, 0};
+  const float t = row_temperature(a, r);
+  if (t > 0.f) {
+    p.t = t;
+    softmax_stats(row, t, 0, scratch, &p.z_max, &p.z_sum);
+    if (!(p.z_max > -kInf)) p.z_sum = 0.f;
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = p;
+}
+
+// grid = batch, block = kThreads. residual: float [batch, vocab] (mode 1 with q).
+// pre: [rows, chunks] from verify_partial_kernel, or null. L: the element
+// type of a.logits (a.logits_dtype).
+template <typename L>
+__global__ void __launch_bounds__(kThreads, 1) verify_kernel(const VerifyArgs a, float* residual,
+                                                             const RowPartial* pre, int chunks) {
   __shared__ Scratch scratch;
   __shared__ TypicalNode typical_nodes[kMaxVerifyNodes];
   const int64_t b = blockIdx.x;
@@ -575,7 +837,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(const VerifyArgs a, fl
   int64_t accepted = 0;
   if (size > 0) {
     if (threadIdx.x == 0) a.accepted_nodes[b * a.width] = 0;
-    const Walk<L> w{a, b, start, size, row_span(a, b, start, size), scratch};
+    const Walk<L> w{a, b, start, size, row_span(a, b, start, size), scratch, pre, chunks};
     const bool greedy = a.mode == VerifyMode::kGreedy || !(a.temperature[b] > 0.f);
     if (greedy) {
       accepted = walk_greedy(w);

@@ -84,6 +84,16 @@ MUTATIONS = [
     ("verify: the top-k threshold wants more than k tokens at or above it", "sampling.cuh",
      "[&](float count) { return count >= float(top_k); }", "[&](float count) { return count > float(top_k); }",
      "asan", "sampling"),
+    ("verify: the split argmax lets a later chunk win a tie", "sampling.cuh",
+     "(r.first == row.vocab || p.raw_max > r.max)", "(r.first == row.vocab || p.raw_max >= r.max)",
+     "asan", "sampling"),
+    ("verify: the split softmax total misses the last chunk's partial", "sampling.cuh",
+     "      for (int c = 0; c < row.chunks; ++c) {\n        const RowPartial& p = row.pre[c];\n        if (p.z_sum",
+     "      for (int c = 0; c + 1 < row.chunks; ++c) {\n        const RowPartial& p = row.pre[c];\n        if (p.z_sum",
+     "asan", "sampling"),
+    ("verify: the draw's scan starts a warp after its own partial (inclusive prefix)", "sampling.cuh",
+     "    if (v == int(warp)) running = next;\n    next += s.d[v];",
+     "    next += s.d[v];\n    if (v == int(warp)) running = next;", "asan", "sampling"),
 ]
 ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"]}
 # A test key -> the C++ test it builds and the environment it runs under: the
