@@ -12,7 +12,7 @@ from triton.compiler import ASTSource
 
 import triton.language as tl
 
-from specdec_kernels.triton import attention, kv_cache, sampling
+from specdec_kernels.triton import attention, kv_cache, sampling, verify_rows
 
 BITS = {1: "*i8", 2: "*i16", 4: "*i32"}
 
@@ -52,18 +52,36 @@ def kernels():
                     DOT_PRECISION="ieee" if name == "fp32" else "tf32", UPCAST=False,
                     BLOCK_M=128 if head_dim == 128 else 64, BLOCK_N=64 if head_dim <= 128 else 32,
                     HEAD_DIM=head_dim))
-    for mode, has_q, has_uniforms, logits, probs, mapped in (
-            (0, False, False, "*bf16", False, False), (1, True, False, "*bf16", False, False),
-            (1, False, True, "*fp32", False, False), (2, False, True, "*fp16", False, False),
-            (1, True, True, "*fp32", True, True), (0, False, False, "*fp32", True, True)):
+    stats_pointers = dict(pmax_ptr="*fp32", pidx_ptr="*i32", pbad_ptr="*i32", psum_ptr="*fp64", pcnt_ptr="*i32",
+                          pent_ptr="*fp64", owner_ptr="*i32")
+    for mode, has_q, has_uniforms, logits, probs, mapped, stats in (
+            (0, False, False, "*bf16", False, False, False), (1, True, False, "*bf16", False, False, False),
+            (1, False, True, "*fp32", False, False, False), (2, False, True, "*fp16", False, False, False),
+            (1, True, True, "*fp32", True, True, False), (0, False, False, "*fp32", True, True, False),
+            (0, False, False, "*bf16", False, False, True), (1, False, True, "*bf16", False, True, True),
+            (2, False, False, "*fp16", True, False, True)):
         yield (f"verify_tree/mode={mode}/q={has_q}/uniforms={has_uniforms}/{logits[1:]}/probs={probs}/"
-               f"row_map={mapped}", sampling._verify_kernel,
+               f"row_map={mapped}/row_stats={stats}", sampling._verify_kernel,
                dict(tokens_ptr="*i64", parents_ptr="*i32", indptr_ptr="*i32", logits_ptr=logits, q_ptr=logits,
                     temp_ptr="*fp32", topk_ptr="*i32", topp_ptr="*fp32", eps_ptr="*fp32", alpha_ptr="*fp32",
                     unif_ptr="*fp32", philox_ptr="*i64", res_ptr="*fp32", num_acc_ptr="*i32", nodes_ptr="*i32",
-                    out_tok_ptr="*i64", rows_ptr="*i32", bonus_ptr="*i64", logits_stride="i64", q_stride="i64"),
+                    out_tok_ptr="*i64", rows_ptr="*i32", bonus_ptr="*i64", logits_stride="i64", q_stride="i64",
+                    **stats_pointers),
                dict(MODE=mode, HAS_Q=has_q, HAS_UNIFORMS=has_uniforms, PROBS=probs, MAPPED=mapped, LIBDEVICE=True,
-                    BLOCK_V=1024, BLOCK_W=16, MAX_T=sampling.MAX_NODES))
+                    BLOCK_V=1024, BLOCK_W=16, MAX_T=sampling.MAX_NODES, STATS=stats, BLOCK_C=64 if stats else 1,
+                    BLOCK_H=sampling.BLOCK_H_MAX))
+    # The multi-program row pre-pass (verify_rows): launch A per dtype kind, launch B's two phases.
+    for logits, probs in (("*bf16", False), ("*fp32", True)):
+        yield (f"verify_rows/chunk_max/{logits[1:]}/probs={probs}", verify_rows._chunk_max_kernel,
+               dict(logits_ptr=logits, logits_stride="i64", part_max_ptr="*fp32", part_idx_ptr="*i32",
+                    part_bad_ptr="*i32"),
+               dict(PROBS=probs, BLOCK_V=1024))
+    for phase, logits, probs in ((1, "*bf16", False), (2, "*fp16", True)):
+        yield (f"verify_rows/chunk_sum/phase={phase}/{logits[1:]}/probs={probs}", verify_rows._chunk_sum_kernel,
+               dict(logits_ptr=logits, logits_stride="i64", rows_ptr="*i32", temp_ptr="*fp32", part_max_ptr="*fp32",
+                    part_idx_ptr="*i32", part_bad_ptr="*i32", part_sum_ptr="*fp64", part_cnt_ptr="*i32",
+                    part_ent_ptr="*fp64", owner_ptr="*i32"),
+               dict(PHASE=phase, PROBS=probs, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))
     yield ("merge_splits/bf16", attention._merge_splits_kernel,
            dict(part_out="*fp32", part_lse="*fp32", out="*bf16", lse="*fp32"),
            dict(OUT_DTYPE=tl.bfloat16, BLOCK_S=16, HEAD_DIM=128))

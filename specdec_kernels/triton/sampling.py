@@ -2,11 +2,21 @@
 specdec_kernels/reference/sampling.py does, streaming each row it reads in
 BLOCK_V chunks.
 
-Passes over a visited row: one scan (argmax, max, NaN check); for sampled
-rows one more for the softmax normaliser, plus, only when the filters are on,
-a bisection over the order-preserving integer key of z for the exact top-k
-and top-p thresholds (one pass per step, at most 32 steps each). The final
-draw is an inverse-CDF pass (two when it has to find the total first).
+Row statistics come either from the walk itself (one scan for argmax, max and
+the NaN check; for sampled rows one more pass for the softmax normaliser) or,
+when the batch is small enough that the walk would leave the GPU idle, from
+a multi-program pre-pass over every target row (verify_rows.py: a 2-D grid
+of rows x vocabulary chunks, folded per row in a fixed order), which leaves
+the walk no pass at all for greedy rows and unfiltered sampled rows.
+
+Top-k / top-p thresholds are exact, on the order-preserving integer key of
+z: top-k by a radix select of 4 passes of 8 bits (integer histograms),
+top-p by a radix select of 8 passes of 4 bits (float64 bucket masses), the
+first fused with the pass that sums the top-k survivors, and one more pass
+for the total of what top-p keeps. A row with both filters costs the walk
+4 + 1 + 7 + 1 = 13 passes (the 32-step bisections took up to 67 with the
+scan and totals). The final draw is an inverse-CDF pass (two when it has to
+find the total first).
 
 Sums accumulate in float64, as torch's CPU reductions and scans (hence the
 reference) do: a float32 running sum over a real vocabulary drifts enough
@@ -29,8 +39,12 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ..backends import triton_interpreted
+from . import verify_rows
+from .verify_rows import fold_count, fold_max, fold_sum
 
 MAX_NODES = 256  # kMaxVerifyNodes
+BLOCK_V_MAX = 1024  # elements per tl.load of a row (tests lower it to get many blocks and chunks)
+BLOCK_H_MAX = 128  # elements per step of a top-p mass pass: [BLOCK_H, 16] float64 accumulators (no spills)
 GREEDY, REJECTION, TYPICAL = 0, 1, 2
 _BIG = tl.constexpr(1 << 30)
 _MAX_KEY = tl.constexpr(4294967295)
@@ -127,6 +141,17 @@ def _scan(row_ptr, V, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.
 
 
 @triton.jit
+def _row_head(row_ptr, row, V, pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+              BLOCK_V: tl.constexpr, STATS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """_scan of row (at row_ptr), or the fold of its pre-pass partials (verify_rows)."""
+    if STATS:
+        idx, best, valid = fold_max(pmax_ptr, pidx_ptr, pbad_ptr, row, C, PROBS, LIBDEVICE, BLOCK_C)
+    else:
+        idx, best, valid = _scan(row_ptr, V, PROBS, LIBDEVICE, BLOCK_V)
+    return idx, best, valid
+
+
+@triton.jit
 def _total(row_ptr, V, temperature, m, thr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
     """-> (sum of _e in float64, how many tokens have _e > 0)."""
     total = tl.full([], 0.0, tl.float64)
@@ -139,58 +164,111 @@ def _total(row_ptr, V, temperature, m, thr, PROBS: tl.constexpr, LIBDEVICE: tl.c
 
 
 @triton.jit
-def _count_at_least(row_ptr, V, temperature, key, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
-                    BLOCK_V: tl.constexpr):
-    n = tl.full([], 0, tl.int32)
-    for s in range(0, V, BLOCK_V):
-        offs = s + tl.arange(0, BLOCK_V)
-        n += tl.sum(((_key(_z(row_ptr, offs, V, temperature, PROBS, LIBDEVICE)) >= key) & (offs < V)).to(tl.int32), 0)
-    return n
+def _mass_hist(row_ptr, V, temperature, m, thr, prefix, shift, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+               BLOCK_H: tl.constexpr):
+    """-> (hist, total, count): hist float64 [16] = the mass of exp(z - m)
+    over the keys >= thr whose bits above shift + 4 equal prefix, per 4-bit
+    digit at shift; total, count = _total's over the same keys. Sums run in
+    [BLOCK_H, 16] / [BLOCK_H] float64 accumulators reduced once at the end
+    (a fixed order; BLOCK_H <= 128 keeps the kernel at ~128 registers, 256 took 200)."""
+    bins = tl.arange(0, 16)
+    acc = tl.zeros([BLOCK_H, 16], tl.float64)
+    acc_total = tl.zeros([BLOCK_H], tl.float64)
+    acc_count = tl.zeros([BLOCK_H], tl.int32)
+    for s in range(0, V, BLOCK_H):
+        offs = s + tl.arange(0, BLOCK_H)
+        z = _z(row_ptr, offs, V, temperature, PROBS, LIBDEVICE)
+        key = _key(z)
+        e = tl.where((key >= thr) & (offs < V) & ((key >> (shift + 4)) == prefix), _exp(z - m, LIBDEVICE), 0.0)
+        e64 = e.to(tl.float64)
+        acc_total += e64
+        acc_count += (e > 0.0).to(tl.int32)
+        digit = ((key >> shift) & 15).to(tl.int32)
+        acc += tl.where(digit[:, None] == bins[None, :], e64[:, None], 0.0)
+    return tl.sum(acc, 0), tl.sum(acc_total, 0), tl.sum(acc_count, 0)
 
 
 @triton.jit
-def _mass_above(row_ptr, V, temperature, m, key, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Sum of exp(z - m) over the tokens whose key is > key, in float64."""
-    mass = tl.full([], 0.0, tl.float64)
-    for s in range(0, V, BLOCK_V):
-        mass += tl.sum(_e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, key + 1, PROBS, LIBDEVICE)
-                       .to(tl.float64), 0)
-    return mass
-
-
-@triton.jit
-def _target_stats(row_ptr, V, temperature, m, top_k, top_p, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+def _select_count(row_ptr, V, temperature, k, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
                   BLOCK_V: tl.constexpr):
+    """The largest key J with at least k keys >= J: the key of the k-th
+    largest z (ties: every token with that z is kept). An MSB-first radix
+    select, 4 passes of 8 bits, each a histogram (tl.histogram, integer
+    counts) of the keys that still match the prefix found so far; digit g is
+    the largest whose bucket start still has >= k keys at or above it.
+    Integer counts, so exactly the bisection's answer."""
+    bins = tl.arange(0, 256)
+    prefix = tl.full([], 0, tl.int64)
+    above = tl.full([], 0, tl.int32)  # keys above every key with this prefix
+    for p in tl.static_range(4):
+        shift = 24 - 8 * p
+        hist = tl.zeros([256], tl.int32)
+        for s in range(0, V, BLOCK_V):
+            offs = s + tl.arange(0, BLOCK_V)
+            key = _key(_z(row_ptr, offs, V, temperature, PROBS, LIBDEVICE))
+            cand = (offs < V) & ((key >> (shift + 8)) == prefix)
+            hist += tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=cand)
+        suffix = tl.cumsum(hist, 0, reverse=True)  # keys with the prefix and a digit >= j
+        g = tl.max(tl.where(above + suffix >= k, bins, 0), 0)
+        above += _pick(suffix, bins, g + 1)
+        prefix = prefix * 256 + g
+    return prefix
+
+
+@triton.jit
+def _select_mass(row_ptr, V, temperature, m, thr, limit, hist, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                 BLOCK_H: tl.constexpr):
+    """The smallest key K >= thr whose strictly larger mass (of exp(z - m),
+    keys >= thr) is < limit: K = the largest J with float32(mass of keys >=
+    J) >= limit, or thr if no J has that much. An MSB-first radix select
+    like _select_count, 8 passes of 4 bits whose histograms are float64
+    masses (the first, hist, comes with the total): 16 bins keep the
+    per-element work of a pass small. The bucket masses add up to the same
+    float64 sums the bisection formed token by token, only grouped
+    differently, so the float32 comparisons agree with it unless a sum lies
+    within a float64 rounding of a float32 boundary."""
+    bins = tl.arange(0, 16)
+    prefix = tl.full([], 0, tl.int64)
+    above = tl.full([], 0.0, tl.float64)  # mass of the keys above every key with this prefix
+    for p in tl.static_range(8):
+        shift = 28 - 4 * p
+        if p > 0:
+            hist, _, _ = _mass_hist(row_ptr, V, temperature, m, thr, prefix, shift, PROBS, LIBDEVICE, BLOCK_H)
+        suffix = tl.cumsum(hist, 0, reverse=True)
+        # None qualifying (only rounding can do that below the first pass): stay at the bucket start.
+        g = tl.max(tl.where((above + suffix).to(tl.float32) >= limit, bins, 0), 0)
+        above += _pick(suffix, bins, g + 1)
+        prefix = prefix * 16 + g
+    return tl.maximum(prefix, thr)
+
+
+@triton.jit
+def _target_stats(row_ptr, V, temperature, m, top_k, top_p, total_in, count_in, has_total,
+                  PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """-> (thr, total, count): p(x) = exp(z - m) / float32(total) where key(z) >= thr,
-    else 0; count = how many tokens have p > 0. m = max z, which every filter keeps."""
+    else 0; count = how many tokens have p > 0. m = max z, which every filter keeps.
+    (total_in, count_in): the unfiltered total and count when has_total (the
+    row pre-pass), so a row without filters takes no pass here.
+
+    Passes over the row: top-k 4 (radix select), then with top-p 1 (total +
+    first mass histogram) + 7 + 1 (total of the survivors), else 1 (total)
+    when top-k is on or the total is not given: at most 13, was up to 67
+    with the 32-step bisections."""
     thr = tl.full([], 0, tl.int64)
-    top = _key(m)
-    if (top_k > 0) & (top_k < V):
-        # The largest key with at least k keys >= it: the key of the k-th largest z.
-        lo = tl.full([], 0, tl.int64)
-        hi = top
-        while lo < hi:
-            mid = lo + (hi - lo + 1) // 2
-            if _count_at_least(row_ptr, V, temperature, mid, PROBS, LIBDEVICE, BLOCK_V) >= top_k:
-                lo = mid
-            else:
-                hi = mid - 1
-        thr = lo
-    total, count = _total(row_ptr, V, temperature, m, thr, PROBS, LIBDEVICE, BLOCK_V)
+    filtered = (top_k > 0) & (top_k < V)
+    if filtered:
+        thr = _select_count(row_ptr, V, temperature, top_k, PROBS, LIBDEVICE, BLOCK_V)
     if top_p < 1.0:
-        # The smallest key whose strictly larger (top-k kept) mass is < top_p * total;
-        # the max qualifies, as nothing is above it.
+        hist, total, count = _mass_hist(row_ptr, V, temperature, m, thr, 0, 28, PROBS, LIBDEVICE, BLOCK_H)
         limit = top_p * total.to(tl.float32)
-        lo = thr
-        hi = top
-        while lo < hi:
-            mid = lo + (hi - lo) // 2
-            if _mass_above(row_ptr, V, temperature, m, mid, PROBS, LIBDEVICE, BLOCK_V).to(tl.float32) < limit:
-                hi = mid
-            else:
-                lo = mid + 1
-        if lo > thr:
-            thr = lo
+        key_p = _select_mass(row_ptr, V, temperature, m, thr, limit, hist, PROBS, LIBDEVICE, BLOCK_H)
+        if key_p > thr:
+            thr = key_p
+            total, count = _total(row_ptr, V, temperature, m, thr, PROBS, LIBDEVICE, BLOCK_V)
+    else:
+        total = total_in
+        count = count_in
+        if filtered | (has_total == 0):
             total, count = _total(row_ptr, V, temperature, m, thr, PROBS, LIBDEVICE, BLOCK_V)
     return thr, total, count
 
@@ -264,7 +342,8 @@ def _push(nodes, toks, w_offs, depth, node, token):
 
 @triton.jit
 def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, V, width,
-                 nodes, toks, w_offs, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr):
+                 nodes, toks, w_offs, pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                 BLOCK_V: tl.constexpr, STATS: tl.constexpr, BLOCK_C: tl.constexpr):
     """Accept the first child equal to the argmax; the bonus is the last argmax
     (``bonus_tok`` at a node without a row: the row map)."""
     valid = tl.full([], 1, tl.int32)
@@ -276,7 +355,8 @@ def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size
             toks = tl.where(w_offs == accepted, bonus_tok, toks)
             done = 1
         else:
-            best_tok, _, ok_row = _scan(logits_ptr + (rstart + node) * logits_stride, V, PROBS, LIBDEVICE, BLOCK_V)
+            best_tok, _, ok_row = _row_head(logits_ptr + (rstart + node) * logits_stride, rstart + node, V, pmax_ptr,
+                                            pidx_ptr, pbad_ptr, C, PROBS, LIBDEVICE, BLOCK_V, STATS, BLOCK_C)
             nxt = tl.full([], -1, tl.int32)
             c = node + 1
             while (c < size) & (nxt < 0) & ok_row & (accepted + 1 < width):
@@ -299,9 +379,9 @@ def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size
 @triton.jit
 def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b, V,
                     width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr,
-                    res_ptr,
+                    res_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C,
                     HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
-                    BLOCK_V: tl.constexpr):
+                    BLOCK_V: tl.constexpr, STATS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
     """Children tried in order against the running residual (module docstring)."""
     valid = tl.full([], 1, tl.int32)
     accepted = tl.full([], 0, tl.int32)
@@ -313,15 +393,27 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
             toks = tl.where(w_offs == accepted, bonus_tok, toks)
             done = 1
         else:
-            row_ptr = logits_ptr + (rstart + node) * logits_stride
-            _, row_max, ok_row = _scan(row_ptr, V, PROBS, LIBDEVICE, BLOCK_V)
+            row = rstart + node
+            row_ptr = logits_ptr + row * logits_stride
+            _, row_max, ok_row = _row_head(row_ptr, row, V, pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS, LIBDEVICE, BLOCK_V,
+                                           STATS, BLOCK_C)
             if ok_row == 0:
                 valid = tl.full([], 0, tl.int32)
                 done = 1
             else:
                 # Rounding is monotone, so max(x / t) = max(x) / t.
                 m = tl.math.div_rn(row_max, temperature)
-                thr, total_d, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, PROBS, LIBDEVICE, BLOCK_V)
+                # The pre-pass's sums, when it computed them for this request (owner).
+                has_total = tl.full([], 0, tl.int32)
+                total_in = tl.full([], 0.0, tl.float64)
+                count_in = tl.full([], 0, tl.int32)
+                if STATS:
+                    if tl.load(owner_ptr + row) == b:
+                        has_total = tl.full([], 1, tl.int32)
+                        total_in = fold_sum(psum_ptr, row, C, BLOCK_C)
+                        count_in = fold_count(pcnt_ptr, row, C, BLOCK_C)
+                thr, total_d, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, total_in, count_in,
+                                                    has_total, PROBS, LIBDEVICE, BLOCK_V, BLOCK_H)
                 total = total_d.to(tl.float32)
                 nxt = tl.full([], -1, tl.int32)
                 res_on = tl.full([], 0, tl.int32)  # with q: r lives in res_row, normalised by res_total
@@ -401,29 +493,41 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
 
 
 @triton.jit
-def _typical_stats(row_ptr, V, temperature, eps, alpha, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
-                   BLOCK_V: tl.constexpr):
-    """-> (m, total, threshold, valid) of a row: p = exp(z - m) / total."""
-    _, row_max, valid = _scan(row_ptr, V, PROBS, LIBDEVICE, BLOCK_V)
+def _typical_stats(row_ptr, row, b, V, temperature, eps, alpha, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pent_ptr,
+                   owner_ptr, C, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr,
+                   STATS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """-> (m, total, threshold, valid) of a row: p = exp(z - m) / total.
+    Three passes (scan, total, entropy), or none with the pre-pass's sums."""
+    _, row_max, valid = _row_head(row_ptr, row, V, pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS, LIBDEVICE, BLOCK_V, STATS,
+                                  BLOCK_C)
     m = tl.full([], 0.0, tl.float32)
     total = tl.full([], 1.0, tl.float32)
     thr = tl.full([], 0.0, tl.float32)
     if valid:
         m = tl.math.div_rn(row_max, temperature)
-        total_d, _ = _total(row_ptr, V, temperature, m, 0, PROBS, LIBDEVICE, BLOCK_V)
-        total = total_d.to(tl.float32)
-        neg_entropy = tl.full([], 0.0, tl.float64)
-        for s in range(0, V, BLOCK_V):
-            p = _e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, 0, PROBS, LIBDEVICE) / total
-            neg_entropy += tl.sum((p * _log(p + 1e-5, LIBDEVICE)).to(tl.float64), 0)
+        mine = tl.full([], 0, tl.int32)
+        if STATS:
+            mine = (tl.load(owner_ptr + row) == b).to(tl.int32)
+        if mine != 0:
+            total = fold_sum(psum_ptr, row, C, BLOCK_C).to(tl.float32)
+            neg_entropy = fold_sum(pent_ptr, row, C, BLOCK_C)
+        else:
+            total_d, _ = _total(row_ptr, V, temperature, m, 0, PROBS, LIBDEVICE, BLOCK_V)
+            total = total_d.to(tl.float32)
+            neg_entropy = tl.full([], 0.0, tl.float64)
+            for s in range(0, V, BLOCK_V):
+                p = _e(row_ptr, s + tl.arange(0, BLOCK_V), V, temperature, m, 0, PROBS, LIBDEVICE) / total
+                neg_entropy += tl.sum((p * _log(p + 1e-5, LIBDEVICE)).to(tl.float64), 0)
         thr = tl.minimum(eps, alpha * _exp(neg_entropy.to(tl.float32), LIBDEVICE))
     return m, total, thr, valid
 
 
 @triton.jit
-def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, V, width,
-                  nodes, toks, w_offs, temperature, eps, alpha, unif_ptr, philox_ptr, HAS_UNIFORMS: tl.constexpr,
-                  PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr, MAX_T: tl.constexpr):
+def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b, V,
+                  width, nodes, toks, w_offs, temperature, eps, alpha, unif_ptr, philox_ptr, pmax_ptr, pidx_ptr,
+                  pbad_ptr, psum_ptr, pent_ptr, owner_ptr, C, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr,
+                  LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr, MAX_T: tl.constexpr, STATS: tl.constexpr,
+                  BLOCK_C: tl.constexpr):
     """Deepest node whose path passes Medusa's typical test; bonus from p >= threshold.
     Per-node state lives in [MAX_T] register vectors, indexed with t_offs."""
     t_offs = tl.arange(0, MAX_T)
@@ -448,8 +552,10 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
         par = tl.where(c == size, best, par)
         if needed & (par < rcount):  # a node without a row (row map) accepts no child
             if _pick(st_state, t_offs, par) == 0:
-                m, total, thr, ok_row = _typical_stats(logits_ptr + (rstart + par) * logits_stride, V, temperature,
-                                                       eps, alpha, PROBS, LIBDEVICE, BLOCK_V)
+                m, total, thr, ok_row = _typical_stats(logits_ptr + (rstart + par) * logits_stride, rstart + par, b,
+                                                       V, temperature, eps, alpha, pmax_ptr, pidx_ptr, pbad_ptr,
+                                                       psum_ptr, pent_ptr, owner_ptr, C, PROBS, LIBDEVICE, BLOCK_V,
+                                                       STATS, BLOCK_C)
                 here = t_offs == par
                 st_state = tl.where(here, tl.where(ok_row, 1, 2), st_state)
                 st_m = tl.where(here, m, st_m)
@@ -495,9 +601,11 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
 def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_stride, q_ptr, q_stride,
                    temp_ptr, topk_ptr, topp_ptr, eps_ptr, alpha_ptr, unif_ptr, philox_ptr, res_ptr,
                    num_acc_ptr, nodes_ptr, out_tok_ptr, rows_ptr, bonus_ptr, num_nodes, num_rows, V, width,
+                   pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, pent_ptr, owner_ptr, C,
                    MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr,
                    MAPPED: tl.constexpr, LIBDEVICE: tl.constexpr,
-                   BLOCK_V: tl.constexpr, BLOCK_W: tl.constexpr, MAX_T: tl.constexpr):
+                   BLOCK_V: tl.constexpr, BLOCK_W: tl.constexpr, MAX_T: tl.constexpr, STATS: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
     b = tl.program_id(0)
     # Clamped so that a malformed qo_indptr (validate=False) cannot read past the rows.
     start = tl.minimum(tl.maximum(tl.load(indptr_ptr + b), 0), num_nodes).to(tl.int64)
@@ -522,7 +630,8 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
         if MODE == 0:
             accepted, valid, nodes, toks = _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start,
                                                         size, rstart, rcount, bonus_tok, V, width, nodes, toks, w_offs,
-                                                        PROBS, LIBDEVICE, BLOCK_V)
+                                                        pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS, LIBDEVICE, BLOCK_V,
+                                                        STATS, BLOCK_C)
         else:
             temperature = tl.load(temp_ptr + b)
             if temperature > 0.0:
@@ -530,17 +639,20 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
                     accepted, valid, nodes, toks = _walk_rejection(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b,
                         V, width, nodes, toks, w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b),
-                        tl.load(topp_ptr + b),
-                        unif_ptr, philox_ptr, res_ptr, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V)
+                        tl.load(topp_ptr + b), unif_ptr, philox_ptr, res_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr,
+                        pcnt_ptr, owner_ptr, C, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, STATS, BLOCK_C,
+                        BLOCK_H)
                 else:
                     accepted, valid, nodes, toks = _walk_typical(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok,
-                        V, width, nodes, toks, w_offs, temperature, tl.load(eps_ptr + b), tl.load(alpha_ptr + b),
-                        unif_ptr, philox_ptr, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, MAX_T)
+                        b, V, width, nodes, toks, w_offs, temperature, tl.load(eps_ptr + b), tl.load(alpha_ptr + b),
+                        unif_ptr, philox_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pent_ptr, owner_ptr, C,
+                        HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, MAX_T, STATS, BLOCK_C)
             else:
                 accepted, valid, nodes, toks = _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride,
                                                             start, size, rstart, rcount, bonus_tok, V, width, nodes,
-                                                            toks, w_offs, PROBS, LIBDEVICE, BLOCK_V)
+                                                            toks, w_offs, pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS,
+                                                            LIBDEVICE, BLOCK_V, STATS, BLOCK_C)
     else:
         nodes = tl.full([BLOCK_W], -1, tl.int32)
     if valid == 0:
@@ -591,6 +703,17 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
     with_q = draft_probs is not None and mode == REJECTION
     residual = torch.empty(batch, vocab, dtype=torch.float32, device=device) if with_q else dummy_f
     pick = lambda t, d: t if t is not None else d  # noqa: E731
+    block_v = min(BLOCK_V_MAX, triton.next_power_of_2(vocab))
+    libdevice_on = not triton_interpreted()
+    stats = None
+    if verify_rows.use_row_pass(batch, num_rows, mode, device):
+        stats_mode = mode if temperature is not None else GREEDY
+        stats = verify_rows.RowStats(target_logits, target_indptr if mapped else qo_indptr, pick(temperature, dummy_f),
+                                     stats_mode, bool(target_is_probs), libdevice_on, block_v)
+        stats_args = stats.args()
+    else:
+        stats_args = (dummy_f, dummy_i, dummy_i, torch.empty(1, dtype=torch.float64, device=device), dummy_i,
+                      torch.empty(1, dtype=torch.float64, device=device), dummy_i, 1)
     _verify_kernel[(batch,)](
         draft_tokens, parents, qo_indptr, target_logits, target_logits.stride(0),
         draft_probs if with_q else target_logits, draft_probs.stride(0) if with_q else 0,
@@ -599,8 +722,8 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         pick(philox, torch.zeros(2, dtype=torch.int64, device=device)), residual,
         num_accepted, nodes, tokens, pick(target_indptr, dummy_i),
         pick(bonus_tokens, torch.empty(1, dtype=torch.int64, device=device)), draft_tokens.numel(), num_rows, vocab,
-        width, MODE=mode, HAS_Q=with_q, HAS_UNIFORMS=uniforms is not None, PROBS=bool(target_is_probs), MAPPED=mapped,
-        LIBDEVICE=not triton_interpreted(),
-        BLOCK_V=min(1024, triton.next_power_of_2(vocab)), BLOCK_W=triton.next_power_of_2(max(width, 2)),
-        MAX_T=MAX_NODES)
+        width, *stats_args, MODE=mode, HAS_Q=with_q, HAS_UNIFORMS=uniforms is not None, PROBS=bool(target_is_probs),
+        MAPPED=mapped, LIBDEVICE=libdevice_on, BLOCK_V=block_v, BLOCK_W=triton.next_power_of_2(max(width, 2)),
+        MAX_T=MAX_NODES, STATS=stats is not None, BLOCK_C=stats.block_c if stats is not None else 1,
+        BLOCK_H=min(block_v, BLOCK_H_MAX))
     return num_accepted, nodes, tokens
