@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import shlex
 import sys
 import time
@@ -77,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=["greedy", "rejection-q", "rejection"])
     p.add_argument("--backends", nargs="+", choices=OURS + (FLASHINFER,))
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--triton-rows", choices=["auto", "multi", "single"],
+                   help="Triton verify's row statistics: multi-program pre-pass, the walk's own scans, or the "
+                        "size rule (sets SPECDEC_TRITON_VERIFY_ROWS; see specdec_kernels/triton/verify_rows.py)")
     p.add_argument("--reference-max-rows", type=int, default=600)
     p.add_argument("--peak-mib", type=int)
     p.add_argument("--warmup-ms", type=float)
@@ -191,6 +195,8 @@ def main(argv=None) -> int:
     global ARGS
     started = time.perf_counter()
     args = ARGS = parse_args(argv)
+    if args.triton_rows:
+        os.environ["SPECDEC_TRITON_VERIFY_ROWS"] = args.triton_rows
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
