@@ -5,6 +5,10 @@
 // dropped). Outputs are poisoned first, so an unwritten element fails. Greedy
 // must match exactly; sampled requests may differ only through rounding at a
 // boundary (counted, at most 1%). Exits 77 (skipped) without a CUDA device.
+// Both of verify_cuda's paths run (the split pass at small batches, one
+// launch at large ones; the test fails if either goes unused), on rows that
+// are not 16-byte aligned, and on rows full of ties (top-k and top-p
+// thresholds inside a run of equal values, the maximum in two chunks).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -21,6 +25,14 @@
 #include "specdec/sampling_cuda.h"
 
 namespace {
+
+// Under ThreadSanitizer every path runs once at smaller batches: races need
+// no volume, and TSan's run stays a few minutes. AddressSanitizer runs all.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kLight = true;
+#else
+constexpr bool kLight = false;
+#endif
 
 #define CHECK_CUDA(x)                                                                       \
   do {                                                                                      \
@@ -300,7 +312,8 @@ int main() {
     for (int variant = 0; variant < 4; ++variant) {
       const bool bf16 = variant & 1, target_probs = variant & 2;
       if (target_probs && (vocab == 1 || vocab == 50)) continue;  // probabilities: two vocabularies suffice
-      const Case plain = make_case(rng, vocab, bf16, target_probs, 16);
+      if (kLight && (vocab == 1 || vocab == 50)) continue;
+      const Case plain = make_case(rng, vocab, bf16, target_probs, kLight ? 6 : 16);
       for (const Case& c : {plain, with_row_map(plain, rng)}) {
         differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
         for (bool philox : {false, true}) {
@@ -318,7 +331,8 @@ int main() {
   for (int variant = 0; variant < 4; ++variant) {
     const bool bf16 = variant & 1, target_probs = variant & 2;
     for (int64_t vocab : {1000, 3001}) {
-      Case c = make_case(rng, vocab, bf16, target_probs, 8, /*levels=*/2);
+      if (kLight && vocab == 1000) continue;
+      Case c = make_case(rng, vocab, bf16, target_probs, kLight ? 3 : 8, /*levels=*/2);
       c.stride = vocab + 1 + variant;
       c.shift = 1 + variant;
       differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
@@ -332,6 +346,7 @@ int main() {
   // but the last).
   for (int variant = 0; variant < 4; ++variant) {
     const bool bf16 = variant & 1, target_probs = variant & 2;
+    if (kLight && (variant == 1 || variant == 2)) continue;
     const Case plain = make_case(rng, 9000, bf16, target_probs, 2, 0, 5);
     for (const Case& c : {plain, with_row_map(plain, rng)}) {
       differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
@@ -346,7 +361,7 @@ int main() {
     const Case c = make_case(rng, 1500, true, false, 80, 0, 16);
     differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
     differ += compare(c, specdec::VerifyMode::kRejection, true, true, 5, 0.9f, &requests);
-    differ += compare(c, specdec::VerifyMode::kTypical, false, false, 0, 1.f, &requests);
+    if (!kLight) differ += compare(c, specdec::VerifyMode::kTypical, false, false, 0, 1.f, &requests);
   }
   std::printf("test_sampling_cuda: %d requests through the split pass, %d through one launch\n", split_requests,
               single_requests);

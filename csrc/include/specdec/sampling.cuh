@@ -2,10 +2,12 @@
 // request walks the request's tree exactly as the CPU kernel and the Python
 // reference do (rules in specdec/sampling.h). Every thread runs the same
 // scalar walk; the passes over a row (argmax, softmax statistics, the exact
-// top-k / top-p thresholds by a 16-way search over the order-preserving
-// integer key of z, residual updates, the inverse-CDF draw) are block-wide
-// with deterministic reductions, so all threads hold identical scalars and
-// control flow stays uniform. Thread 0 writes the outputs.
+// top-k / top-p thresholds by a radix select over the order-preserving
+// integer key of z, residual updates, the inverse-CDF draw by a block-wide
+// scan) are block-wide with deterministic reductions, so all threads hold
+// identical scalars and control flow stays uniform. Thread 0 writes the
+// outputs. Small batches first split every row over several CTAs
+// (verify_partial_kernel) for argmax, validity and softmax statistics.
 //
 // Row passes read 16 bytes per load (row_pass): a row whose start is not
 // 16-byte aligned is read one element at a time up to its first 16-byte
@@ -95,15 +97,13 @@ __device__ __forceinline__ void row_pass(const T* base, int64_t n, F&& f) {
   for (int64_t x = sp.rest + t; x < n; x += kThreads) f(x, to_f(base[x]));
 }
 
-// Points one pass of a threshold search tests at once (see search_key).
-constexpr int kProbes = 15;
-
 // Shared scratch of the block reductions.
 struct Scratch {
-  float f[kWarps * kProbes];
+  float f[kWarps];
   int64_t i[kWarps];
   double d[kWarps];
   int64_t fi[kWarps];
+  unsigned long long hist[kWarps][256];  // radix_select: one histogram per warp
 };
 
 // Reductions return the same value to every thread: warps combine by xor
@@ -136,50 +136,6 @@ __device__ __forceinline__ float block_max(float v, Scratch& s) {
   float r = s.f[0];
   for (int w = 1; w < kWarps; ++w) r = fmaxf(r, s.f[w]);
   return r;
-}
-
-// One step of block_sum_probes' recursive halving: lanes 2 * W apart swap
-// half of the W * 2 values they hold.
-template <int W>
-__device__ __forceinline__ void halve(float (&h)[16], unsigned lane) {
-  constexpr int o = 2 * W;
-  const bool upper = (lane & unsigned(o)) != 0;
-#pragma unroll
-  for (int i = 0; i < W; ++i) {
-    const float send = upper ? h[i] : h[W + i];
-    const float keep = upper ? h[W + i] : h[i];
-    h[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-  }
-}
-
-// kProbes sums at once, each bitwise what block_sum gives for that value.
-// The xor tree by recursive halving: at step o a lane keeps half of the
-// values it still holds and sends its partner the other half, so each kept
-// value is the very sum the full tree forms at that step (same operands, and
-// a + b == b + a), for 16 shuffles instead of 5 kProbes. Lane l ends with the
-// warp's sum of value (l >> 1) & 15; the warp partials are folded in the
-// same order as block_sum's.
-__device__ __forceinline__ void block_sum_probes(float (&v)[kProbes], Scratch& s) {
-  static_assert(kProbes <= 16, "one value per lane pair after four halvings");
-  const unsigned lane = threadIdx.x & 31;
-  float h[16];
-#pragma unroll
-  for (int j = 0; j < 16; ++j) h[j] = j < kProbes ? v[j] : 0.f;
-  halve<8>(h, lane);  // one call per width: a loop over widths is not always unrolled,
-  halve<4>(h, lane);  // and h then lives in local memory
-  halve<2>(h, lane);
-  halve<1>(h, lane);
-  h[0] += __shfl_xor_sync(0xffffffffu, h[0], 1);
-  __syncthreads();
-  const unsigned j = (lane >> 1) & 15u;
-  if ((lane & 1u) == 0 && j < unsigned(kProbes)) s.f[j * kWarps + (threadIdx.x >> 5)] = h[0];
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < kProbes; ++k) {
-    float r = s.f[k * kWarps];
-    for (int w = 1; w < kWarps; ++w) r += s.f[k * kWarps + w];
-    v[k] = r;
-  }
 }
 
 template <bool kMin>
@@ -346,54 +302,60 @@ __device__ void softmax_stats(const R& row, float t, int64_t thr, Scratch& s, fl
   *total_out = block_sum(total, s);
 }
 
-// The boundary of a monotone predicate over keys in [lo, hi], kProbes + 1
-// ways per pass over the row (8 passes for 32-bit keys where bisection takes
-// 32). fill(probe, sums) adds this thread's share of each probe's sum; the
-// sums are block-reduced exactly as a bisection step's single sum would be,
-// so the boundary found is the one bisection finds, bit for bit.
-// kLast: the largest key whose predicate holds (it holds at lo); otherwise
-// the smallest key whose predicate holds (hi when none in [lo, hi) does).
-template <bool kLast, typename Fill, typename Pred>
-__device__ int64_t search_key(int64_t lo, int64_t hi, Fill fill, Pred holds, Scratch& s) {
-  while (lo < hi) {
-    int64_t probe[kProbes];
-    float sums[kProbes];
-    const int64_t span = hi - lo;
-#pragma unroll
-    for (int j = 0; j < kProbes; ++j) {
-      // kLast probes (lo, hi], else [lo, hi): both strictly inside the interval's open end.
-      probe[j] = kLast ? lo + (span * (j + 1) + kProbes) / (kProbes + 1) : lo + span * j / (kProbes + 1);
-      sums[j] = 0.f;
-    }
-    fill(probe, sums);
-    block_sum_probes(sums, s);
-    if (kLast) {
-      int64_t new_lo = lo, new_hi = hi;
-#pragma unroll
-      for (int j = 0; j < kProbes; ++j) {
-        if (holds(sums[j])) {
-          new_lo = probe[j] > new_lo ? probe[j] : new_lo;
-        } else if (probe[j] - 1 < new_hi) {
-          new_hi = probe[j] - 1;
-        }
+// Fixed point of the top-p masses: expf(z - m) in [0, 1] in units of 2^-40,
+// so a row's mass is an exact integer below 2^57 whatever order it is summed
+// in (each term rounds by at most 2^-41: far below float's rounding of a sum).
+constexpr double kMassUnit = 1099511627776.0;  // 2^40
+
+// Radix select over the 32-bit keys: the largest key K with A(K) >= goal,
+// A(K) = the sum of amount(z) over the elements whose key is >= K and >=
+// floor (else floor, when even A(floor) < goal). 8 bits of the key a pass
+// from the top, so 4 passes. A pass sums, over the elements that share the
+// digits found so far, the amounts of each value of the next 8 bits: integer
+// atomics into a histogram per warp, folded per bucket (integer sums, so no
+// order matters). Every thread then walks the 256 sums from the top in the
+// same order to the digit where the running sum reaches goal.
+//   top-k: amount 1, goal k: the k-th largest key (ties included);
+//   top-p: amount = expf(z - m) in kMassUnit, goal = top_p * total: the
+//   smallest key whose strictly larger kept mass is < top_p * total.
+template <typename R, typename Amount>
+__device__ int64_t radix_select(const R& row, float t, int64_t floor, double goal, Amount amount, Scratch& s) {
+  static_assert(kThreads == 256, "one thread per bucket");
+  unsigned long long* mine = s.hist[threadIdx.x >> 5];
+  uint32_t prefix = 0;
+  unsigned long long above = 0;  // the amount of the keys above the prefix's range
+#pragma unroll 1
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    __syncthreads();  // the last pass's readers are done
+    for (int w = 0; w < kWarps; ++w) s.hist[w][threadIdx.x] = 0;
+    __syncthreads();
+    row.pass([&](int64_t, float v) {
+      const float z = row.z_of_raw(v, t);
+      const uint32_t key = uint32_t(key_of(z));
+      if (int64_t(key) >= floor && (shift == 24 || (key >> (shift + 8)) == prefix)) {
+        atomicAdd(&mine[(key >> shift) & 255u], amount(z));
       }
-      lo = new_lo;
-      hi = new_hi > lo ? new_hi : lo;
-    } else {
-      int64_t new_lo = lo, new_hi = hi;
-#pragma unroll
-      for (int j = kProbes - 1; j >= 0; --j) {
-        if (holds(sums[j])) {
-          new_hi = probe[j] < new_hi ? probe[j] : new_hi;
-        } else if (probe[j] + 1 > new_lo) {
-          new_lo = probe[j] + 1;
-        }
+    });
+    __syncthreads();
+    unsigned long long total = 0;  // bucket threadIdx.x over all warps
+    for (int w = 0; w < kWarps; ++w) total += s.hist[w][threadIdx.x];
+    s.hist[0][threadIdx.x] = total;  // only this thread touches this bucket
+    __syncthreads();
+    int digit = -1;
+    unsigned long long before = above;
+    for (int b = 255; b >= 0; --b) {
+      const unsigned long long c = s.hist[0][b];
+      if (double(before + c) >= goal) {
+        digit = b;
+        break;
       }
-      hi = new_hi;
-      lo = new_lo < hi ? new_lo : hi;
+      before += c;
     }
+    if (digit < 0) return floor;  // only at the top: later ranges hold the goal
+    above = before;
+    prefix = (prefix << 8) | uint32_t(digit);
   }
-  return lo;
+  return int64_t(prefix);
 }
 
 template <typename R>
@@ -401,17 +363,7 @@ __device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p,
   Stats st{0, 0.f, 0.f};
   if (top_k > 0 && top_k < row.vocab) {
     // The largest key that at least k keys reach: the k-th largest z.
-    st.thr = search_key<true>(
-        0, 4294967295LL,
-        [&](const int64_t (&probe)[kProbes], float (&count)[kProbes]) {
-          // One pack in flight: 15 probes per element already keep the loads apart.
-          row.template pass<1>([&](int64_t, float v) {
-            const int64_t k = key_of(row.z_of_raw(v, t));
-#pragma unroll
-            for (int j = 0; j < kProbes; ++j) count[j] += k >= probe[j];
-          });
-        },
-        [&](float count) { return count >= float(top_k); }, s);
+    st.thr = radix_select(row, t, 0, double(top_k), [](float) { return 1ull; }, s);
   }
   softmax_stats(row, t, st.thr, s, &st.m, &st.total);
   if (top_p < 1.f) {
@@ -419,19 +371,9 @@ __device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p,
     const float limit = top_p * st.total;
     const int64_t thr = st.thr;
     const float m = st.m;
-    const int64_t lo = search_key<false>(
-        thr, 4294967295LL,
-        [&](const int64_t (&probe)[kProbes], float (&mass)[kProbes]) {
-          row.template pass<1>([&](int64_t, float v) {
-            const float z = row.z_of_raw(v, t);
-            const int64_t k = key_of(z);
-            if (k < thr) return;
-            const float e = expf(z - m);
-#pragma unroll
-            for (int j = 0; j < kProbes; ++j) mass[j] += k > probe[j] ? e : 0.f;
-          });
-        },
-        [&](float mass) { return mass < limit; }, s);
+    const int64_t lo = radix_select(row, t, thr, double(limit) * kMassUnit, [&](float z) {
+      return static_cast<unsigned long long>(double(expf(z - m)) * kMassUnit + 0.5);
+    }, s);
     st.thr = lo > st.thr ? lo : st.thr;
     softmax_stats(row, t, st.thr, s, &st.m, &st.total);
   }
