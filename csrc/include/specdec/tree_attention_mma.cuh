@@ -61,9 +61,11 @@ __device__ __forceinline__ void copy16(T* dst, const T* src, bool vec, const T* 
 
 // Element offset of key k's row (KV head wk.kv) in the caches; -1 past the
 // split's keys or where the block table has no block.
-__device__ __forceinline__ int64_t key_row(const TreeAttentionArgs& a, const PagedLayout& layout,
-                                           const BlockTable& blocks, const CtaWork& wk, int64_t k) {
+__device__ __forceinline__ int64_t key_row(const TreeAttentionArgs& a, const CtaWork& wk, int64_t k) {
   if (k >= wk.kv_end) return -1;
+  const PagedLayout layout{a.num_blocks, a.block_size, a.num_kv_heads, a.head_dim,
+                           a.cache_stride_block, a.cache_stride_token, a.cache_stride_head};
+  const BlockTable blocks{a.block_table, a.block_table_stride, a.max_blocks, a.prefix_lens, a.batch};
   const int64_t pos = k < wk.prefix_keys ? k : wk.prefix + (k - wk.prefix_keys);
   const int64_t row = paged_row_offset(layout, blocks, wk.b, pos);
   return row >= 0 ? row + wk.kv * a.cache_stride_head : -1;
@@ -117,17 +119,29 @@ __device__ __forceinline__ FragRows frag_rows(const TreeAttentionArgs& a, const 
   return r;
 }
 
+// Whether a key tile is plain: every key a prefix key (tree node < 0) with a
+// block behind it, so no key needs the mask or its flag (most tiles of a long
+// prefix). Warp-uniform (a vote over the tile's key_ok flags).
+template <int kKeys>
+__device__ __forceinline__ bool plain_tile(const int32_t* key_ok, int32_t node0, int lane) {
+  bool ok = node0 + kKeys <= 0;
+#pragma unroll
+  for (int c = lane; c < kKeys; c += 32) ok = ok && key_ok[c] != 0;
+  return __all_sync(0xffffffffu, ok) != 0;
+}
+
 // One key tile of kNT 8-key n-tiles: mask, scale (log2 e folded in), online
 // softmax with the quad's row max, O rescaled; s becomes P (unnormalised).
 // Keys whose key_ok flag is 0 are invisible, prefix keys (node < 0) visible,
 // tree key node j through bit j of the row's mask words (the CTA-local
 // `mask_rows` copy, kMaxTreeWords per row) or causally. `r_local` is the
-// lane's row g in mask_rows.
+// lane's row g in mask_rows. `plain` (plain_tile): every key visible to
+// every row of a token, nothing to look up.
 template <int kNT, int kDT>
 __device__ __forceinline__ void softmax_tile(float (&s)[kNT * 4], float (&o)[kDT * 4], float (&m)[2], float (&l)[2],
                                              const FragRows& rows, const TreeAttentionArgs& a, const int32_t* key_ok,
                                              int32_t node0, const uint32_t* mask_rows, int r_local, int t4,
-                                             float scale_log2) {
+                                             float scale_log2, bool plain) {
   constexpr float kNegInf = -INFINITY;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -139,8 +153,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kNT * 4], float (&o)[kDT
       for (int e = 0; e < 2; ++e) {
         const int c = nt * 8 + 2 * t4 + e;
         const int32_t node = node0 + c;  // < 0: a prefix key
-        bool vis = tok >= 0 && key_ok[c] != 0;
-        if (vis && node >= 0) {
+        bool vis = tok >= 0 && (plain || key_ok[c] != 0);
+        if (vis && !plain && node >= 0) {
           if (a.tree_mask != nullptr) {
             const int32_t w = node >> 5;
             uint32_t bits = 0;
@@ -297,9 +311,6 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_mma_ker
 
   const int num_tiles = kv_begin < kv_end ? int((kv_end - kv_begin + kKeys - 1) / kKeys) : 0;
 
-  const PagedLayout layout{a.num_blocks, a.block_size, a.num_kv_heads, D,
-                           a.cache_stride_block, a.cache_stride_token, a.cache_stride_head};
-  const BlockTable blocks{a.block_table, a.block_table_stride, a.max_blocks, a.prefix_lens, a.batch};
   const T* q = static_cast<const T*>(a.q);
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
@@ -313,7 +324,7 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_mma_ker
   auto key_offsets = [&](int tile, int64_t (&off)[C::kCopies]) {
 #pragma unroll
     for (int i = 0; i < C::kCopies; ++i)
-      off[i] = tile < num_tiles ? key_row(a, layout, blocks, wk, kv_begin + int64_t(tile) * kKeys + key0 + i * C::kKeyStep)
+      off[i] = tile < num_tiles ? key_row(a, wk, kv_begin + int64_t(tile) * kKeys + key0 + i * C::kKeyStep)
                                 : -1;
   };
   auto issue = [&](int tile, const int64_t (&off)[C::kCopies]) {
@@ -400,7 +411,8 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_mma_ker
       }
 
       // Mask, scale, online softmax; P as the A operand of P V.
-      softmax_tile<kNT, kDT>(s, o, m, l, rows, a, key_ok, node0, sMask, warp * 16 + g, t4, scale_log2);
+      softmax_tile<kNT, kDT>(s, o, m, l, rows, a, key_ok, node0, sMask, warp * 16 + g, t4, scale_log2,
+                             plain_tile<kKeys>(key_ok, node0, lane));
       uint32_t pa[kKeys / 16][4];
       pack_p<T, kNT>(s, pa);
 

@@ -118,9 +118,6 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_wgmma_k
   const int64_t kv_begin = wk.kv_begin, kv_end = wk.kv_end, prefix_keys = wk.prefix_keys;
   const int num_tiles = kv_begin < kv_end ? int((kv_end - kv_begin + kKeys - 1) / kKeys) : 0;
 
-  const PagedLayout layout{a.num_blocks, a.block_size, a.num_kv_heads, D,
-                           a.cache_stride_block, a.cache_stride_token, a.cache_stride_head};
-  const BlockTable blocks{a.block_table, a.block_table_stride, a.max_blocks, a.prefix_lens, a.batch};
   const T* q = static_cast<const T*>(a.q);
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
@@ -136,15 +133,15 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_wgmma_k
   auto key_offsets = [&](int tile) {
     if (tid < kKeys)
       sKeyRow[(tile % 2) * kKeys + tid] =
-          tile < num_tiles ? key_row(a, layout, blocks, wk, kv_begin + int64_t(tile) * kKeys + tid) : -1;
+          tile < num_tiles ? key_row(a, wk, kv_begin + int64_t(tile) * kKeys + tid) : -1;
   };
   auto issue = [&](int tile) {
     const int stage = tile % kStages;
     T* k_dst = sK + stage * kKeys * D;
     T* v_dst = sV + stage * kKeys * D;
     const int64_t* rows_of_tile = sKeyRow + (tile % 2) * kKeys;
-    // Rolled at D = 256: unrolled, the 8 copies' addresses made it spill.
-#pragma unroll(D == 256 ? 1 : C::kCopies)
+    // Unrolled by 2 from D = 128: fully unrolled, the 8 copies' addresses made it spill.
+#pragma unroll(D >= 128 ? 2 : C::kCopies)
     for (int i = 0; i < C::kCopies; ++i) {
       const int x = tid + i * kThreads, r = chunk_row(x), c = chunk_col(x);
       const int dst = core_offset<D>(r, c);
@@ -230,7 +227,8 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) tree_attention_wgmma_k
       ptx::wgmma_wait<0>();
       ptx::fence_regs(s);
 
-      softmax_tile<kNT, kDT>(s, o, m, l, rows, a, key_ok, node0, sMask, warp * 16 + g, t4, scale_log2);
+      softmax_tile<kNT, kDT>(s, o, m, l, rows, a, key_ok, node0, sMask, warp * 16 + g, t4, scale_log2,
+                             plain_tile<kKeys>(key_ok, node0, lane));
       uint32_t pa[kKeys / 16][4];
       pack_p<T, kNT>(s, pa);
 

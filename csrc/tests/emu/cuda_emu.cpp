@@ -671,20 +671,27 @@ void cp_async_commit() {
     if (c.group == 0) c.group = f.groups;
 }
 
-void cp_async_wait(int pending) {
-  Fiber& f = self();
-  if (pending < 0) fail("cp.async.wait_group %d", pending);
-  const uint64_t done = f.groups > uint64_t(pending) ? f.groups - uint64_t(pending) : 0;
+// Completes, in issue order, the ops of `ops` whose commit group is at least
+// `pending` groups old (of `groups` closed); ops not yet committed stay.
+template <typename Op, typename F>
+void complete_groups(std::vector<Op>& ops, uint64_t groups, int pending, const char* what, F&& complete) {
+  if (pending < 0) fail("%s.wait_group %d", what, pending);
+  const uint64_t done = groups > uint64_t(pending) ? groups - uint64_t(pending) : 0;
   size_t kept = 0;
-  for (size_t i = 0; i < f.copies.size(); ++i) {
-    Fiber::Copy& c = f.copies[i];
-    if (c.group != 0 && c.group <= done) {
-      std::memcpy(c.dst, c.data, size_t(c.bytes));
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (ops[i].group != 0 && ops[i].group <= done) {
+      complete(ops[i]);
     } else {
-      f.copies[kept++] = c;
+      ops[kept++] = ops[i];
     }
   }
-  f.copies.resize(kept);
+  ops.resize(kept);
+}
+
+void cp_async_wait(int pending) {
+  Fiber& f = self();
+  complete_groups(f.copies, f.groups, pending, "cp.async",
+                  [](const Fiber::Copy& c) { std::memcpy(c.dst, c.data, size_t(c.bytes)); });
 }
 
 void ldmatrix(uint32_t* r, int num, bool trans, const void* row_addr) {
@@ -892,17 +899,7 @@ void wgmma_commit() {
 
 void wgmma_wait(int pending) {
   Fiber& f = self();
-  if (pending < 0) fail("wgmma.wait_group %d", pending);
-  const uint64_t done = f.mma_groups > uint64_t(pending) ? f.mma_groups - uint64_t(pending) : 0;
-  size_t kept = 0;
-  for (size_t i = 0; i < f.mmas.size(); ++i) {
-    if (f.mmas[i].group != 0 && f.mmas[i].group <= done) {
-      complete(f, f.mmas[i]);
-    } else {
-      f.mmas[kept++] = f.mmas[i];
-    }
-  }
-  f.mmas.resize(kept);
+  complete_groups(f.mmas, f.mma_groups, pending, "wgmma", [&](const Fiber::Mma& m) { complete(f, m); });
 }
 
 void fence_proxy_async() {}

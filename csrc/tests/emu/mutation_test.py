@@ -63,6 +63,8 @@ MUTATIONS = [
      "key_offsets(j + kStages, off);", "key_offsets(j + kStages - 1, off);", "asan", "tree_attention_mma"),
     ("tree attention (tensor cores): row max misses the quad's other half", "tree_attention_mma.cuh",
      "    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));\n", "", "asan", "tree_attention_mma"),
+    ("tree attention: a tile taken as plain though a key has no block", "tree_attention_mma.cuh",
+     "  for (int c = lane; c < kKeys; c += 32) ok = ok && key_ok[c] != 0;\n", "", "asan", "tree_attention"),
     ("tree attention (wgmma): S read before its wgmma group is waited for", "tree_attention_wgmma.cuh",
      "      ptx::wgmma_commit();\n      ptx::wgmma_wait<0>();\n      ptx::fence_regs(s);\n",
      "      ptx::wgmma_commit();\n      ptx::fence_regs(s);\n", "asan", "tree_attention"),
