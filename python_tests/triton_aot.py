@@ -17,12 +17,14 @@ from specdec_kernels.triton import attention, kv_cache, sampling, verify_rows
 BITS = {1: "*i8", 2: "*i16", 4: "*i32"}
 
 
-def compile_kernel(fn, pointers: dict, constexprs: dict, arch: int):
+def compile_kernel(fn, pointers: dict, constexprs: dict, arch: int, divisible_by_16=()):
     """Arguments not named in `pointers` (or other typed args) or `constexprs` are i32 scalars.
-    BLOCK_M = 128 tiles launch with 8 warps, as the launcher does."""
+    BLOCK_M = 128 tiles launch with 8 warps, as the launcher does. `divisible_by_16`: arguments
+    marked as the JIT marks pointers and integers divisible by 16 at launch."""
     names = fn.arg_names
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
-    src = ASTSource(fn, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible_by_16}
+    src = ASTSource(fn, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     options = {"num_warps": 8} if constexprs.get("BLOCK_M") == 128 else {}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
@@ -87,6 +89,26 @@ def kernels():
            dict(OUT_DTYPE=tl.bfloat16, BLOCK_S=16, HEAD_DIM=128))
 
 
+def check_vector_loads(arch):
+    """The verify row pre-pass reads a bf16 row 16 bytes per thread per load
+    (ld.global.v4) when the row pointer, stride, chunk and V are multiples of
+    16, as they are at real vocabulary sizes: its masks must not cost the
+    vectorisation."""
+    common = dict(logits_ptr="*bf16", logits_stride="i64", part_max_ptr="*fp32", part_idx_ptr="*i32",
+                  part_bad_ptr="*i32")
+    aligned = ("logits_ptr", "logits_stride", "CHUNK", "V")
+    for name, fn, pointers, constexprs in (
+            ("chunk_max", verify_rows._chunk_max_kernel, common, dict(PROBS=False, BLOCK_V=1024)),
+            ("chunk_sum", verify_rows._chunk_sum_kernel,
+             dict(common, rows_ptr="*i32", temp_ptr="*fp32", part_sum_ptr="*fp64", part_cnt_ptr="*i32",
+                  part_ent_ptr="*fp64", owner_ptr="*i32"),
+             dict(PHASE=1, PROBS=False, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))):
+        ptx = compile_kernel(fn, pointers, constexprs, arch, aligned).asm["ptx"]
+        if "ld.global.v4" not in ptx:
+            raise SystemExit(f"verify_rows/{name}: no 16-byte loads of the row on sm_{arch}")
+        print(f"ok verify_rows/{name} 16-byte loads sm_{arch}")
+
+
 def main(archs):
     count = 0
     for arch in archs:
@@ -94,6 +116,8 @@ def main(archs):
             compile_kernel(fn, pointers, constexprs, arch)
             print(f"ok {name} sm_{arch}")
             count += 1
+    if archs:
+        check_vector_loads(archs[-1])
     if count == 0:
         raise SystemExit("no kernels compiled")
     print(f"compiled {count} kernels")

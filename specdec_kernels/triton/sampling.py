@@ -668,7 +668,10 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
            posterior_threshold, posterior_alpha, uniforms, philox, mode, width, target_is_probs=False,
            target_indptr=None, bonus_tokens=None):
-    """The verify_tree op on Triton, in one launch (one program per request).
+    """The verify_tree op on Triton: one program per request walks its tree,
+    after the multi-program row pre-pass (verify_rows.py: one launch for
+    greedy, two for rejection, three for typical) when verify_rows.use_row_pass
+    says it pays.
 
     Args:
         draft_tokens: int64 [N]. parents: int32 [N], local, -1 at roots.

@@ -32,12 +32,18 @@ read of each row, in parallel, instead of one.
 Cost: every target row is read once (greedy) or twice (rejection; three
 times for typical) even if the walk never visits it, where the serial walk
 reads only the rows it visits (but each of them 2+ times, one SM per
-request). So the pre-pass is used only when it pays (``use_row_pass``):
-  - the batch leaves the GPU mostly idle: batch <= SMs / 2, or
-  - greedy (argmax only, one read) with at most 8 rows per request, where
-    the walk visits most rows anyway;
-otherwise the walk scans its rows itself, as before. SPECDEC_TRITON_VERIFY_ROWS
-= multi | single forces either path (tests, benchmarks).
+request, and one SM streams a row at a small fraction of the GPU's
+bandwidth). So the pre-pass is used only when it pays (``use_row_pass``):
+  - it reads at most 2 rows per SM in all (R x reads <= 2 x SMs): about the
+    time one SM takes to stream a single row, which every walk spends at
+    least; e.g. on 132 SMs, rejection over 8-token chains up to B = 14, or
+    the 64-node tree at B = 1-2, but not the 64-node tree at B = 8, where
+    the pre-pass would read 64 rows per request and the walk reads ~5; or
+  - greedy (argmax only, one read) with at most 8 rows per request (chains,
+    small trees), where the walk visits most rows anyway;
+otherwise the walk scans its rows itself, as before. The constants are
+estimates, not yet measured on a GPU. SPECDEC_TRITON_VERIFY_ROWS = multi |
+single forces either path (tests, benchmarks).
 
 Chunks: C = ceil(PROGRAMS_PER_SM * SMs / R) clamped to [1, blocks per row],
 so a small batch still launches ~4 programs per SM; each chunk is a whole
@@ -56,6 +62,7 @@ from triton.language.extra import libdevice
 PROGRAMS_PER_SM = 4
 DEFAULT_SMS = 132  # an H100 SXM, when the tensors are not on a GPU (interpreter)
 GREEDY_ROWS_PER_REQUEST = 8
+ROW_READS_PER_SM = 2
 MIN_BLOCK = 256  # elements per load of the pre-pass: 8 per thread of one warp (16 B of bf16)
 _BIG = tl.constexpr(1 << 30)
 
@@ -92,7 +99,9 @@ def _chunk_max_kernel(logits_ptr, logits_stride, part_max_ptr, part_idx_ptr, par
     bad = tl.full([], 0, tl.int32)
     for s in range(lo, hi, BLOCK_V):
         offs = s + tl.arange(0, BLOCK_V)
-        inside = offs < hi
+        # CHUNK is a whole number of blocks, so only V cuts a block short; a
+        # mask on V (divisible by 16 at real sizes) keeps the loads vectorised.
+        inside = offs < V
         x = tl.load(row_ptr + offs, mask=inside, other=float("-inf")).to(tl.float32)
         wrong = x != x
         if PROBS:
@@ -185,7 +194,7 @@ def _chunk_sum_kernel(logits_ptr, logits_stride, rows_ptr, temp_ptr, part_max_pt
             total = fold_sum(part_sum_ptr, r, C, BLOCK_C).to(tl.float32)
         for s in range(lo, hi, BLOCK_V):
             offs = s + tl.arange(0, BLOCK_V)
-            inside = offs < hi
+            inside = offs < V  # as in _chunk_max_kernel
             if PROBS:
                 x = _log(tl.load(row_ptr + offs, mask=inside, other=0.0).to(tl.float32), LIBDEVICE)
             else:
@@ -223,7 +232,9 @@ def use_row_pass(batch: int, num_rows: int, mode: int, device: torch.device) -> 
         return choice == "multi" and num_rows > 0
     if num_rows == 0:
         return False
-    return 2 * batch <= sm_count(device) or (mode == 0 and num_rows <= GREEDY_ROWS_PER_REQUEST * batch)
+    reads = {0: 1, 1: 2, 2: 3}[mode]
+    return (num_rows * reads <= ROW_READS_PER_SM * sm_count(device)
+            or (mode == 0 and num_rows <= GREEDY_ROWS_PER_REQUEST * batch))
 
 
 def chunking(num_rows: int, vocab: int, block_v: int, device: torch.device) -> tuple[int, int, int]:
@@ -241,6 +252,11 @@ def chunking(num_rows: int, vocab: int, block_v: int, device: torch.device) -> t
     return triton.cdiv(vocab, chunk), chunk, block
 
 
+def _empty(shape, dtype, device):
+    """The buffers' allocator (tests poison it: every element must be written)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 class RowStats:
     """The pre-pass's buffers for one launch: [R, C] partials and owner [R]."""
 
@@ -251,15 +267,15 @@ class RowStats:
         warps = max(1, min(4, block // MIN_BLOCK))  # 8 elements per thread
         self.block_c = triton.next_power_of_2(self.chunks)
         shape = (num_rows, self.chunks)
-        self.part_max = torch.empty(shape, dtype=torch.float32, device=device)
-        self.part_idx = torch.empty(shape, dtype=torch.int32, device=device)
-        self.part_bad = torch.empty(shape, dtype=torch.int32, device=device)
+        self.part_max = _empty(shape, torch.float32, device)
+        self.part_idx = _empty(shape, torch.int32, device)
+        self.part_bad = _empty(shape, torch.int32, device)
         sampled = mode != 0
         self.sums = sampled
-        self.part_sum = torch.empty(shape if sampled else (1,), dtype=torch.float64, device=device)
-        self.part_cnt = torch.empty(shape if sampled else (1,), dtype=torch.int32, device=device)
-        self.part_ent = torch.empty(shape if mode == 2 else (1,), dtype=torch.float64, device=device)
-        self.owner = torch.empty(num_rows if sampled else 1, dtype=torch.int32, device=device)
+        self.part_sum = _empty(shape if sampled else (1,), torch.float64, device)
+        self.part_cnt = _empty(shape if sampled else (1,), torch.int32, device)
+        self.part_ent = _empty(shape if mode == 2 else (1,), torch.float64, device)
+        self.owner = _empty((num_rows,) if sampled else (1,), torch.int32, device)
         grid = (num_rows, self.chunks)
         _chunk_max_kernel[grid](logits, logits.stride(0), self.part_max, self.part_idx, self.part_bad, vocab,
                                 self.chunk, self.chunks, PROBS=probs, BLOCK_V=block, num_warps=warps)
