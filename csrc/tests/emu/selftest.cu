@@ -3,7 +3,9 @@
 // sanitizer and expects exactly the "ok" case to pass. "ok" also multiplies a
 // 16x16 by a 16x8 tile through cp.async, ldmatrix and mma.sync and compares
 // the product with the host's (fragment layouts: PTX ISA, "Matrix Fragments
-// for mma.m16n8k16 with floating point type" and "ldmatrix").
+// for mma.m16n8k16 with floating point type" and "ldmatrix"), and a 64x16 by
+// 16x64 product through wgmma both ways the tree attention uses it (PTX ISA,
+// "Asynchronous Warpgroup Level Matrix Shared Memory Layout").
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -82,6 +84,49 @@ __global__ void mma_ok(const __half* a, const __half* bt, float* out) {
   for (int i = 0; i < 4; ++i) out[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
 }
 
+// One warpgroup: D = A B (A 64 x 16, B 16 x 64) twice, as the wgmma tree
+// attention addresses its operands: A from shared memory (K-major core
+// matrices, LBO 128 B, SBO 256 B) with B K-major (B^T's rows, same layout),
+// and A from registers (the mma.sync A fragment) with B MN-major (8 k x 8 n
+// core matrices, SBO 128 B along n, LBO 1024 B along k: past all 8 n chunks,
+// as V's 16 D bytes). out: both D, row-major.
+__global__ void wgmma_ok(const __half* a, const __half* b, float* out) {
+  extern __shared__ __align__(128) unsigned char dyn[];
+  __half* sa = reinterpret_cast<__half*>(dyn);               // 64 x 16, K-major
+  __half* sbk = reinterpret_cast<__half*>(dyn + 2048);       // B^T: 64 n x 16 k, K-major
+  __half* sbn = reinterpret_cast<__half*>(dyn + 4096);       // B: 16 k x 64 n, MN-major
+  const int tid = threadIdx.x;
+  for (int i = tid; i < 64 * 16; i += 128) {
+    const int r = i / 16, k = i % 16;
+    sa[(r / 8) * 128 + (k / 8) * 64 + (r % 8) * 8 + k % 8] = a[i];
+  }
+  for (int i = tid; i < 16 * 64; i += 128) {
+    const int k = i / 64, n = i % 64;
+    sbk[(n / 8) * 128 + (k / 8) * 64 + (n % 8) * 8 + k % 8] = b[i];
+    sbn[(n / 8) * 64 + (k / 8) * 512 + (k % 8) * 8 + n % 8] = b[i];
+  }
+  __syncthreads();
+  const int warp = tid / 32, g = tid % 32 / 4, t = tid % 4;
+  auto frag = [&](int r, int k) {
+    return uint32_t(reinterpret_cast<const uint16_t&>(a[r * 16 + k])) |
+           uint32_t(reinterpret_cast<const uint16_t&>(a[r * 16 + k + 1])) << 16;
+  };
+  const int r0 = 16 * warp + g;
+  const uint32_t fa[4] = {frag(r0, 2 * t), frag(r0 + 8, 2 * t), frag(r0, 2 * t + 8), frag(r0 + 8, 2 * t + 8)};
+  float d1[32], d2[32];
+  ptx::wgmma_fence();
+  ptx::wgmma_ss<__half, 64>(d1, ptx::smem_desc(sa, 128, 256), ptx::smem_desc(sbk, 128, 256), false);
+  ptx::wgmma_rs<__half, 64>(d2, fa, ptx::smem_desc(sbn, 1024, 128), false);
+  ptx::wgmma_commit();
+  ptx::wgmma_wait<0>();
+  for (int j = 0; j < 8; ++j)
+    for (int i = 0; i < 4; ++i) {
+      const int row = r0 + 8 * (i / 2), col = 8 * j + 2 * t + i % 2;
+      out[row * 64 + col] = d1[4 * j + i];
+      out[4096 + row * 64 + col] = d2[4 * j + i];
+    }
+}
+
 // Thread 0's cp.async lands at its wait; thread 1 reads with no barrier after it.
 __global__ void cp_async_no_barrier(const float* in, float* out) {
   __shared__ __align__(16) float x[4];
@@ -109,6 +154,41 @@ __global__ void ldmatrix_misaligned(float* out) {
   uint32_t r[4];
   ptx::ldmatrix_x4(r, x + 2 + (threadIdx.x % 16) * 16);
   out[threadIdx.x] = float(r[0]);
+}
+
+// wgmma_ok's two products against the host's; 0 when they agree exactly.
+int check_wgmma(float* buf) {
+  static __half a[64 * 16], b[16 * 64];
+  static float want[64 * 64], got[2 * 64 * 64];
+  for (int i = 0; i < 64 * 16; ++i) a[i] = __float2half(float((i * 5) % 7 - 3));
+  for (int i = 0; i < 16 * 64; ++i) b[i] = __float2half(float((i * 3) % 5 - 2));
+  for (int r = 0; r < 64; ++r)
+    for (int n = 0; n < 64; ++n) {
+      float acc = 0.0f;
+      for (int k = 0; k < 16; ++k) acc += __half2float(a[r * 16 + k]) * __half2float(b[k * 64 + n]);
+      want[r * 64 + n] = acc;
+    }
+  float* out = nullptr;
+  __half *da = nullptr, *db = nullptr;
+  cudaMalloc(&out, sizeof got);
+  cudaMalloc(&da, sizeof a);
+  cudaMalloc(&db, sizeof b);
+  cudaMemcpy(da, a, sizeof a, cudaMemcpyHostToDevice);
+  cudaMemcpy(db, b, sizeof b, cudaMemcpyHostToDevice);
+  wgmma_ok<<<1, 128, 6144>>>(da, db, out);
+  cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost);
+  cudaFree(out);
+  cudaFree(da);
+  cudaFree(db);
+  (void)buf;
+  for (int v = 0; v < 2; ++v)
+    for (int i = 0; i < 64 * 64; ++i)
+      if (got[v * 4096 + i] != want[i]) {
+        std::fprintf(stderr, "wgmma_ok (%s): D[%d][%d] = %g, want %g\n", v ? "A in registers, B MN-major" : "A, B K-major",
+                     i / 64, i % 64, double(got[v * 4096 + i]), double(want[i]));
+        return 1;
+      }
+  return 0;
 }
 
 // mma_ok's product against the host's; 0 when they agree exactly (small integers).
@@ -176,7 +256,7 @@ int main(int argc, char** argv) {
   if (cudaMalloc(&buf, 4096 * sizeof(float)) != cudaSuccess) return 2;
   if (!std::strcmp(c, "ok")) {
     ok_kernel<<<4, 64>>>(buf);
-    if (check_mma(buf) != 0) return 1;
+    if (check_mma(buf) != 0 || check_wgmma(buf) != 0) return 1;
   } else if (!std::strcmp(c, "cp_async_no_barrier")) {
     cp_async_no_barrier<<<1, 32>>>(buf, buf + 1024);
   } else if (!std::strcmp(c, "cp_async_not_waited")) {
