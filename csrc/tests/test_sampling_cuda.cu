@@ -1,5 +1,6 @@
 // verify_cuda against verify_cpu on random ragged batches of chains and
-// trees, every mode, fp32 and bf16 logits or probabilities (logits_are_probs),
+// trees, every mode, fp32 and bf16 logits or probabilities (logits_are_probs)
+// with draft probabilities of the same dtype,
 // explicit uniforms and in-kernel Philox, with and without a row map
 // (target_indptr + bonus_tokens: a random suffix of each request's rows
 // dropped). Outputs are poisoned first, so an unwritten element fails. Greedy
@@ -72,6 +73,7 @@ struct Case {
   std::vector<int32_t> parents, indptr{0};
   std::vector<float> logits, probs, uniforms;  // logits as stored (bf16-rounded when bf16)
   std::vector<uint16_t> logits_bf16;
+  std::vector<uint16_t> probs_bf16;  // bf16 cases: the draft probabilities as read (probs holds them rounded)
   int32_t width = 1;
   std::vector<int32_t> row_indptr;  // the row map, empty when none
   std::vector<int64_t> bonus;
@@ -98,6 +100,7 @@ Case with_row_map(const Case& c, std::mt19937& rng) {
   m.logits.clear();
   m.probs.clear();
   m.logits_bf16.clear();
+  m.probs_bf16.clear();
   m.row_indptr = {0};
   const int64_t batch = int64_t(c.indptr.size()) - 1;
   for (int64_t b = 0; b < batch; ++b) {
@@ -107,6 +110,8 @@ Case with_row_map(const Case& c, std::mt19937& rng) {
       m.logits.insert(m.logits.end(), c.logits.begin() + r * c.vocab, c.logits.begin() + (r + 1) * c.vocab);
       m.probs.insert(m.probs.end(), c.probs.begin() + r * c.vocab, c.probs.begin() + (r + 1) * c.vocab);
       if (c.bf16) {
+        m.probs_bf16.insert(m.probs_bf16.end(), c.probs_bf16.begin() + r * c.vocab,
+                            c.probs_bf16.begin() + (r + 1) * c.vocab);
         m.logits_bf16.insert(m.logits_bf16.end(), c.logits_bf16.begin() + r * c.vocab,
                              c.logits_bf16.begin() + (r + 1) * c.vocab);
       }
@@ -162,7 +167,16 @@ Case make_case(std::mt19937& rng, int64_t vocab, bool bf16, bool target_probs, i
       float sum = 0.f;
       std::vector<float> q(vocab);
       for (auto& v : q) sum += (v = std::exp(n_d(rng)));
-      for (auto& v : q) c.probs.push_back(v / sum);
+      for (auto& v : q) {
+        float p = v / sum;
+        if (bf16) {
+          const uint16_t h = bf16_bits(p);
+          c.probs_bf16.push_back(h);
+          const uint32_t u = uint32_t(h) << 16;
+          std::memcpy(&p, &u, 4);
+        }
+        c.probs.push_back(p);
+      }
       c.uniforms.push_back(u_d(rng));
       c.width = std::max(c.width, i + 1);
     }
@@ -192,7 +206,7 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
   a.logits_are_probs = c.target_probs;
   if (with_q) {
     a.draft_probs = probs;
-    a.probs_dtype = specdec::DType::kFloat32;
+    a.probs_dtype = c.bf16 ? specdec::DType::kBFloat16 : specdec::DType::kFloat32;
     a.probs_stride = c.vocab;
   }
   if (mode != specdec::VerifyMode::kGreedy) a.temperature = temp;
@@ -236,7 +250,8 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   const std::vector<uint16_t> logits_bf16 = laid_out(c, c.logits_bf16, uint16_t(0x7fc0));
   const void* host_logits = c.bf16 ? static_cast<const void*>(logits_bf16.data() + c.shift)
                                    : static_cast<const void*>(logits_f32.data() + c.shift);
-  specdec::VerifyArgs ha = args_for(c, mode, with_q, philox, host_logits, c.probs.data(), c.tokens.data(),
+  const void* host_probs = c.bf16 ? static_cast<const void*>(c.probs_bf16.data()) : c.probs.data();
+  specdec::VerifyArgs ha = args_for(c, mode, with_q, philox, host_logits, host_probs, c.tokens.data(),
                                     c.parents.data(), c.indptr.data(), temp.data(), tk.data(), tp.data(), eps.data(),
                                     alpha.data(), c.uniforms.data(), seed_offset, c.row_indptr.data(),
                                     c.bonus.data());
@@ -249,7 +264,7 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   void* d_logits = c.bf16 ? static_cast<void*>(to_device(logits_bf16)) : static_cast<void*>(to_device(logits_f32));
   const void* d_logits_at = c.bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(d_logits) + c.shift)
                                    : static_cast<const void*>(static_cast<const float*>(d_logits) + c.shift);
-  float* d_probs = to_device(c.probs);
+  void* d_probs = c.bf16 ? static_cast<void*>(to_device(c.probs_bf16)) : static_cast<void*>(to_device(c.probs));
   int64_t* d_tokens = to_device(c.tokens);
   int32_t* d_parents = to_device(c.parents);
   int32_t* d_indptr = to_device(c.indptr);
@@ -290,7 +305,7 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
     differ += !same;
   }
   *requests += int(batch);
-  for (void* p : {d_logits, (void*)d_probs, (void*)d_tokens, (void*)d_parents, (void*)d_indptr, (void*)d_temp,
+  for (void* p : {d_logits, d_probs, (void*)d_tokens, (void*)d_parents, (void*)d_indptr, (void*)d_temp,
                   (void*)d_tp, (void*)d_eps, (void*)d_alpha, (void*)d_tk, (void*)d_unif, (void*)d_seed, (void*)d_num,
                   (void*)d_nodes, (void*)d_toks, (void*)d_rows, (void*)d_bonus, ws}) {
     cudaFree(p);

@@ -516,6 +516,17 @@ struct Walk {
   __device__ float q(int64_t node, int64_t x) const {
     return load(a.draft_probs, a.probs_dtype, (rows.start + node) * a.probs_stride + x);
   }
+  // f(y, q(y)) over the draft row of `node`, 16-byte loads (row_pass): the
+  // draft dtype is a run-time argument, so one switch a pass, not an element.
+  template <typename F>
+  __device__ __forceinline__ void q_pass(int64_t node, F&& f) const {
+    const int64_t off = (rows.start + node) * a.probs_stride;
+    switch (a.probs_dtype) {
+      case DType::kFloat16: row_pass<4>(static_cast<const __half*>(a.draft_probs) + off, a.vocab, f); break;
+      case DType::kBFloat16: row_pass<4>(static_cast<const __nv_bfloat16*>(a.draft_probs) + off, a.vocab, f); break;
+      default: row_pass<4>(static_cast<const float*>(a.draft_probs) + off, a.vocab, f); break;
+    }
+  }
   __device__ float uniform(int64_t node) const {
     const int64_t r = start + node;
     return a.uniforms != nullptr ? a.uniforms[r] : philox_uniform(uint64_t(a.philox[0]), uint64_t(a.philox[1]) + uint64_t(r));
@@ -594,12 +605,12 @@ __device__ int64_t walk_rejection(const W& w, float* residual) {
         }
         auto r_of = [&](int64_t y) { return res_active ? residual[y] / res_total : st.p(row, y, t); };
         float mass = 0.f;
-#pragma unroll 4
-        for (int64_t y = threadIdx.x; y < vocab; y += kThreads) mass += fmaxf(r_of(y) - w.q(node, y), 0.f);
+        w.q_pass(node, [&](int64_t y, float qy) { mass += fmaxf(r_of(y) - qy, 0.f); });
         mass = block_sum(mass, w.s);
         if (mass > 0.f) {
-          // Each thread rewrites only the entries it read: no race.
-          for (int64_t y = threadIdx.x; y < vocab; y += kThreads) residual[y] = fmaxf(r_of(y) - w.q(node, y), 0.f);
+          // The same split of the row as the pass above: each thread rewrites
+          // only the entries it read, so no race.
+          w.q_pass(node, [&](int64_t y, float qy) { residual[y] = fmaxf(r_of(y) - qy, 0.f); });
           __syncthreads();
           res_active = true;
           res_total = mass;
