@@ -67,7 +67,7 @@ def test_row_stats_partials(monkeypatch, dtype, probs):
     x = x.to(dtype)
     indptr = torch.tensor([0, 2, 2, 5, 7], dtype=torch.int32)  # request 1 empty
     temperature = torch.tensor([0.7, 1.0, 1.3, 0.0])  # request 3 greedy: no sums
-    stats = verify_rows.RowStats(x, indptr, temperature, 2, probs, False, block_v)
+    stats = verify_rows.RowStats(x, indptr, temperature, None, None, 2, probs, False, block_v)
     chunks, chunk = stats.chunks, stats.chunk
     assert chunks > 1 and chunk % block_v == 0 and (chunks - 1) * chunk < vocab <= chunks * chunk
     xf = x.float()
@@ -104,6 +104,21 @@ def test_row_stats_partials(monkeypatch, dtype, probs):
             for c in range(chunks):
                 assert float(stats.part_ent[r, c]) == pytest.approx(float(h[c * chunk:(c + 1) * chunk].sum()),
                                                                     rel=1e-5, abs=1e-9)
+
+
+def test_filtered_requests_get_no_sums(monkeypatch):
+    """Rejection: a request with top-k or top-p on sums only its survivors in
+    the walk, so the pre-pass leaves its rows alone (owner -1, zeros)."""
+    monkeypatch.setattr(verify_rows, "_empty", poisoned_empty)
+    x = torch.randn(8, 21, generator=torch.Generator().manual_seed(2))
+    indptr = torch.tensor([0, 2, 4, 6, 8], dtype=torch.int32)
+    temperature = torch.ones(4)
+    top_k = torch.tensor([0, 3, 0, 21], dtype=torch.int32)  # 21 = V: off
+    top_p = torch.tensor([1.0, 1.0, 0.9, 1.0])
+    stats = verify_rows.RowStats(x, indptr, temperature, top_k, top_p, 1, False, False, 4)
+    assert stats.owner.tolist() == [0, 0, -1, -1, -1, -1, 3, 3]
+    assert (stats.part_sum[2:6] == 0).all() and (stats.part_cnt[2:6] == 0).all()
+    assert (stats.part_cnt[:2].sum(1) == 21).all() and (stats.part_cnt[6:].sum(1) == 21).all()
 
 
 def test_chunking_fills_the_gpu():

@@ -78,12 +78,13 @@ def kernels():
                dict(logits_ptr=logits, logits_stride="i64", part_max_ptr="*fp32", part_idx_ptr="*i32",
                     part_bad_ptr="*i32"),
                dict(PROBS=probs, BLOCK_V=1024))
-    for phase, logits, probs in ((1, "*bf16", False), (2, "*fp16", True)):
-        yield (f"verify_rows/chunk_sum/phase={phase}/{logits[1:]}/probs={probs}", verify_rows._chunk_sum_kernel,
-               dict(logits_ptr=logits, logits_stride="i64", rows_ptr="*i32", temp_ptr="*fp32", part_max_ptr="*fp32",
-                    part_idx_ptr="*i32", part_bad_ptr="*i32", part_sum_ptr="*fp64", part_cnt_ptr="*i32",
-                    part_ent_ptr="*fp64", owner_ptr="*i32"),
-               dict(PHASE=phase, PROBS=probs, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))
+    for phase, filters, logits, probs in ((1, True, "*bf16", False), (2, False, "*fp16", True)):
+        yield (f"verify_rows/chunk_sum/phase={phase}/filters={filters}/{logits[1:]}/probs={probs}",
+               verify_rows._chunk_sum_kernel,
+               dict(logits_ptr=logits, logits_stride="i64", rows_ptr="*i32", temp_ptr="*fp32", topk_ptr="*i32",
+                    topp_ptr="*fp32", part_max_ptr="*fp32", part_idx_ptr="*i32", part_bad_ptr="*i32",
+                    part_sum_ptr="*fp64", part_cnt_ptr="*i32", part_ent_ptr="*fp64", owner_ptr="*i32"),
+               dict(PHASE=phase, FILTERS=filters, PROBS=probs, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))
     yield ("merge_splits/bf16", attention._merge_splits_kernel,
            dict(part_out="*fp32", part_lse="*fp32", out="*bf16", lse="*fp32"),
            dict(OUT_DTYPE=tl.bfloat16, BLOCK_S=16, HEAD_DIM=128))
@@ -100,9 +101,9 @@ def check_vector_loads(arch):
     for name, fn, pointers, constexprs in (
             ("chunk_max", verify_rows._chunk_max_kernel, common, dict(PROBS=False, BLOCK_V=1024)),
             ("chunk_sum", verify_rows._chunk_sum_kernel,
-             dict(common, rows_ptr="*i32", temp_ptr="*fp32", part_sum_ptr="*fp64", part_cnt_ptr="*i32",
-                  part_ent_ptr="*fp64", owner_ptr="*i32"),
-             dict(PHASE=1, PROBS=False, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))):
+             dict(common, rows_ptr="*i32", temp_ptr="*fp32", topk_ptr="*i32", topp_ptr="*fp32",
+                  part_sum_ptr="*fp64", part_cnt_ptr="*i32", part_ent_ptr="*fp64", owner_ptr="*i32"),
+             dict(PHASE=1, FILTERS=True, PROBS=False, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))):
         ptx = compile_kernel(fn, pointers, constexprs, arch, aligned).asm["ptx"]
         if "ld.global.v4" not in ptx:
             raise SystemExit(f"verify_rows/{name}: no 16-byte loads of the row on sm_{arch}")

@@ -44,7 +44,7 @@ from .verify_rows import fold_count, fold_max, fold_sum
 
 MAX_NODES = 256  # kMaxVerifyNodes
 BLOCK_V_MAX = 1024  # elements per tl.load of a row (tests lower it to get many blocks and chunks)
-BLOCK_H_MAX = 128  # elements per step of a top-p mass pass: [BLOCK_H, 16] float64 accumulators (no spills)
+BLOCK_H_MAX = 128  # elements per step of a top-p mass pass: [BLOCK_H, 16] float64 accumulators
 GREEDY, REJECTION, TYPICAL = 0, 1, 2
 _BIG = tl.constexpr(1 << 30)
 _MAX_KEY = tl.constexpr(4294967295)
@@ -170,7 +170,11 @@ def _mass_hist(row_ptr, V, temperature, m, thr, prefix, shift, PROBS: tl.constex
     over the keys >= thr whose bits above shift + 4 equal prefix, per 4-bit
     digit at shift; total, count = _total's over the same keys. Sums run in
     [BLOCK_H, 16] / [BLOCK_H] float64 accumulators reduced once at the end
-    (a fixed order; BLOCK_H <= 128 keeps the kernel at ~128 registers, 256 took 200)."""
+    (a fixed order). On sm_90 (cuobjdump of triton_aot.py's variants) BLOCK_H =
+    128 gives 122-128 registers and no local memory, except the pre-pass +
+    row-map variant (128 registers, 5 stores of 16 bytes around ptxas's
+    division subroutine calls); 64 spilled in three variants (ptxas then
+    capped them at 96 registers) and 256 took 200 registers."""
     bins = tl.arange(0, 16)
     acc = tl.zeros([BLOCK_H, 16], tl.float64)
     acc_total = tl.zeros([BLOCK_H], tl.float64)
@@ -712,7 +716,7 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
     if verify_rows.use_row_pass(batch, num_rows, mode, device):
         stats_mode = mode if temperature is not None else GREEDY
         stats = verify_rows.RowStats(target_logits, target_indptr if mapped else qo_indptr, pick(temperature, dummy_f),
-                                     stats_mode, bool(target_is_probs), libdevice_on, block_v)
+                                     top_k, top_p, stats_mode, bool(target_is_probs), libdevice_on, block_v)
         stats_args = stats.args()
     else:
         stats_args = (dummy_f, dummy_i, dummy_i, torch.empty(1, dtype=torch.float64, device=device), dummy_i,

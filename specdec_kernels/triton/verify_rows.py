@@ -13,8 +13,9 @@ the vocabulary) and leaves the walk only the per-row folds:
     temperature t of the row's request (a binary search in the row indptr),
     m = max(x) / t, and writes its chunk's sum of exp(z - m) (float64, as
     the walk sums) and how many of those are > 0 -> part_sum / part_cnt
-    [R, C]; and owner[r] = that request (-1 where the row is invalid or the
-    request is greedy).
+    [R, C]; and owner[r] = that request (-1 where the row is invalid, the
+    request is greedy, or it filters with top-k / top-p: its walk sums only
+    the survivors, so these programs return without reading the row).
   launch B, phase 2 (typical only): folds part_sum into the row's float32
     total and writes its chunk's sum of p log(p + 1e-5) -> part_ent [R, C].
 
@@ -29,8 +30,9 @@ flip which tiny terms underflow to 0, changing the count the rejection walk
 keeps (the last token left has r = 1 exactly) -- so the sums cost a second
 read of each row, in parallel, instead of one.
 
-Cost: every target row is read once (greedy) or twice (rejection; three
-times for typical) even if the walk never visits it, where the serial walk
+Cost: every target row is read once (greedy, and rejection with filters)
+or twice (rejection without; three times for typical) even if the walk
+never visits it, where the serial walk
 reads only the rows it visits (but each of them 2+ times, one SM per
 request, and one SM streams a row at a small fraction of the GPU's
 bandwidth). So the pre-pass is used only when it pays (``use_row_pass``):
@@ -168,20 +170,25 @@ def _request_of_row(rows_ptr, r, B):
 
 
 @triton.jit
-def _chunk_sum_kernel(logits_ptr, logits_stride, rows_ptr, temp_ptr, part_max_ptr, part_idx_ptr, part_bad_ptr,
-                      part_sum_ptr, part_cnt_ptr, part_ent_ptr, owner_ptr, B, V, CHUNK, C,
-                      PHASE: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
+def _chunk_sum_kernel(logits_ptr, logits_stride, rows_ptr, temp_ptr, topk_ptr, topp_ptr, part_max_ptr, part_idx_ptr,
+                      part_bad_ptr, part_sum_ptr, part_cnt_ptr, part_ent_ptr, owner_ptr, B, V, CHUNK, C,
+                      PHASE: tl.constexpr, FILTERS: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                      BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
     """Launch B: phase 1 writes the chunk's sum of exp(z - m) (float64) and
     count of terms > 0; phase 2 the chunk's sum of p log(p + 1e-5), p =
-    exp(z - m) / float32(row total). Zeros for rows the walk samples nothing
-    from (invalid, or a greedy request)."""
+    exp(z - m) / float32(row total). Zeros, without reading the row, for rows
+    the walk takes no unfiltered sums of: invalid, a greedy request, or (with
+    FILTERS, rejection) a request with top-k or top-p on, whose walk sums
+    only what the filters keep."""
     r = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     _, row_max, valid = fold_max(part_max_ptr, part_idx_ptr, part_bad_ptr, r, C, PROBS, LIBDEVICE, BLOCK_C)
     b = _request_of_row(rows_ptr, r, B)
     temperature = tl.load(temp_ptr + b)
     live = valid & (temperature > 0.0)
+    if FILTERS:
+        top_k = tl.load(topk_ptr + b)
+        live = live & ~(((top_k > 0) & (top_k < V)) | (tl.load(topp_ptr + b) < 1.0))
     row_ptr = logits_ptr + r * logits_stride
     lo = c * CHUNK
     hi = tl.minimum(lo + CHUNK, V)
@@ -260,7 +267,7 @@ def _empty(shape, dtype, device):
 class RowStats:
     """The pre-pass's buffers for one launch: [R, C] partials and owner [R]."""
 
-    def __init__(self, logits, rows_indptr, temperature, mode, probs, use_libdevice, block_v):
+    def __init__(self, logits, rows_indptr, temperature, top_k, top_p, mode, probs, use_libdevice, block_v):
         device = logits.device
         num_rows, vocab = logits.shape
         self.chunks, self.chunk, block = chunking(num_rows, vocab, block_v, device)
@@ -277,13 +284,15 @@ class RowStats:
         self.part_ent = _empty(shape if mode == 2 else (1,), torch.float64, device)
         self.owner = _empty((num_rows,) if sampled else (1,), torch.int32, device)
         grid = (num_rows, self.chunks)
+        filters = mode == 1 and top_k is not None and top_p is not None
         _chunk_max_kernel[grid](logits, logits.stride(0), self.part_max, self.part_idx, self.part_bad, vocab,
                                 self.chunk, self.chunks, PROBS=probs, BLOCK_V=block, num_warps=warps)
         for phase in ((1, 2) if mode == 2 else (1,) if sampled else ()):
-            _chunk_sum_kernel[grid](logits, logits.stride(0), rows_indptr, temperature, self.part_max,
-                                    self.part_idx, self.part_bad, self.part_sum, self.part_cnt, self.part_ent,
-                                    self.owner, rows_indptr.numel() - 1, vocab, self.chunk, self.chunks,
-                                    PHASE=phase, PROBS=probs, LIBDEVICE=use_libdevice, BLOCK_V=block,
+            _chunk_sum_kernel[grid](logits, logits.stride(0), rows_indptr, temperature,
+                                    top_k if filters else rows_indptr, top_p if filters else temperature,
+                                    self.part_max, self.part_idx, self.part_bad, self.part_sum, self.part_cnt,
+                                    self.part_ent, self.owner, rows_indptr.numel() - 1, vocab, self.chunk,
+                                    self.chunks, PHASE=phase, FILTERS=filters, PROBS=probs, LIBDEVICE=use_libdevice, BLOCK_V=block,
                                     BLOCK_C=self.block_c, num_warps=warps)
 
     def args(self):
