@@ -36,11 +36,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from ..backends import triton_interpreted
 from . import verify_rows
-from .verify_rows import fold_count, fold_max, fold_sum
+from .verify_rows import _exp, _log, fold_count, fold_max, fold_sum
 
 MAX_NODES = 256  # kMaxVerifyNodes
 BLOCK_V_MAX = 1024  # elements per tl.load of a row (tests lower it to get many blocks and chunks)
@@ -48,25 +47,6 @@ BLOCK_H_MAX = 128  # elements per step of a top-p mass pass: [BLOCK_H, 16] float
 GREEDY, REJECTION, TYPICAL = 0, 1, 2
 _BIG = tl.constexpr(1 << 30)
 _MAX_KEY = tl.constexpr(4294967295)
-
-
-@triton.jit
-def _exp(x, LIBDEVICE: tl.constexpr):
-    # tl.exp is ex2.approx on NVIDIA GPUs; the other backends use expf.
-    if LIBDEVICE:
-        y = libdevice.exp(x)
-    else:
-        y = tl.exp(x)
-    return y
-
-
-@triton.jit
-def _log(x, LIBDEVICE: tl.constexpr):
-    if LIBDEVICE:
-        y = libdevice.log(x)
-    else:
-        y = tl.log(x)
-    return y
 
 
 @triton.jit

@@ -71,6 +71,7 @@ _BIG = tl.constexpr(1 << 30)
 
 @triton.jit
 def _exp(x, LIBDEVICE: tl.constexpr):
+    # tl.exp is ex2.approx on NVIDIA GPUs; the other backends use expf. (sampling.py uses these too.)
     if LIBDEVICE:
         y = libdevice.exp(x)
     else:
