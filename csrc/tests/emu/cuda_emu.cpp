@@ -721,21 +721,25 @@ void ldmatrix(uint32_t* r, int num, bool trans, const void* row_addr) {
   }
 }
 
+// A 16-bit fp16 or bf16 value's float.
+static float half_bits(uint16_t bits, bool bf16) {
+  if (bf16) {
+    __nv_bfloat16 v;
+    v.bits = bits;
+    return __bfloat162float(v);
+  }
+  __half v;
+  v.bits = bits;
+  return __half2float(v);
+}
+
 void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, bool bf16) {
   uint32_t mine[6], all[32 * 6];
   std::memcpy(mine, a, 16);
   std::memcpy(mine + 4, b, 8);
   warp_gather(mine, 6, all);
   auto half_of = [&](unsigned l, int reg, int hi) {
-    const uint16_t bits = uint16_t(all[l * 6 + unsigned(reg)] >> (16 * hi));
-    if (bf16) {
-      __nv_bfloat16 v;
-      v.bits = bits;
-      return __bfloat162float(v);
-    }
-    __half v;
-    v.bits = bits;
-    return __half2float(v);
+    return half_bits(uint16_t(all[l * 6 + unsigned(reg)] >> (16 * hi)), bf16);
   };
   // A (16 x 16, row): element (r, k) is in lane (r % 8) * 4 + (k % 8) / 2,
   // register (r / 8) + 2 (k / 8), half k % 2. B (16 x 8, col): element (k, n)
@@ -783,17 +787,6 @@ void warpgroup_gather(const uint32_t* mine, int n, uint32_t* all) {
   }
   for (unsigned t = 0; t < 128; ++t)
     for (int i = 0; i < n; ++i) all[t * unsigned(n) + unsigned(i)] = ld(g.regs[par][t][i]);
-}
-
-float half_bits(uint16_t bits, bool bf16) {
-  if (bf16) {
-    __nv_bfloat16 v;
-    v.bits = bits;
-    return __bfloat162float(v);
-  }
-  __half v;
-  v.bits = bits;
-  return __half2float(v);
 }
 
 struct Desc {
