@@ -170,15 +170,22 @@ cudaError_t validate(const TreeAttentionArgs& a) {
   return cudaSuccess;
 }
 
-template <typename T, int D, template <typename, int, int> class Cfg>
-Kernel make_kernel(void (*func)(ta::Params), int warps, Kind kind) {
+// Index of (dtype, head dim, kind) for the per-kernel caches.
+template <typename T, int D>
+int variant_of(Kind kind) {
   constexpr int kDtype = std::is_same<T, __half>::value ? 0 : std::is_same<T, float>::value ? 2 : 1;
+  return kKinds * (kDtype * 3 + (D == 64 ? 0 : D == 128 ? 1 : 2)) + kind;
+}
+
+// A tensor-core kernel of W warps (16 rows each) with its configuration Cfg.
+template <typename T, int D, int W, template <typename, int, int> class Cfg>
+Kernel make_kernel(void (*func)(ta::Params), Kind kind) {
   Kernel k;
   k.func = func;
-  k.warps = warps;
-  k.rows_per_tile = 16 * warps;
-  k.smem = warps == 4 ? Cfg<T, D, 4>::kSmemBytes : Cfg<T, D, (D <= 128 ? 8 : 4)>::kSmemBytes;
-  k.variant = kKinds * (kDtype * 3 + (D == 64 ? 0 : D == 128 ? 1 : 2)) + kind;
+  k.warps = W;
+  k.rows_per_tile = 16 * W;
+  k.smem = Cfg<T, D, W>::kSmemBytes;
+  k.variant = variant_of<T, D>(kind);
   return k;
 }
 
@@ -203,24 +210,24 @@ template <typename T, int D>
 Kernel pick_kernel(const DeviceInfo& info, int64_t rows_per_seq) {
   if constexpr (!std::is_same<T, float>::value) {
     const Choice want = requested_kernel();
-    constexpr bool kEight = D <= 128;  // 8 warps (128 rows) fit shared memory and registers up to D = 128
-    const bool wide = kEight && rows_per_seq > 64;
+    // 8 warps (128 rows) fit shared memory and registers up to D = 128.
+    constexpr int kWide = D <= 128 ? 8 : 4;
+    const bool wide = kWide == 8 && rows_per_seq > 64;
     if (want != Choice::kSimt && want != Choice::kMma && info.cc_major == 9 && info.cc_minor == 0 &&
         has_sm90a_code(reinterpret_cast<const void*>(ta::tree_attention_wgmma_kernel<T, D, 4>), info)) {
-      if (wide) return make_kernel<T, D, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, (kEight ? 8 : 4)>, 8, kWgmma8);
-      return make_kernel<T, D, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, 4>, 4, kWgmma4);
+      if (wide) return make_kernel<T, D, kWide, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, kWide>, kWgmma8);
+      return make_kernel<T, D, 4, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, 4>, kWgmma4);
     }
     if (want != Choice::kSimt && info.cc_major >= 8) {
-      if (wide) return make_kernel<T, D, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, (kEight ? 8 : 4)>, 8, kMma8);
-      return make_kernel<T, D, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, 4>, 4, kMma4);
+      if (wide) return make_kernel<T, D, kWide, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, kWide>, kMma8);
+      return make_kernel<T, D, 4, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, 4>, kMma4);
     }
   }
-  constexpr int kDtype = std::is_same<T, __half>::value ? 0 : std::is_same<T, float>::value ? 2 : 1;
   Kernel k;
   k.func = ta::tree_attention_kernel<T, D>;
   k.rows_per_tile = ta::Config<T, D>::kRows;
   k.smem = ta::Config<T, D>::kSmemBytes;
-  k.variant = kKinds * (kDtype * 3 + (D == 64 ? 0 : D == 128 ? 1 : 2)) + kSimt;
+  k.variant = variant_of<T, D>(kSimt);
   return k;
 }
 
