@@ -35,16 +35,16 @@ struct DeviceInfo {
 };
 
 // The kernel a launch runs, for fp16 / bf16: the wgmma kernel on compute
-// capability 9.0 when the loaded binary has sm_90a code, else the mma.sync
-// kernel on 8.0+, each with 4 or 8 warps of 16 rows; fp32 and older devices:
-// the CUDA-core kernel. SPECDEC_TREE_ATTENTION_KERNEL = auto | wgmma | mma |
+// capability 9.0 when the loaded binary has sm_90a code (64, 128 or, up to
+// D = 128, 256 rows per CTA), else the mma.sync kernel on 8.0+ with 4 or 8
+// warps of 16 rows; fp32 and older devices: the CUDA-core kernel. SPECDEC_TREE_ATTENTION_KERNEL = auto | wgmma | mma |
 // simt (read once per process) asks for one; a kernel the device or dtype
 // cannot run falls back to the next in that order. Rows per query tile,
 // shared memory and residency per SM with it.
-enum Kind { kSimt = 0, kMma4, kMma8, kWgmma4, kWgmma8, kKinds };
+enum Kind { kSimt = 0, kMma4, kMma8, kWgmma64, kWgmma128, kWgmma256, kKinds };
 struct Kernel {
   void (*func)(ta::Params) = nullptr;
-  int warps = 4;  // 32 threads each
+  int threads = ta::kThreads;
   int rows_per_tile = 0;
   size_t smem = 0;
   int variant = 0;  // dtype, head dim and kind: an index for per-kernel caches
@@ -114,7 +114,7 @@ cudaError_t ctas_per_sm(const Kernel& k, const DeviceInfo& info, int* out) {
   if (v <= 0) {
     cudaError_t err = allow_smem(k, info);
     if (err != cudaSuccess) return err;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, k.func, 32 * k.warps, k.smem);
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, k.func, k.threads, k.smem);
     if (err != cudaSuccess) return err;
     v = std::max(v, 1);
     if (cached) cache[info.device][k.variant].store(v, std::memory_order_relaxed);
@@ -177,14 +177,14 @@ int variant_of(Kind kind) {
   return kKinds * (kDtype * 3 + (D == 64 ? 0 : D == 128 ? 1 : 2)) + kind;
 }
 
-// A tensor-core kernel of W warps (16 rows each) with its configuration Cfg.
-template <typename T, int D, int W, template <typename, int, int> class Cfg>
+// A tensor-core kernel with its configuration Cfg (kThreads, kRows, kSmemBytes).
+template <typename T, int D, typename Cfg>
 Kernel make_kernel(void (*func)(ta::Params), Kind kind) {
   Kernel k;
   k.func = func;
-  k.warps = W;
-  k.rows_per_tile = 16 * W;
-  k.smem = Cfg<T, D, W>::kSmemBytes;
+  k.threads = Cfg::kThreads;
+  k.rows_per_tile = Cfg::kRows;
+  k.smem = Cfg::kSmemBytes;
   k.variant = variant_of<T, D>(kind);
   return k;
 }
@@ -210,17 +210,24 @@ template <typename T, int D>
 Kernel pick_kernel(const DeviceInfo& info, int64_t rows_per_seq) {
   if constexpr (!std::is_same<T, float>::value) {
     const Choice want = requested_kernel();
-    // 8 warps (128 rows) fit shared memory and registers up to D = 128.
-    constexpr int kWide = D <= 128 ? 8 : 4;
-    const bool wide = kWide == 8 && rows_per_seq > 64;
     if (want != Choice::kSimt && want != Choice::kMma && info.cc_major == 9 && info.cc_minor == 0 &&
-        has_sm90a_code(reinterpret_cast<const void*>(ta::tree_attention_wgmma_kernel<T, D, 4>), info)) {
-      if (wide) return make_kernel<T, D, kWide, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, kWide>, kWgmma8);
-      return make_kernel<T, D, 4, ta::WgmmaConfig>(ta::tree_attention_wgmma_kernel<T, D, 4>, kWgmma4);
+        has_sm90a_code(reinterpret_cast<const void*>(ta::tree_attention_wgmma_kernel<T, D, 64>), info)) {
+      // The fewest rows per CTA that hold the tree (256 up to D = 128, else 128).
+      if (rows_per_seq <= 64)
+        return make_kernel<T, D, ta::WgmmaConfig<T, D, 64>>(ta::tree_attention_wgmma_kernel<T, D, 64>, kWgmma64);
+      if constexpr (D <= 128) {
+        if (rows_per_seq > 128)
+          return make_kernel<T, D, ta::WgmmaConfig<T, D, 256>>(ta::tree_attention_wgmma_kernel<T, D, 256>,
+                                                               kWgmma256);
+      }
+      return make_kernel<T, D, ta::WgmmaConfig<T, D, 128>>(ta::tree_attention_wgmma_kernel<T, D, 128>, kWgmma128);
     }
     if (want != Choice::kSimt && info.cc_major >= 8) {
-      if (wide) return make_kernel<T, D, kWide, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, kWide>, kMma8);
-      return make_kernel<T, D, 4, ta::MmaConfig>(ta::tree_attention_mma_kernel<T, D, 4>, kMma4);
+      // 8 warps (128 rows) fit shared memory and registers up to D = 128.
+      if (D <= 128 && rows_per_seq > 64)
+        return make_kernel<T, D, ta::MmaConfig<T, D, D <= 128 ? 8 : 4>>(
+            ta::tree_attention_mma_kernel<T, D, D <= 128 ? 8 : 4>, kMma8);
+      return make_kernel<T, D, ta::MmaConfig<T, D, 4>>(ta::tree_attention_mma_kernel<T, D, 4>, kMma4);
     }
   }
   Kernel k;
@@ -364,7 +371,7 @@ cudaError_t launch(const TreeAttentionArgs& a, const Plan& plan, const DeviceInf
     cudaError_t err = allow_smem(plan.kernel, info);
     if (err != cudaSuccess) return err;
     const auto kernel = plan.kernel.func;
-    kernel<<<unsigned(grid), unsigned(32 * plan.kernel.warps), plan.kernel.smem, stream>>>(p);
+    kernel<<<unsigned(grid), unsigned(plan.kernel.threads), plan.kernel.smem, stream>>>(p);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

@@ -520,7 +520,9 @@ void check_launcher_edges(cudaStream_t stream) {
 // D = 128, Hkv = 8, a 4096-token reach: decode at batch 1 must fill the SMs
 // (as many splits as the reach allows, 16 of at least 256 keys); a big batch
 // fills them without splits; a 64-node tree with G = 4 (256 rows, compute
-// bound) splits, but its fp32 partials cap the count below the decode's.
+// bound) splits too, within the reach's 16 (how many depends on the kernel:
+// one 256-row CTA per KV head with wgmma, two of 128 rows with mma.sync, and
+// on what its fp32 partials cost).
 void check_planner() {
   g_case = "split planner";
   Check ck("split planner");
@@ -548,7 +550,7 @@ void check_planner() {
   specdec::tree_attention_cuda_workspace_bytes(args(128, 4, 4), &splits);
   if (splits != 1) ck.fail("batch 128: %d splits, want 1", splits);
   specdec::tree_attention_cuda_workspace_bytes(args(1, 64, 4), &splits);
-  if (splits < 2 || splits >= 16) ck.fail("64-node tree, G 4, batch 1: %d splits, want 2..15", splits);
+  if (splits < 2 || splits > 16) ck.fail("64-node tree, G 4, batch 1: %d splits, want 2..16", splits);
   std::printf("ok? %-4s split planner\n", ck.bad ? "NO" : "yes");
 }
 

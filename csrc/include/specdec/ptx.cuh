@@ -17,6 +17,9 @@
 //   wgmma_fence / _commit / _wait   wgmma.fence / commit_group / wait_group N
 //   fence_proxy_async        fence.proxy.async.shared::cta (generic-proxy writes -> wgmma reads)
 //   fence_regs               keeps the compiler from moving accumulator reads above a wait
+//   mbarrier_init / _arrive / _wait   mbarrier.init / arrive / try_wait.parity (in a loop), shared::cta
+//   cp_async_mbarrier_arrive cp.async.mbarrier.arrive (the phase waits for this thread's cp.async copies)
+//   setmaxnreg_inc / _dec<R> setmaxnreg.{inc,dec}.sync.aligned.u32 R (warpgroup-wide)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -441,6 +444,82 @@ __device__ __forceinline__ void fence_regs(float (&d)[R]) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 #else
   (void)d;
+#endif
+}
+
+// ---------------------------------------------------------------- mbarrier (sm_90a kernels only)
+// A shared-memory barrier of `count` arrivals per phase. Visible to the other
+// threads of the CTA after a __syncthreads.
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
+#if defined(SPECDEC_EMULATED)
+  emu::mbarrier_init(bar, count);
+#elif defined(SPECDEC_HAS_WGMMA)
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+#else
+  (void)bar; (void)count;
+#endif
+}
+
+// One arrival, with release semantics (this thread's earlier writes are seen
+// by every thread whose wait completes on the phase).
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+#if defined(SPECDEC_EMULATED)
+  emu::mbarrier_arrive(bar);
+#elif defined(SPECDEC_HAS_WGMMA)
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(smem_addr(bar))
+               : "memory");
+#else
+  (void)bar;
+#endif
+}
+
+// Blocks until the phase of parity `parity` has completed (acquire). On a
+// fresh barrier parity 1 passes at once: the "previous" phase.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+#if defined(SPECDEC_EMULATED)
+  emu::mbarrier_wait(bar, parity);
+#elif defined(SPECDEC_HAS_WGMMA)
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+#else
+  (void)bar; (void)parity;
+#endif
+}
+
+// The barrier's current phase cannot complete before this thread's earlier
+// cp.async copies have landed (counts as no arrival of its own).
+__device__ __forceinline__ void cp_async_mbarrier_arrive(uint64_t* bar) {
+#if defined(SPECDEC_EMULATED)
+  emu::cp_async_mbarrier_arrive(bar);
+#elif defined(SPECDEC_HAS_WGMMA)
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+#else
+  (void)bar;
+#endif
+}
+
+// Warpgroup-wide register reallocation (every thread of the warpgroup, the
+// same R): producers give registers back, consumers take them.
+template <int R>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: a multiple of 8 in [24, 256]");
+#if defined(SPECDEC_EMULATED)
+  emu::setmaxnreg(false, R);
+#elif defined(SPECDEC_HAS_WGMMA)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: a multiple of 8 in [24, 256]");
+#if defined(SPECDEC_EMULATED)
+  emu::setmaxnreg(true, R);
+#elif defined(SPECDEC_HAS_WGMMA)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
 #endif
 }
 

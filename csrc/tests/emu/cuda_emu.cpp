@@ -91,7 +91,7 @@ constexpr size_t kStackBytes = 1 << 20;  // per fiber; mmap'd, so only touched p
 constexpr size_t kStaticSmem = 48 * 1024;  // static __shared__ per block, as on the device
 constexpr int kMaxStatics = 64;
 
-enum State : int { kIdle, kRunnable, kAtBarrier, kAtWarp, kAtGroup, kAtAlloc, kDone };
+enum State : int { kIdle, kRunnable, kAtBarrier, kAtWarp, kAtGroup, kAtAlloc, kAtMbarrier, kDone };
 
 template <typename T>
 T ld(const std::atomic<T>& a) { return a.load(std::memory_order_relaxed); }
@@ -142,6 +142,8 @@ struct Fiber {
   };
   std::vector<Mma> mmas;
   uint64_t mma_groups = 0;
+  std::atomic<uint64_t*> mbar{nullptr};  // the mbarrier a kAtMbarrier fiber waits on
+  std::atomic<unsigned> mbar_parity{0};
 };
 
 struct Warp {
@@ -366,7 +368,14 @@ const char* op_name(int op) {
   }
   for (unsigned i = 0; w.groups && i < w.run->threads / 128; ++i)
     if (ld(w.groups[i].arrived) > 0)
-      std::fprintf(stderr, "  warpgroup %u: %d of 128 threads wait in a wgmma\n", i, ld(w.groups[i].arrived));
+      std::fprintf(stderr, "  warpgroup %u: %d of 128 threads wait in a wgmma or setmaxnreg\n", i,
+                   ld(w.groups[i].arrived));
+  for (unsigned t = 0; t < w.run->threads; ++t) {
+    const Fiber& f = *w.fibers[t];
+    if (ld(f.state) == kAtMbarrier)
+      std::fprintf(stderr, "  thread %u waits on the mbarrier at %p for phase parity %u\n", t,
+                   static_cast<void*>(ld(f.mbar)), ld(f.mbar_parity));
+  }
   if (ld(w.arrived) > 0)
     std::fprintf(stderr, "  __syncthreads: %d of %d live threads arrived (a barrier some threads never reach)\n",
                  ld(w.arrived), ld(w.active));
@@ -760,16 +769,16 @@ namespace {
 
 // Every thread of the caller's warpgroup gives n words and gets all 128
 // threads' (all[t * n + w], t = thread index in the warpgroup). Synchronises
-// the warpgroup's execution, orders no memory.
-void warpgroup_gather(const uint32_t* mine, int n, uint32_t* all) {
+// the warpgroup's execution, orders no memory. `op` names the instruction.
+void warpgroup_gather(const uint32_t* mine, int n, uint32_t* all, const char* op) {
   Worker& w = *t_worker;
   Fiber& f = self();
   if (w.run->threads % 128 != 0)
-    fail("wgmma in a block of %u threads (not whole warpgroups of 128)", w.run->threads);
+    fail("%s in a block of %u threads (not whole warpgroups of 128)", op, w.run->threads);
   const unsigned first = f.tid / 128 * 128;
   for (unsigned i = 0; i < 4; ++i)
     if (ld(w.warps[first / 32 + i].exited) != 0u)
-      fail("wgmma: threads of its warpgroup (warp %u, lanes 0x%08x) have returned", first / 32 + i,
+      fail("%s: threads of its warpgroup (warp %u, lanes 0x%08x) have returned", op, first / 32 + i,
            ld(w.warps[first / 32 + i].exited));
   WarpGroup& g = w.groups[f.tid / 128];
   const unsigned par = unsigned(ld(g.gen) & 1);
@@ -860,7 +869,7 @@ void wgmma(float* d, int n, bool bf16, const uint32_t* a_regs, uint64_t a_desc, 
                                                  uint32_t(b_mn_major) << 2 | uint32_t(accumulate) << 3};
   if (a_regs != nullptr) std::memcpy(mine, a_regs, 16);
   uint32_t all[128 * kGroupWords];
-  warpgroup_gather(mine, kGroupWords, all);
+  warpgroup_gather(mine, kGroupWords, all, "wgmma");
   for (unsigned u = 0; u < 128; ++u)
     for (int i = 4; i < kGroupWords; ++i)
       if (all[u * kGroupWords + unsigned(i)] != mine[i])
@@ -896,6 +905,89 @@ void wgmma_wait(int pending) {
 }
 
 void fence_proxy_async() {}
+
+// ---------------------------------------------------------------- mbarrier, setmaxnreg
+namespace {
+
+// The barrier's 64 bits: arrivals still pending in the current phase [0, 21),
+// the arrival count [21, 42), the current phase's parity (bit 42), a magic
+// tag (bits 48..63) that mbarrier_init writes, so poisoned memory is caught.
+constexpr uint64_t kMbarMagic = 0x4d42ull << 48, kMbarMagicMask = 0xffffull << 48;
+constexpr uint64_t kMbarCount = (1ull << 21) - 1;
+constexpr int kMbarPhaseBit = 42;
+
+uint64_t mbar_load(uint64_t* bar, const char* op) {
+  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) fail("%s: mbarrier %p is not 8-byte aligned", op, static_cast<void*>(bar));
+  if (!in_shared(bar, 8)) fail("%s: mbarrier %p is not in the block's shared memory", op, static_cast<void*>(bar));
+  const uint64_t v = __atomic_load_n(bar, __ATOMIC_RELAXED);
+  if ((v & kMbarMagicMask) != kMbarMagic)
+    fail("%s: mbarrier %p was never initialised (mbarrier.init)", op, static_cast<void*>(bar));
+  return v;
+}
+
+// Happens-before objects of a barrier, one per phase parity (as bar_sync):
+// the barrier's own two first bytes.
+char* mbar_sync(uint64_t* bar, unsigned parity) { return reinterpret_cast<char*>(bar) + (parity & 1u); }
+
+}  // namespace
+
+void mbarrier_init(uint64_t* bar, unsigned count) {
+  if (count == 0 || count > kMbarCount) fail("mbarrier.init: count %u (1 .. 2^20)", count);
+  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0 || !in_shared(bar, 8))
+    fail("mbarrier.init: %p is not 8-byte aligned shared memory", static_cast<void*>(bar));
+  __atomic_store_n(bar, kMbarMagic | (uint64_t(count) << 21) | uint64_t(count), __ATOMIC_RELAXED);
+}
+
+void mbarrier_arrive(uint64_t* bar) {
+  Worker& w = *t_worker;
+  const uint64_t v = mbar_load(bar, "mbarrier.arrive");
+  const unsigned parity = unsigned(v >> kMbarPhaseBit) & 1u;
+  hb_release(mbar_sync(bar, parity));
+  const uint64_t pending = (v & kMbarCount) - 1, count = (v >> 21) & kMbarCount;
+  if (pending > 0) {
+    __atomic_store_n(bar, (v & ~kMbarCount) | pending, __ATOMIC_RELAXED);
+    return;
+  }
+  // The phase completes: the next one starts with the full count, and every
+  // thread waiting on this barrier re-checks.
+  __atomic_store_n(bar, kMbarMagic | (uint64_t(parity ^ 1u) << kMbarPhaseBit) | (count << 21) | count,
+                   __ATOMIC_RELAXED);
+  for (unsigned t = 0; t < w.run->threads; ++t) {
+    Fiber& g = *w.fibers[t];
+    if (ld(g.state) == kAtMbarrier && ld(g.mbar) == bar) st(g.state, kRunnable);
+  }
+}
+
+void mbarrier_wait(uint64_t* bar, unsigned parity) {
+  Worker& w = *t_worker;
+  Fiber& f = self();
+  if (parity > 1) fail("mbarrier.try_wait.parity: parity %u (0 or 1)", parity);
+  while (((mbar_load(bar, "mbarrier.try_wait") >> kMbarPhaseBit) & 1u) == parity) {
+    st(f.mbar, bar);
+    st(f.mbar_parity, parity);
+    st(f.state, kAtMbarrier);
+    yield(w, f);
+  }
+  st(f.mbar, static_cast<uint64_t*>(nullptr));
+  hb_acquire(mbar_sync(bar, parity));
+}
+
+void cp_async_mbarrier_arrive(uint64_t* bar) {
+  mbar_load(bar, "cp.async.mbarrier.arrive");
+  Fiber& f = self();
+  for (const auto& c : f.copies) std::memcpy(c.dst, c.data, size_t(c.bytes));
+  f.copies.clear();
+}
+
+void setmaxnreg(bool inc, unsigned regs) {
+  if (regs < 24 || regs > 256 || regs % 8 != 0)
+    fail("setmaxnreg.%s %u: the count must be a multiple of 8 in [24, 256]", inc ? "inc" : "dec", regs);
+  const uint32_t mine = uint32_t(regs) | (inc ? 1u << 16 : 0u);
+  uint32_t all[128];
+  warpgroup_gather(&mine, 1, all, "setmaxnreg");
+  for (unsigned t = 0; t < 128; ++t)
+    if (all[t] != mine) fail("setmaxnreg: the warpgroup's threads ask for different counts (thread %u of the group)", t);
+}
 
 void run_grid(const Config& c, const void* func, void (*body)(void*), void* ctx) {
   const uint64_t threads = uint64_t(c.block.x) * c.block.y * c.block.z;

@@ -23,10 +23,12 @@
 //   runs nothing and sets the error cudaGetLastError returns, as on the device.
 // - Shared memory (static and dynamic) is allocated per block at its exact
 //   size, so AddressSanitizer sees overruns, and starts as NaN bytes.
-// - mma.sync, ldmatrix and cp.async (reached through specdec/ptx.cuh) have
-//   their PTX meaning: register exchanges among the full warp that order no
-//   memory, and copies that land only at their wait (see warp_gather,
-//   ldmatrix, mma_m16n8k16, cp_async below).
+// - mma.sync, ldmatrix, cp.async, wgmma, mbarrier and setmaxnreg (reached
+//   through specdec/ptx.cuh) have their PTX meaning: register exchanges among
+//   the full warp (or warpgroup) that order no memory, copies that land only
+//   at their wait, barriers whose arrivals release and whose waits acquire
+//   (see warp_gather, ldmatrix, mma_m16n8k16, cp_async, wgmma, mbarrier_init
+//   below).
 // - Misaligned vector loads: uint4/float4/uint2 are over-aligned types, so the
 //   AddressSanitizer build's -fsanitize=alignment faults on them as the device does.
 // - Device memory is host memory; streams are synchronous.
@@ -182,6 +184,26 @@ void wgmma_fence();
 void wgmma_commit();
 void wgmma_wait(int pending);
 void fence_proxy_async();
+
+// mbarrier objects (8 bytes of shared memory; the state lives in them, so a
+// barrier used before mbarrier_init, or poisoned shared memory, is an error).
+// A phase completes when `count` arrivals have happened; arrivals release and
+// a completed wait acquires (the only happens-before edges between producer
+// and consumer warps). mbarrier_wait(bar, parity) is try_wait.parity in a
+// loop: it returns once the phase of that parity has completed (the current
+// phase parity differs), so parity 1 passes at once on a fresh barrier. A
+// thread waiting here blocks its fiber; a block whose live threads all wait is
+// a deadlock.
+void mbarrier_init(uint64_t* bar, unsigned count);
+void mbarrier_arrive(uint64_t* bar);
+void mbarrier_wait(uint64_t* bar, unsigned parity);
+// cp.async.mbarrier.arrive (without .noinc: it counts as no arrival): the
+// barrier's phase cannot complete before this thread's earlier cp.async
+// copies have landed. Emulated by landing them now.
+void cp_async_mbarrier_arrive(uint64_t* bar);
+// setmaxnreg.{inc,dec}.sync.aligned.u32: a warpgroup-wide exchange; all 128
+// threads must ask for the same count, a multiple of 8 in [24, 256].
+void setmaxnreg(bool inc, unsigned regs);
 
 template <typename... P, typename... A>
 void launch(void (*kernel)(P...), const Config& c, A&&... args) {
