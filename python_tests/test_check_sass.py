@@ -64,19 +64,30 @@ def test_cuda_core_fp16_builds_are_exempt_from_occupancy():
     assert check_sass.check({("sm_80", name): k}, {name: 89600})[1] != []
 
 
-WGMMA = "tree_attention_wgmma_kernel<__nv_bfloat16, 128, 4>"
+WGMMA = "tree_attention_wgmma_kernel<__nv_bfloat16, 128, 64>"  # 256 threads, 2 CTAs per SM
+WGMMA_SASS = {"HGMMA": 12, "LDGSTS": 33, "ARRIVES": 8, "SYNCS": 20, "USETMAXREG": 2, "WGDEPBAR": 2}
 
 
-def test_wgmma_kernel_needs_hgmma_on_sm90a_only():
-    k = {"regs": 255, "stack": 0, "static_smem": 0, "local": 0, "sass": {"HGMMA": 12, "LDGSTS": 33}}
+def test_wgmma_kernel_needs_its_pipeline_on_sm90a_only():
+    k = {"regs": 128, "stack": 0, "static_smem": 0, "local": 0, "sass": dict(WGMMA_SASS)}
     assert check_sass.check({("sm_90a", WGMMA): k}, {WGMMA: 86 * 1024})[1] == []
-    no_hgmma = dict(k, sass={"LDGSTS": 33})
-    assert any("no HGMMA" in f for f in check_sass.check({("sm_90a", WGMMA): no_hgmma}, {WGMMA: 86 * 1024})[1])
+    for op in ("HGMMA", "LDGSTS", "ARRIVES", "SYNCS", "USETMAXREG"):
+        without = dict(k, sass={o: n for o, n in WGMMA_SASS.items() if o != op})
+        assert any(f"no {op}" in f for f in check_sass.check({("sm_90a", WGMMA): without}, {WGMMA: 86 * 1024})[1])
     # Two CTAs of 114 KB do not fit an H100 SM (228 KB, 1 KB reserved each).
     assert any("shared memory" in f for f in check_sass.check({("sm_90a", WGMMA): k}, {WGMMA: 114 * 1024})[1])
+    # 129 registers x 256 threads x 2 CTAs do not fit 65,536.
+    assert any("registers" in f for f in check_sass.check({("sm_90a", WGMMA): dict(k, regs=136)},
+                                                          {WGMMA: 86 * 1024})[1])
     # The sm_80 build is a trap stub: nothing to require of it but no spills.
     stub = {"regs": 4, "stack": 0, "static_smem": 0, "local": 0, "sass": {}}
     assert check_sass.check({("sm_80", WGMMA): stub}, {WGMMA: 86 * 1024})[1] == []
+
+
+def test_wgmma_configs_match_the_check():
+    assert check_sass.wgmma_config("tree_attention_wgmma_kernel<__half, 64, 64>") == (256, 2, 1)
+    assert check_sass.wgmma_config("tree_attention_wgmma_kernel<__half, 128, 128>") == (384, 1, 1)
+    assert check_sass.wgmma_config("tree_attention_wgmma_kernel<__half, 128, 256>") == (384, 1, 2)
 
 
 def test_generated_wgmma_ptx_is_up_to_date():
@@ -85,5 +96,11 @@ def test_generated_wgmma_ptx_is_up_to_date():
 
 
 def test_serialised_wgmma_fails():
-    k = {"regs": 252, "stack": 0, "static_smem": 0, "local": 0, "sass": {"HGMMA": 7, "LDGSTS": 33, "WGDEPBAR": 7}}
+    k = {"regs": 128, "stack": 0, "static_smem": 0, "local": 0, "sass": dict(WGMMA_SASS, WGDEPBAR=7)}
     assert any("serialised" in f for f in check_sass.check({("sm_90a", WGMMA): k}, {WGMMA: 86 * 1024})[1])
+    # Two m-tiles per consumer warpgroup: four waits are the design, five are not.
+    two = "tree_attention_wgmma_kernel<__half, 128, 256>"
+    k = dict(k, regs=168, sass=dict(WGMMA_SASS, WGDEPBAR=4))
+    assert check_sass.check({("sm_90a", two): k}, {two: 180 * 1024})[1] == []
+    k = dict(k, sass=dict(WGMMA_SASS, WGDEPBAR=5))
+    assert any("serialised" in f for f in check_sass.check({("sm_90a", two): k}, {two: 180 * 1024})[1])

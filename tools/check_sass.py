@@ -9,8 +9,12 @@ tree-attention and verification kernels:
 
 - the tensor-core kernel (fp16 and bf16 alike) has ldmatrix (LDSM), mma.sync
   (HMMA) and cp.async (LDGSTS) in its SASS;
-- the sm_90a build of the Hopper kernel has warpgroup MMAs (HGMMA) and
-  cp.async (LDGSTS); its sm_80 build is a trap stub the launcher never picks;
+- the sm_90a build of the Hopper kernel has warpgroup MMAs (HGMMA), cp.async
+  (LDGSTS) arriving on mbarriers (ARRIVES), mbarrier waits (SYNCS) and the
+  producer/consumer register handover (USETMAXREG: ptxas drops setmaxnreg,
+  warning C7508, when it cannot tell the entry register count), and at most
+  two wgmma waits per m-tile (more: ptxas serialised the wgmmas); its sm_80
+  build is a trap stub the launcher never picks;
 - no kernel spills: no local loads/stores (LDL/STL) and a zero stack frame
   (the verification kernels included: their row passes keep 4 loads in flight);
 - the verification kernels (the walk and the split pass) read rows with
@@ -62,8 +66,10 @@ SMEM_PROGRAM = r"""
 #include <cstdio>
 #include "specdec/tree_attention_wgmma.cuh"
 namespace ta = specdec::kernels::tree_attn;
-template <typename T, int D, int W> void wg(const char* t) {
-  std::printf("tree_attention_wgmma_kernel<%s, %d, %d> %zu\n", t, D, W, ta::WgmmaConfig<T, D, W>::kSmemBytes);
+template <typename T, int D, int R> void wg(const char* t) {
+  using C = ta::WgmmaConfig<T, D, R>;
+  std::printf("tree_attention_wgmma_kernel<%s, %d, %d> %zu %d %d %d\n", t, D, R, C::kSmemBytes, C::kThreads,
+              C::kCtasPerSm, C::kMTiles);
 }
 template <typename T, int D, int W> void mma(const char* t) {
   std::printf("tree_attention_mma_kernel<%s, %d, %d> %zu\n", t, D, W, ta::MmaConfig<T, D, W>::kSmemBytes);
@@ -77,11 +83,13 @@ int main() {
   mma<__nv_bfloat16, 64, 4>("__nv_bfloat16"); mma<__nv_bfloat16, 64, 8>("__nv_bfloat16");
   mma<__nv_bfloat16, 128, 4>("__nv_bfloat16"); mma<__nv_bfloat16, 128, 8>("__nv_bfloat16");
   mma<__nv_bfloat16, 256, 4>("__nv_bfloat16");
-  wg<__half, 64, 4>("__half"); wg<__half, 64, 8>("__half"); wg<__half, 128, 4>("__half");
-  wg<__half, 128, 8>("__half"); wg<__half, 256, 4>("__half");
-  wg<__nv_bfloat16, 64, 4>("__nv_bfloat16"); wg<__nv_bfloat16, 64, 8>("__nv_bfloat16");
-  wg<__nv_bfloat16, 128, 4>("__nv_bfloat16"); wg<__nv_bfloat16, 128, 8>("__nv_bfloat16");
-  wg<__nv_bfloat16, 256, 4>("__nv_bfloat16");
+  wg<__half, 64, 64>("__half"); wg<__half, 64, 128>("__half"); wg<__half, 64, 256>("__half");
+  wg<__half, 128, 64>("__half"); wg<__half, 128, 128>("__half"); wg<__half, 128, 256>("__half");
+  wg<__half, 256, 128>("__half");
+  wg<__nv_bfloat16, 64, 64>("__nv_bfloat16"); wg<__nv_bfloat16, 64, 128>("__nv_bfloat16");
+  wg<__nv_bfloat16, 64, 256>("__nv_bfloat16"); wg<__nv_bfloat16, 128, 64>("__nv_bfloat16");
+  wg<__nv_bfloat16, 128, 128>("__nv_bfloat16"); wg<__nv_bfloat16, 128, 256>("__nv_bfloat16");
+  wg<__nv_bfloat16, 256, 128>("__nv_bfloat16");
   fma<float, 64>("float"); fma<float, 128>("float"); fma<float, 256>("float");
   fma<__half, 64>("__half"); fma<__half, 128>("__half"); fma<__half, 256>("__half");
   fma<__nv_bfloat16, 64>("__nv_bfloat16"); fma<__nv_bfloat16, 128>("__nv_bfloat16");
@@ -134,11 +142,20 @@ def smem_sizes(out: Path) -> dict[str, int]:
     subprocess.run([os.environ.get("CXX", "g++"), "-std=c++17", "-O0", "-w", "-DSPECDEC_EMULATED", "-include",
                     str(EMU / "cuda_emu.h"), f"-I{EMU / 'include'}", f"-I{headers.parent}", str(src),
                     "-o", str(exe)], check=True)
-    sizes = {}
+    sizes, configs = {}, {}
     for line in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines():
-        name, size = line.rsplit(" ", 1)
-        sizes[name] = int(size)
-    return sizes
+        name, *numbers = line.rsplit(" ", 4) if WGMMA.match(line) else line.rsplit(" ", 1)
+        sizes[name] = int(numbers[0])
+        if len(numbers) > 1:
+            configs[name] = tuple(int(x) for x in numbers[1:])
+    return sizes, configs
+
+
+def wgmma_config(name: str) -> tuple[int, int, int]:
+    """Threads, CTAs per SM and m-tiles per consumer warpgroup of a wgmma kernel
+    <T, D, rows>, as WgmmaConfig defines them (main checks the two agree)."""
+    rows = int(WGMMA.fullmatch(name).group(3))
+    return (256, 2, 1) if rows == 64 else (384, 1, rows // 128)
 
 
 def parse(obj: Path) -> dict[tuple[str, str], dict]:
@@ -195,14 +212,17 @@ def check(kernels: dict, sizes: dict[str, int]) -> tuple[list[dict], list[str]]:
         cta_limit = CTA_SMEM_LIMIT
         if m := WGMMA.fullmatch(name):
             # sm_90a only: the sm_80 build is a trap stub (no registers or shared memory to fit).
-            threads = 32 * int(m.group(3))
-            ctas = (2 if m.group(3) == "4" else 1) if arch == "sm_90a" else 0
-            need = ("HGMMA", "LDGSTS") if arch == "sm_90a" else ()
+            if name not in sizes:
+                failures.append(f"{arch} {name}: not in the configuration program (add it to SMEM_PROGRAM)")
+                continue
+            threads, ctas_planned, m_tiles = wgmma_config(name)
+            ctas = ctas_planned if arch == "sm_90a" else 0
+            need = ("HGMMA", "LDGSTS", "ARRIVES", "SYNCS", "USETMAXREG") if arch == "sm_90a" else ()
             cta_limit = 227 * 1024
-            if arch == "sm_90a" and sass.get("WGDEPBAR", 0) > 2:
-                # Two commit groups per key tile (S, then P V): more waits mean ptxas serialised the wgmmas.
-                failures.append(f"{arch} {name}: {sass['WGDEPBAR']} wgmma waits (want 2: ptxas serialised the "
-                                "wgmmas, warning C7520)")
+            if arch == "sm_90a" and sass.get("WGDEPBAR", 0) > 2 * m_tiles:
+                # Two commit groups per key tile and m-tile (S, then P V): more waits mean ptxas serialised the wgmmas.
+                failures.append(f"{arch} {name}: {sass['WGDEPBAR']} wgmma waits (want {2 * m_tiles}: ptxas "
+                                "serialised the wgmmas, warning C7520)")
         elif m := MMA.fullmatch(name):
             threads, ctas = 32 * int(m.group(3)), 2 if m.group(3) == "4" else 1
             need = ("LDSM", "HMMA", "LDGSTS")
@@ -254,8 +274,10 @@ def main(argv=None) -> int:
         kernels = {}
         for obj in objects:
             kernels.update(parse(obj))
-        sizes = smem_sizes(Path(tmp))
+        sizes, configs = smem_sizes(Path(tmp))
     rows, failures = check(kernels, sizes)
+    failures += [f"{name}: WgmmaConfig says (threads, CTAs per SM, m-tiles) = {cfg}, this check assumes "
+                 f"{wgmma_config(name)}" for name, cfg in configs.items() if cfg != wgmma_config(name)]
     if not any(r["kernel"].startswith("tree_attention_mma_kernel") for r in rows):
         failures.append("no tensor-core kernel found in the objects")
     if not any(r["kernel"].startswith("tree_attention_wgmma_kernel") and r["arch"] == "sm_90a" for r in rows):

@@ -211,11 +211,12 @@ Kernel pick_kernel(const DeviceInfo& info, int64_t rows_per_seq) {
   if constexpr (!std::is_same<T, float>::value) {
     const Choice want = requested_kernel();
     if (want != Choice::kSimt && want != Choice::kMma && info.cc_major == 9 && info.cc_minor == 0 &&
-        has_sm90a_code(reinterpret_cast<const void*>(ta::tree_attention_wgmma_kernel<T, D, 64>), info)) {
-      // The fewest rows per CTA that hold the tree (256 up to D = 128, else 128).
-      if (rows_per_seq <= 64)
-        return make_kernel<T, D, ta::WgmmaConfig<T, D, 64>>(ta::tree_attention_wgmma_kernel<T, D, 64>, kWgmma64);
+        has_sm90a_code(reinterpret_cast<const void*>(ta::tree_attention_wgmma_kernel<T, D, 128>), info)) {
+      // The fewest rows per CTA that hold the tree: 64, 128 or 256 up to
+      // D = 128; 128 at D = 256.
       if constexpr (D <= 128) {
+        if (rows_per_seq <= 64)
+          return make_kernel<T, D, ta::WgmmaConfig<T, D, 64>>(ta::tree_attention_wgmma_kernel<T, D, 64>, kWgmma64);
         if (rows_per_seq > 128)
           return make_kernel<T, D, ta::WgmmaConfig<T, D, 256>>(ta::tree_attention_wgmma_kernel<T, D, 256>,
                                                                kWgmma256);

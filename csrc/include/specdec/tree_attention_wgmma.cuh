@@ -58,7 +58,9 @@ template <typename T, int D, int R>
 struct WgmmaConfig {
   static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value, "fp16 or bf16");
   static_assert(D == 64 || D == 128 || D == 256, "head dim must be 64, 128 or 256");
-  static_assert(R == 64 || R == 128 || (R == 256 && D <= 128), "256 rows only up to D = 128 (O would not fit)");
+  // At D = 256 O is 128 registers per m-tile: one m-tile per consumer
+  // warpgroup, and not the 64-row variant (two CTAs per SM leave too few).
+  static_assert(R == 128 || D <= 128, "D = 256 runs 128 rows per CTA");
   static constexpr int kRows = R;
   static constexpr int kConsumers = R == 64 ? 1 : 2;        // consumer warpgroups
   static constexpr int kMTiles = R / (64 * kConsumers);      // 64-row m-tiles per consumer warpgroup
@@ -68,10 +70,14 @@ struct WgmmaConfig {
   // Registers: the launch gives every thread 65536 / (kThreads kCtasPerSm)
   // (128 or 168); the producer keeps kProducerRegs, the consumers take the rest.
   static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;
-  static constexpr int kProducerRegs = 40;
+  static constexpr int kProducerRegs = 56;
   static constexpr int kConsumerRegs =
       (kLaunchRegs * kThreads - kProducerRegs * 128) / (128 * kConsumers) / 8 * 8;
-  static constexpr int kKeys = D == 256 ? 32 : 64;  // keys per tile: the N of S's wgmma
+  // Keys per tile (the N of S's wgmma): 32 where the consumers' registers
+  // are tight (O 128 registers per thread at D = 256 or with two m-tiles at
+  // D = 128; 200 registers at 64 rows, D = 128), so S and P fit beside O with
+  // no spill (ptxas -v, checked by tools/check_sass.py); else 64.
+  static constexpr int kKeys = (D == 256 || R == 256 || (R == 64 && D == 128)) ? 32 : 64;
   static constexpr int kChunks = D / 8;             // 16-byte chunks per row
   static constexpr int kGroupElems = 8 * D;         // one 8-row group: D / 8 core matrices
   static constexpr int kCopies = kKeys * kChunks / 32;  // K (and V) chunks per producer lane per tile
@@ -97,7 +103,7 @@ struct WgmmaConfig {
   static constexpr size_t kSmemBytes = align128(kOffBars + (2 * size_t(kStages) + 2) * sizeof(uint64_t));
 
   static_assert(kStages >= 2, "fewer than two K/V stages fit");
-  static_assert(kConsumerRegs >= 200 && kConsumerRegs <= 256, "consumer register budget");
+  static_assert(kConsumerRegs >= 192 && kConsumerRegs <= 256, "consumer register budget");
   static_assert((kKeys * kChunks) % 32 == 0 && kKeys % 16 == 0 && kKeys <= 64, "copy mapping");
   static_assert(kTileBytes % 128 == 0, "stages stay 128-byte aligned");
   static_assert(kSmemBytes <= kBudget && kSmemBytes <= 227 * 1024, "tile does not fit the planned CTAs per SM");
@@ -109,13 +115,13 @@ __device__ __forceinline__ int core_offset(int r, int c) {
   return (r / 8) * (8 * D) + c * 64 + (r % 8) * 8;
 }
 
-// The producer warp (lane `lane`): Q and the mask rows of each query tile,
+// The producer warp: Q and the mask rows of each query tile,
 // then every K/V tile of the split into the ring. `it` counts tiles over the
 // CTA's query tiles (stage it % kStages, round it / kStages).
 template <typename T, int D, int R>
-__device__ __forceinline__ void produce(const Params& p, const CtaWork& wk, int num_tiles, unsigned char* smem,
-                                        int lane) {
+__device__ __forceinline__ void produce(const Params& p, const CtaWork& wk, int num_tiles, unsigned char* smem) {
   using C = WgmmaConfig<T, D, R>;
+  const int lane = threadIdx.x % 32;  // read here, not kept live across the setmaxnreg
   constexpr int kKeys = C::kKeys, kStages = C::kStages;
   const TreeAttentionArgs& a = p.a;
   T* sQ = reinterpret_cast<T*>(smem + C::kOffQ);
@@ -184,12 +190,12 @@ __device__ __forceinline__ void produce(const Params& p, const CtaWork& wk, int 
   ptx::cp_async_wait<0>();  // nothing is left in flight (the barriers already track every copy)
 }
 
-// A consumer warpgroup (`cw`, thread `ctid` of the consumers): every key tile
+// A consumer warpgroup: every key tile
 // of the split for its kMTiles m-tiles of each query tile.
 template <typename T, int D, int R>
-__device__ __forceinline__ void consume(const Params& p, const CtaWork& wk, int num_tiles, unsigned char* smem,
-                                        int ctid) {
+__device__ __forceinline__ void consume(const Params& p, const CtaWork& wk, int num_tiles, unsigned char* smem) {
   using C = WgmmaConfig<T, D, R>;
+  const int ctid = int(threadIdx.x) - 128;  // thread of the consumers (read here, as in produce)
   constexpr int kKeys = C::kKeys, kStages = C::kStages, kMT = C::kMTiles;
   constexpr int kNT = kKeys / 8;  // 8-key n-tiles of S
   constexpr int kDT = D / 8;      // 8-column n-tiles of O
@@ -319,11 +325,11 @@ __global__ void __launch_bounds__(WgmmaConfig<T, D, R>::kThreads, WgmmaConfig<T,
   __syncthreads();  // the barriers are initialised; no block-wide barrier follows (warps leave)
   if (tid < 128) {
     ptx::setmaxnreg_dec<C::kProducerRegs>();
-    if (tid < 32) produce<T, D, R>(p, wk, num_tiles, smem, tid);
+    if (tid < 32) produce<T, D, R>(p, wk, num_tiles, smem);
     return;
   }
   ptx::setmaxnreg_inc<C::kConsumerRegs>();
-  consume<T, D, R>(p, wk, num_tiles, smem, tid - 128);
+  consume<T, D, R>(p, wk, num_tiles, smem);
 #endif
 }
 
