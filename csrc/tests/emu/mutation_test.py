@@ -66,13 +66,19 @@ MUTATIONS = [
     ("tree attention: a tile taken as plain though a key has no block", "tree_attention_mma.cuh",
      "  for (int c = lane; c < kKeys; c += 32) ok = ok && key_ok[c] != 0;\n", "", "asan", "tree_attention"),
     ("tree attention (wgmma): S read before its wgmma group is waited for", "tree_attention_wgmma.cuh",
-     "      ptx::wgmma_commit();\n      ptx::wgmma_wait<0>();\n      ptx::fence_regs(s);\n",
-     "      ptx::wgmma_commit();\n      ptx::fence_regs(s);\n", "asan", "tree_attention"),
-    ("tree attention (wgmma): barrier after the cp.async wait removed", "tree_attention_wgmma.cuh",
-     "      ptx::fence_proxy_async();\n      __syncthreads();\n", "      ptx::fence_proxy_async();\n",
-     "tsan", "tree_attention"),
-    ("tree attention (wgmma): the second warpgroup's Q descriptor at the first's rows", "tree_attention_wgmma.cuh",
-     "ptx::smem_desc(sQ + wg * 8 * C::kGroupElems,", "ptx::smem_desc(sQ,", "asan", "tree_attention"),
+     "        ptx::wgmma_commit();\n        ptx::wgmma_wait<0>();\n        ptx::fence_regs(s);\n",
+     "        ptx::wgmma_commit();\n        ptx::fence_regs(s);\n", "asan", "tree_attention"),
+    ("tree attention (wgmma): a consumer reads a K/V stage without waiting for it to fill", "tree_attention_wgmma.cuh",
+     "      ptx::mbarrier_wait(&full[stage], (it / kStages) & 1);\n", "", "tsan", "tree_attention"),
+    ("tree attention (wgmma): the producer refills a stage the consumers still read", "tree_attention_wgmma.cuh",
+     "      ptx::mbarrier_wait(&empty[stage], ((it / kStages) & 1) ^ 1);\n", "", "asan", "tree_attention"),
+    ("tree attention (wgmma): the producer loads the next Q tile over the one in use", "tree_attention_wgmma.cuh",
+     "    ptx::mbarrier_wait(q_empty, (round & 1) ^ 1);\n", "", "asan", "tree_attention"),
+    ("tree attention (wgmma): the second consumer warpgroup's Q descriptor at the first's rows",
+     "tree_attention_wgmma.cuh", "ptx::smem_desc(sQ + cw * kMT * 8 * C::kGroupElems,", "ptx::smem_desc(sQ,", "asan",
+     "tree_attention"),
+    ("tree attention (wgmma): the second m-tile's Q descriptor at the first m-tile's rows", "tree_attention_wgmma.cuh",
+     "const uint64_t qd = q_desc + t * kMTileStep,", "const uint64_t qd = q_desc,", "asan", "tree_attention"),
     ("verify: barrier between the block sum's partials and their fold removed", "sampling.cuh",
      "  if ((threadIdx.x & 31) == 0) s.f[threadIdx.x >> 5] = v;\n  __syncthreads();\n  float r = s.f[0];\n"
      "  for (int w = 1; w < kWarps; ++w) r += s.f[w];",
@@ -108,7 +114,8 @@ TESTS = {"tree_attention_mma": ("tree_attention", {"SPECDEC_TREE_ATTENTION_KERNE
 SELFTEST = {"inter_block_race": "tsan", "intra_block_race": "tsan", "deadlock": "asan",
             "smem_overrun": "asan", "misaligned_vector": "asan", "smem_over_limit": "asan",
             "cp_async_no_barrier": "tsan", "cp_async_not_waited": "asan", "ldmatrix_misaligned": "asan",
-            "wgmma_not_waited": "asan", "wgmma_partial_group": "asan"}
+            "wgmma_not_waited": "asan", "wgmma_partial_group": "asan", "mbarrier_skip_wait": "tsan",
+            "mbarrier_never_arrives": "asan", "mbarrier_uninitialised": "asan", "setmaxnreg_mismatch": "asan"}
 
 
 def selftest(tmp: Path) -> int:

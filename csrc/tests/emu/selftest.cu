@@ -5,7 +5,9 @@
 // the product with the host's (fragment layouts: PTX ISA, "Matrix Fragments
 // for mma.m16n8k16 with floating point type" and "ldmatrix"), and a 64x16 by
 // 16x64 product through wgmma both ways the tree attention uses it (PTX ISA,
-// "Asynchronous Warpgroup Level Matrix Shared Memory Layout").
+// "Asynchronous Warpgroup Level Matrix Shared Memory Layout"), and hands 4
+// rounds of data from a producer warp to a consumer warp through a ring of
+// mbarriers.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -248,7 +250,86 @@ __global__ void wgmma_partial_group(float* out) {
   out[threadIdx.x] = d[0];
 }
 
+// A producer warp hands 4 rounds of 64 floats to a consumer warp through a
+// 2-stage ring of mbarriers (full: the producer's cp.async copies, then its
+// arrive; empty: the consumer's arrive), as the wgmma tree attention does;
+// the consumer writes what it got to out[round * 64 + i]. `skip_full`: the
+// consumer reads without waiting on full (a race TSan must report).
+template <bool kSkipFull>
+__global__ void mbarrier_ring(const float* in, float* out) {
+  extern __shared__ __align__(128) unsigned char dyn[];
+  float* stage = reinterpret_cast<float*>(dyn);                 // [2][64]
+  uint64_t* full = reinterpret_cast<uint64_t*>(dyn + 2 * 64 * sizeof(float));
+  uint64_t* empty = full + 2;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < 2; ++s) {
+      specdec::ptx::mbarrier_init(&full[s], 32);
+      specdec::ptx::mbarrier_init(&empty[s], 32);
+    }
+  }
+  __syncthreads();
+  const int lane = threadIdx.x % 32;
+  for (int r = 0; r < 4; ++r) {
+    const int s = r % 2;
+    if (threadIdx.x < 32) {
+      specdec::ptx::mbarrier_wait(&empty[s], ((r / 2) & 1) ^ 1);
+      if (lane < 16) specdec::ptx::cp_async_16(stage + s * 64 + lane * 4, in + r * 64 + lane * 4, 16);
+      specdec::ptx::cp_async_mbarrier_arrive(&full[s]);
+      specdec::ptx::mbarrier_arrive(&full[s]);
+    } else {
+      if (!kSkipFull) specdec::ptx::mbarrier_wait(&full[s], (r / 2) & 1);
+      out[r * 64 + lane] = stage[s * 64 + lane];
+      out[r * 64 + 32 + lane] = stage[s * 64 + 32 + lane];
+      specdec::ptx::mbarrier_arrive(&empty[s]);
+    }
+  }
+  if (threadIdx.x < 32) specdec::ptx::cp_async_wait<0>();
+}
+
+// A wait on a barrier no thread ever arrives on: a deadlock.
+__global__ void mbarrier_never_arrives(float* out) {
+  extern __shared__ __align__(128) unsigned char dyn[];
+  uint64_t* bar = reinterpret_cast<uint64_t*>(dyn);
+  if (threadIdx.x == 0) specdec::ptx::mbarrier_init(bar, 1);
+  __syncthreads();
+  specdec::ptx::mbarrier_wait(bar, 0);
+  out[threadIdx.x] = 0.0f;
+}
+
+// An arrive on shared memory mbarrier_init never touched.
+__global__ void mbarrier_uninitialised(float* out) {
+  extern __shared__ __align__(128) unsigned char dyn[];
+  specdec::ptx::mbarrier_arrive(reinterpret_cast<uint64_t*>(dyn));
+  out[threadIdx.x] = 0.0f;
+}
+
+// One warp of the warpgroup asks setmaxnreg for another count.
+__global__ void setmaxnreg_mismatch(float* out) {
+  if (threadIdx.x < 96) {
+    specdec::ptx::setmaxnreg_dec<40>();
+  } else {
+    specdec::ptx::setmaxnreg_dec<48>();
+  }
+  out[threadIdx.x] = 0.0f;
+}
+
 }  // namespace
+
+// The mbarrier ring's output against its input; 0 when equal.
+int check_mbarrier_ring(float* buf) {
+  float host[256];
+  for (int i = 0; i < 256; ++i) host[i] = float(i * 3 + 1);
+  cudaMemcpy(buf, host, sizeof host, cudaMemcpyHostToDevice);
+  mbarrier_ring<false><<<1, 64, 2 * 64 * sizeof(float) + 4 * sizeof(uint64_t)>>>(buf, buf + 1024);
+  float got[256];
+  cudaMemcpy(got, buf + 1024, sizeof got, cudaMemcpyDeviceToHost);
+  for (int i = 0; i < 256; ++i)
+    if (got[i] != host[i]) {
+      std::fprintf(stderr, "mbarrier ring: element %d is %g, want %g\n", i, got[i], host[i]);
+      return 1;
+    }
+  return 0;
+}
 
 int main(int argc, char** argv) {
   const char* c = argc > 1 ? argv[1] : "ok";
@@ -256,7 +337,15 @@ int main(int argc, char** argv) {
   if (cudaMalloc(&buf, 4096 * sizeof(float)) != cudaSuccess) return 2;
   if (!std::strcmp(c, "ok")) {
     ok_kernel<<<4, 64>>>(buf);
-    if (check_mma(buf) != 0 || check_wgmma(buf) != 0) return 1;
+    if (check_mma(buf) != 0 || check_wgmma(buf) != 0 || check_mbarrier_ring(buf) != 0) return 1;
+  } else if (!std::strcmp(c, "mbarrier_skip_wait")) {
+    mbarrier_ring<true><<<1, 64, 2 * 64 * sizeof(float) + 4 * sizeof(uint64_t)>>>(buf, buf + 1024);
+  } else if (!std::strcmp(c, "mbarrier_never_arrives")) {
+    mbarrier_never_arrives<<<1, 32, 64>>>(buf);
+  } else if (!std::strcmp(c, "mbarrier_uninitialised")) {
+    mbarrier_uninitialised<<<1, 32, 64>>>(buf);
+  } else if (!std::strcmp(c, "setmaxnreg_mismatch")) {
+    setmaxnreg_mismatch<<<1, 128>>>(buf);
   } else if (!std::strcmp(c, "cp_async_no_barrier")) {
     cp_async_no_barrier<<<1, 32>>>(buf, buf + 1024);
   } else if (!std::strcmp(c, "cp_async_not_waited")) {
