@@ -19,12 +19,15 @@ design should take by a simple model:
   expected max(memory, compute) + launch latency (two launches with splits).
 
 --kernel wgmma (H200 only) models the sm_90a kernel (tree_attention_wgmma.cuh):
-64-key tiles, the floor at wgmma's dense rate (989 TFLOP/s), and per tile on
-a sub-partition max(n (w + s) / 2, n w, n s, w + s) cycles for its n active
-warps, where w is one warp's share of the tile's wgmma work (16 rows x 64 keys
-x D x 4 FLOP at 1024 FLOP/cycle) and s its other issue slots (masking, exp2,
-rescale, copies: about 700 per 64-key tile): a warp waits for its own
-wgmmas before its softmax, so w + s is serial within a warp, while other
+its configuration per tree (64, 128 or 256 rows per CTA; 32- or 64-key tiles;
+2 CTAs per SM at 64 rows, else 1: WgmmaConfig), the floor at wgmma's dense
+rate (989 TFLOP/s), and per tile on a sub-partition max(u (w + s) / 2, u w,
+u s, m (w + s)) cycles for its u units of consumer work (consumer warps on
+the sub-partition x m, the m-tiles per consumer warpgroup), where w is one
+unit's wgmma work (16 rows x keys x D x 4 FLOP at 1024 FLOP/cycle) and s its
+other issue slots (masking, exp2, rescale: about 8.5 per key; the copies are
+the producer warp's, on one sub-partition, and fewer): a warp waits for its
+own wgmmas before its softmax, so w + s is serial within a warp, while other
 warps' softmax overlaps its tensor-core time (taken as half-overlapped).
 
 Device numbers are datasheet leads, not measurements (no GPU ran this); the
@@ -46,9 +49,21 @@ DEVICES = {
     "h200": dict(sms=132, ghz=1.83, tbps=4.8, tflops=660.0, hmma_cycles=6.0, ctas4=2, ctas8=1),
     "a100": dict(sms=108, ghz=1.41, tbps=2.0, tflops=312.0, hmma_cycles=8.0, ctas4=2, ctas8=1),
 }
-# The wgmma kernel (sm_90a): dense fp16/bf16 rate, FLOP per cycle per sub-partition, keys per tile at D = 128,
-# issue slots per warp per tile besides the wgmma, CTAs per SM (check_sass: 4 warps 2, 8 warps 1).
-WGMMA = dict(tflops=989.0, flop_per_cycle_sp=1024.0, keys=64, slots=700, ctas4=2, ctas8=1)
+# The wgmma kernel (sm_90a): dense fp16/bf16 rate, FLOP per cycle per sub-partition, consumer issue slots per
+# key besides the wgmma (masking, exp2, rescale).
+WGMMA = dict(tflops=989.0, flop_per_cycle_sp=1024.0, slots_per_key=8.5)
+
+
+def wgmma_configs(rows: int, d: int) -> list[dict]:
+    """The WgmmaConfig<T, D, R> candidates for a tree of `rows` rows (the launcher's pick_kernels)."""
+    r = 64 if rows <= 64 and d <= 128 else 128 if rows <= 128 or d > 128 else 256
+    return [wgmma_config(r, d)] + ([wgmma_config(128, d)] if r == 256 else [])
+
+
+def wgmma_config(r: int, d: int) -> dict:
+    return dict(rows=r, warps=(1 + (1 if r == 64 else 2)) * 4, consumer_warps=4 if r == 64 else 8,
+                m_tiles=2 if r == 256 else 1, keys=32 if (d == 256 or r == 256 or (r == 64 and d == 128)) else 64,
+                ctas_per_sm=2 if r == 64 else 1)
 RIDGE = 150.0      # kRidgeFlopsPerByte in the launcher
 MIN_KEYS = 256     # kMinKeysPerSplit
 MAX_SPLITS = 32
@@ -86,20 +101,28 @@ def plan_splits(batch, tokens, hq, hkv, d, reach, elem, ctas, slots, sms):
         cost = max(kv_bytes + (s * partial if s > 1 else 0.0), flops / RIDGE) / min(1.0, ctas * s / sms)
         if best_cost is None or cost < best_cost * (1 - 1e-9):
             best, best_cost = s, cost
-    return best
+    return best, best_cost
 
 
 def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16, kernel="mma"):
     g = hq // hkv
     rows = tree * g
-    warps = 8 if rows > 64 else 4
-    rows_per_cta = 16 * warps
-    q_ctas = math.ceil(rows / rows_per_cta)
-    ctas = batch * hkv * q_ctas
     wg = kernel == "wgmma"
-    per_sm = (WGMMA if wg else dev)["ctas4" if warps == 4 else "ctas8"]
     reach = math.ceil(prefix / block) * block
-    splits = plan_splits(batch, batch * tree, hq, hkv, d, reach, elem, ctas, per_sm * dev["sms"], dev["sms"])
+    # The launcher's choice: the cheapest plan over the candidate kernels (ties within 1 %: the first).
+    best = None
+    for cand in (wgmma_configs(rows, d) if wg else [None]):
+        if wg:
+            warps, rows_per_cta, per_sm = cand["warps"], cand["rows"], cand["ctas_per_sm"]
+        else:
+            warps = 8 if rows > 64 else 4
+            rows_per_cta, per_sm = 16 * warps, dev["ctas4" if warps == 4 else "ctas8"]
+        q_ctas = math.ceil(rows / rows_per_cta)
+        ctas = batch * hkv * q_ctas
+        s, cost = plan_splits(batch, batch * tree, hq, hkv, d, reach, elem, ctas, per_sm * dev["sms"], dev["sms"])
+        if best is None or cost < best[0] * 0.99:
+            best = (cost, cand, warps, rows_per_cta, per_sm, ctas, s)
+    _, cfg, warps, rows_per_cta, per_sm, ctas, splits = best
     keys = prefix + tree
     kv = batch * hkv * keys * d * 2 * elem
     q_out = 2 * batch * tree * hq * d * elem
@@ -111,16 +134,20 @@ def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16, kerne
     busy = min(1.0, total_ctas / dev["sms"])
     # q_ctas > 1 re-reads the prefix per query tile; the re-reads run together, so from L2.
     memory = (kv + q_out + partial) / (bw * busy)
-    tiles = math.ceil(keys / splits / (WGMMA["keys"] if wg else KEYS_PER_TILE))
-    active = min(warps, math.ceil(min(rows, rows_per_cta) / 16))
+    tiles = math.ceil(keys / splits / (cfg["keys"] if wg else KEYS_PER_TILE))
     ctas_on_sm = min(per_sm, math.ceil(total_ctas / dev["sms"]))
     waves = math.ceil(total_ctas / (per_sm * dev["sms"]))
-    warps_per_sp = math.ceil(active * ctas_on_sm / 4)
     if wg:
-        w = 16 * WGMMA["keys"] * d * 4 / WGMMA["flop_per_cycle_sp"]
-        s, n = WGMMA["slots"], warps_per_sp
-        tile_cycles = max(n * (w + s) / 2, n * w, n * s, w + s)
+        # Live 64-row m-tiles per CTA, dealt to the consumer warpgroups; each is 4 warp units.
+        live = math.ceil(min(rows, rows_per_cta) / 64)
+        m = cfg["m_tiles"] if live > cfg["consumer_warps"] // 4 else 1
+        units = math.ceil(min(live * 4, cfg["consumer_warps"] * cfg["m_tiles"]) * ctas_on_sm / 4)
+        w = 16 * cfg["keys"] * d * 4 / WGMMA["flop_per_cycle_sp"]
+        s = WGMMA["slots_per_key"] * cfg["keys"]
+        tile_cycles = max(units * (w + s) / 2, units * w, units * s, m * (w + s))
     else:
+        active = min(warps, math.ceil(min(rows, rows_per_cta) / 16))
+        warps_per_sp = math.ceil(active * ctas_on_sm / 4)
         tile_cycles = warps_per_sp * (64 * dev["hmma_cycles"] + SOFTMAX_SLOTS)
     compute = waves * tiles * tile_cycles / (dev["ghz"] * 1e9)
     expected = max(memory, compute) + LAUNCH_US * 1e-6 * (2 if splits > 1 else 1)
@@ -142,7 +169,7 @@ def main(argv=None):
             for b in (1, 8, 64)]
     pinned = [(1, 4096, 1, 4), (4, 4096, 128, 4), (64, 4096, 1, 4)]
     print(f"planner pins (device {args.device}): " + ", ".join(
-        f"T={t} P={p} B={b}: {model(dev, t, p, b).splits} splits" for t, p, b, _ in pinned))
+        f"T={t} P={p} B={b}: {model(dev, t, p, b, kernel=args.kernel).splits} splits" for t, p, b, _ in pinned))
     print(f"| T | prefix | B | floor µs | bound | warps | CTAs | splits | memory µs | compute µs | expected µs | floor/expected |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

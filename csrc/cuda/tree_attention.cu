@@ -206,29 +206,43 @@ bool has_sm90a_code(const void* func, const DeviceInfo& info) {
   return v == 2;
 }
 
+// The kernels that may run a tree of `rows_per_seq` rows (T x G), best
+// first: one, except on sm_90a for trees of more than 128 rows up to D = 128,
+// where one 256-row CTA per (sequence, KV head) reads the prefix once and two
+// 128-row CTAs fill twice as many SMs (the re-read is an L2 hit: the two run
+// side by side); make_plan keeps the cheaper plan. Returns how many it wrote.
 template <typename T, int D>
-Kernel pick_kernel(const DeviceInfo& info, int64_t rows_per_seq) {
+int pick_kernels(const DeviceInfo& info, int64_t rows_per_seq, Kernel (&out)[2]) {
   if constexpr (!std::is_same<T, float>::value) {
     const Choice want = requested_kernel();
     if (want != Choice::kSimt && want != Choice::kMma && info.cc_major == 9 && info.cc_minor == 0 &&
         has_sm90a_code(reinterpret_cast<const void*>(ta::tree_attention_wgmma_kernel<T, D, 128>), info)) {
-      // The fewest rows per CTA that hold the tree: 64, 128 or 256 up to
-      // D = 128; 128 at D = 256.
+      const Kernel k128 =
+          make_kernel<T, D, ta::WgmmaConfig<T, D, 128>>(ta::tree_attention_wgmma_kernel<T, D, 128>, kWgmma128);
       if constexpr (D <= 128) {
-        if (rows_per_seq <= 64)
-          return make_kernel<T, D, ta::WgmmaConfig<T, D, 64>>(ta::tree_attention_wgmma_kernel<T, D, 64>, kWgmma64);
-        if (rows_per_seq > 128)
-          return make_kernel<T, D, ta::WgmmaConfig<T, D, 256>>(ta::tree_attention_wgmma_kernel<T, D, 256>,
-                                                               kWgmma256);
+        if (rows_per_seq <= 64) {
+          out[0] = make_kernel<T, D, ta::WgmmaConfig<T, D, 64>>(ta::tree_attention_wgmma_kernel<T, D, 64>, kWgmma64);
+          return 1;
+        }
+        if (rows_per_seq > 128) {
+          out[0] =
+              make_kernel<T, D, ta::WgmmaConfig<T, D, 256>>(ta::tree_attention_wgmma_kernel<T, D, 256>, kWgmma256);
+          out[1] = k128;
+          return 2;
+        }
       }
-      return make_kernel<T, D, ta::WgmmaConfig<T, D, 128>>(ta::tree_attention_wgmma_kernel<T, D, 128>, kWgmma128);
+      out[0] = k128;
+      return 1;
     }
     if (want != Choice::kSimt && info.cc_major >= 8) {
       // 8 warps (128 rows) fit shared memory and registers up to D = 128.
-      if (D <= 128 && rows_per_seq > 64)
-        return make_kernel<T, D, ta::MmaConfig<T, D, D <= 128 ? 8 : 4>>(
+      if (D <= 128 && rows_per_seq > 64) {
+        out[0] = make_kernel<T, D, ta::MmaConfig<T, D, D <= 128 ? 8 : 4>>(
             ta::tree_attention_mma_kernel<T, D, D <= 128 ? 8 : 4>, kMma8);
-      return make_kernel<T, D, ta::MmaConfig<T, D, 4>>(ta::tree_attention_mma_kernel<T, D, 4>, kMma4);
+      } else {
+        out[0] = make_kernel<T, D, ta::MmaConfig<T, D, 4>>(ta::tree_attention_mma_kernel<T, D, 4>, kMma4);
+      }
+      return 1;
     }
   }
   Kernel k;
@@ -236,7 +250,8 @@ Kernel pick_kernel(const DeviceInfo& info, int64_t rows_per_seq) {
   k.rows_per_tile = ta::Config<T, D>::kRows;
   k.smem = ta::Config<T, D>::kSmemBytes;
   k.variant = variant_of<T, D>(kSimt);
-  return k;
+  out[0] = k;
+  return 1;
 }
 
 struct Plan {
@@ -263,8 +278,10 @@ constexpr double kRidgeFlopsPerByte = 150.0;
 // write and the merge's read); more splits keep more SMs busy, up to all of
 // them. The cheapest s with ctas s <= slots (never a second partial wave),
 // at most one per kMinKeysPerSplit keys of the reach, at most
-// kTreeAttentionMaxSplits; ties go to fewer splits.
-int plan_splits(const TreeAttentionArgs& a, size_t elem, int64_t ctas, int64_t slots, int sms) {
+// kTreeAttentionMaxSplits; ties go to fewer splits. `fixed` > 0: that many
+// splits, only costed. *cost_out: the plan's cost.
+int plan_splits(const TreeAttentionArgs& a, size_t elem, int64_t ctas, int64_t slots, int sms, int fixed,
+                double* cost_out) {
   const int64_t reach = (a.max_blocks > 0 && a.block_size > 0) ? a.max_blocks * a.block_size : 0;
   // The reach bounds every prefix; the average tree is added to it.
   const double keys = double(reach) + double(a.num_tokens) / double(std::max<int64_t>(a.batch, 1));
@@ -273,17 +290,19 @@ int plan_splits(const TreeAttentionArgs& a, size_t elem, int64_t ctas, int64_t s
   const double partial_bytes = double(a.num_tokens) * double(a.num_q_heads) * double(a.head_dim + 1) * 4.0 * 2.0;
   int64_t max_s = std::min<int64_t>(kTreeAttentionMaxSplits, std::max<int64_t>(1, reach / kMinKeysPerSplit));
   max_s = std::min<int64_t>(max_s, std::max<int64_t>(1, slots / std::max<int64_t>(ctas, 1)));
-  int best = 1;
+  const int64_t lo = fixed > 0 ? fixed : 1, hi = fixed > 0 ? fixed : max_s;
+  int best = int(lo);
   double best_cost = 0.0;
-  for (int64_t s = 1; s <= max_s; ++s) {
+  for (int64_t s = lo; s <= hi; ++s) {
     const double bytes = kv_bytes + (s > 1 ? double(s) * partial_bytes : 0.0);
     const double busy = std::min(1.0, double(ctas * s) / double(sms));
     const double cost = std::max(bytes, flops / kRidgeFlopsPerByte) / busy;
-    if (s == 1 || cost < best_cost * (1.0 - 1e-9)) {
+    if (s == lo || cost < best_cost * (1.0 - 1e-9)) {
       best = int(s);
       best_cost = cost;
     }
   }
+  *cost_out = best_cost;
   return best;
 }
 
@@ -299,25 +318,39 @@ cudaError_t make_plan(const TreeAttentionArgs& a, const DeviceInfo& info, int sp
     // tree (exact when all trees have the same size); longer trees loop.
     const int64_t t_cap = std::min<int64_t>(n, kMaxTreeLen);
     const int64_t t_avg = std::min<int64_t>(ceil_div(n, a.batch), t_cap);
+    Kernel candidates[2];
+    int num_candidates = 1;
     dispatch(a, [&](auto tag) {
       using Tg = decltype(tag);
-      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info, t_avg * group);
+      num_candidates = pick_kernels<typename Tg::type, Tg::dim>(info, t_avg * group, candidates);
       return cudaSuccess;
     });
-    const int64_t rows_per_tile = p.kernel.rows_per_tile;
-    const int64_t q_max = ceil_div(t_cap * group, rows_per_tile);
-    const int64_t q_ctas = std::max<int64_t>(1, std::min<int64_t>(ceil_div(t_avg * group, rows_per_tile), q_max));
-    const double per_split = double(a.batch) * double(a.num_kv_heads) * double(q_ctas);
-    if (per_split > double(kMaxGrid)) return cudaErrorInvalidValue;
-    p.q_ctas = int(q_ctas);
-    const int64_t ctas = a.batch * a.num_kv_heads * q_ctas;
-    if (splits <= 0) {
+    double best_cost = 0.0;
+    int best_splits = 0;
+    for (int c = 0; c < num_candidates; ++c) {
+      const Kernel& k = candidates[c];
+      const int64_t q_max = ceil_div(t_cap * group, k.rows_per_tile);
+      const int64_t q_ctas = std::max<int64_t>(1, std::min<int64_t>(ceil_div(t_avg * group, k.rows_per_tile), q_max));
+      if (double(a.batch) * double(a.num_kv_heads) * double(q_ctas) > double(kMaxGrid)) continue;
+      const int64_t ctas = a.batch * a.num_kv_heads * q_ctas;
       int per_sm = 1;
-      const cudaError_t err = ctas_per_sm(p.kernel, info, &per_sm);
+      const cudaError_t err = ctas_per_sm(k, info, &per_sm);
       if (err != cudaSuccess) return err;
-      const int64_t slots = int64_t(per_sm) * info.sms;
-      splits = plan_splits(a, a.dtype == DType::kFloat32 ? 4 : 2, ctas, slots, info.sms);
+      double cost = 0.0;
+      const int s = plan_splits(a, a.dtype == DType::kFloat32 ? 4 : 2, ctas, int64_t(per_sm) * info.sms, info.sms,
+                                splits, &cost);
+      // Ties (within 1 %) go to the first candidate: fewer CTAs, the prefix read once.
+      if (best_splits == 0 || cost < best_cost * 0.99) {
+        best_cost = cost;
+        best_splits = s;
+        p.kernel = k;
+        p.q_ctas = int(q_ctas);
+        p.main_ctas = ctas;  // times the splits below
+      }
     }
+    if (best_splits == 0) return cudaErrorInvalidValue;
+    splits = best_splits;
+    const int64_t ctas = p.main_ctas;
     if (splits > kTreeAttentionMaxSplits) return cudaErrorInvalidValue;
     if (double(ctas) * splits > double(kMaxGrid)) return cudaErrorInvalidValue;
     p.main_ctas = ctas * splits;
@@ -325,7 +358,9 @@ cudaError_t make_plan(const TreeAttentionArgs& a, const DeviceInfo& info, int sp
     splits = 1;  // no sequence: every token is uncovered
     dispatch(a, [&](auto tag) {
       using Tg = decltype(tag);
-      p.kernel = pick_kernel<typename Tg::type, Tg::dim>(info, 0);
+      Kernel candidates[2];
+      pick_kernels<typename Tg::type, Tg::dim>(info, 0, candidates);
+      p.kernel = candidates[0];
       return cudaSuccess;
     });
   }

@@ -708,6 +708,20 @@ int main(int argc, char** argv) {
     }
     p.seed = seed++;
     for (int s : {0, 1}) { p.splits = s; run_case(p, stream); }
+
+    // Enough CTAs to fill the SMs with trees of 264 rows (G = 8): the planner
+    // keeps the 256-row wgmma kernel (two m-tiles per consumer warpgroup), and
+    // the 100-node tree needs more query tiles than the average's slots (the
+    // producer's second round of Q over a tile the consumers released).
+    p.name = "wide-batch";
+    p.hkv = 1; p.group = 8; p.block_size = 16;
+    p.tree_lens.assign(72, 33);
+    p.tree_lens[0] = 100;
+    p.prefixes.clear();
+    for (int b = 0; b < 72; ++b) p.prefixes.push_back(int(rng() % 40));
+    p.seed = seed++;
+    p.splits = 0;
+    run_case(p, stream);
   }
 
   check_launcher_edges(stream);
