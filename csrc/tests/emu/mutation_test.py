@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -155,18 +156,42 @@ def sources(work: Path, header: str | None = None, find: str = "", repl: str = "
     return headers, launchers
 
 
+def flags(san: str, include: Path) -> list[str]:
+    return ["-std=c++17", "-O2", "-g", "-Wno-unknown-pragmas", "-DSPECDEC_EMULATED", "-include",
+            str(EMU / "cuda_emu.h"), f"-I{EMU / 'include'}", f"-I{include}", f"-I{ROOT / 'csrc' / 'include'}",
+            f"-I{ROOT / 'csrc' / 'tests'}", *SAN[san]]
+
+
+_common: dict[tuple[str, str], list[Path]] = {}
+_common_lock = threading.Lock()
+
+
+def common_objects(tmp: Path, san: str, test: str) -> list[Path]:
+    """The objects no mutation changes (the harness, the C++ test, the CPU kernels), built once per
+    (sanitizer, test): mutations touch only kernel headers and launchers."""
+    with _common_lock:
+        if (san, test) not in _common:
+            work = tmp / f"common-{san}-{test}"
+            headers, _ = sources(work)
+            src = work / "src"
+            rewrite_cuda.main([str(src), str(ROOT / "csrc" / "tests" / f"test_{test}_cuda.cu")])
+            files = [EMU / "cuda_emu.cpp", src / f"test_{test}_cuda.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
+            objs = []
+            for i, f in enumerate(files):
+                obj = work / f"{i}-{f.stem}.o"
+                subprocess.run(["g++", *flags(san, headers.parent), "-c", str(f), "-o", str(obj)], check=True)
+                objs.append(obj)
+            _common[(san, test)] = objs
+        return _common[(san, test)]
+
+
 def build(work: Path, headers: Path, launchers: Path, san: str, test: str) -> Path:
     test = TESTS.get(test, (test, {}))[0]
     src = work / "src"
-    rewrite_cuda.main([str(src), *map(str, sorted(launchers.glob("*.cu"))),
-                       str(ROOT / "csrc" / "tests" / f"test_{test}_cuda.cu")])
+    rewrite_cuda.main([str(src), str(launchers / f"{test}.cu")])
     exe = work / f"{test}_{san}"
-    flags = ["-std=c++17", "-O2", "-g", "-Wno-unknown-pragmas", "-DSPECDEC_EMULATED", "-include",
-             str(EMU / "cuda_emu.h"), f"-I{EMU / 'include'}", f"-I{headers.parent}", f"-I{ROOT / 'csrc' / 'include'}",
-             f"-I{ROOT / 'csrc' / 'tests'}", *SAN[san]]
-    files = [EMU / "cuda_emu.cpp", src / f"{test}.cpp", src / f"test_{test}_cuda.cpp",
-               *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
-    subprocess.run(["g++", *flags, *map(str, files), "-o", str(exe), "-pthread"], check=True)
+    subprocess.run(["g++", *flags(san, headers.parent), str(src / f"{test}.cpp"),
+                    *map(str, common_objects(work.parent, san, test)), "-o", str(exe), "-pthread"], check=True)
     return exe
 
 
