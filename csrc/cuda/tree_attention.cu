@@ -48,7 +48,10 @@ struct Kernel {
   int rows_per_tile = 0;
   size_t smem = 0;
   int variant = 0;  // dtype, head dim and kind: an index for per-kernel caches
+  bool clusters = false;  // may be launched in thread-block clusters (sm_90)
 };
+// Most CTAs of one cluster (the portable limit).
+constexpr int64_t kMaxCluster = 8;
 constexpr int kKernelVariants = 3 * 3 * kKinds;
 
 enum class Choice { kAuto, kWgmma, kMma, kSimt };
@@ -186,6 +189,7 @@ Kernel make_kernel(void (*func)(ta::Params), Kind kind) {
   k.rows_per_tile = Cfg::kRows;
   k.smem = Cfg::kSmemBytes;
   k.variant = variant_of<T, D>(kind);
+  k.clusters = kind == kWgmma64 || kind == kWgmma128 || kind == kWgmma256;
   return k;
 }
 
@@ -262,6 +266,7 @@ struct Plan {
   int fill_ctas = 0;
   int64_t rows = 0;      // N * Hq
   size_t workspace = 0;  // bytes
+  int cluster = 1;       // CTAs per thread-block cluster: the query tiles of one (sequence, KV head, split)
 };
 
 int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
@@ -365,11 +370,24 @@ cudaError_t make_plan(const TreeAttentionArgs& a, const DeviceInfo& info, int sp
     });
   }
   p.splits = splits;
+  // A tree of more rows than one CTA holds takes q_ctas CTAs per (sequence,
+  // KV head, split), adjacent in the grid. On sm_90 they are launched as one
+  // cluster (or the largest divisor of q_ctas up to kMaxCluster): co-scheduled
+  // on one GPC, so they stream the same K/V tiles side by side and every tile
+  // after the first CTA's read is an L2 hit; the prefix is read from HBM once.
+  if (p.kernel.clusters && p.q_ctas > 1) {
+    for (int64_t c = std::min<int64_t>(p.q_ctas, kMaxCluster); c > 1; --c)
+      if (p.q_ctas % c == 0) {
+        p.cluster = int(c);
+        break;
+      }
+  }
   if (splits > 1) {
     if (ceil_div(p.rows, ta::kMergeRowsPerCta) > kMaxGrid) return cudaErrorInvalidValue;
     p.workspace = size_t(splits) * size_t(p.rows) * size_t(a.head_dim + 1) * sizeof(float);
   } else {
-    p.fill_ctas = int(std::min<int64_t>(ceil_div(n, ta::kThreads), kMaxFillCtas));
+    // A whole number of clusters: the fill CTAs follow the main ones in the grid.
+    p.fill_ctas = int(ceil_div(std::min<int64_t>(ceil_div(n, ta::kThreads), kMaxFillCtas), p.cluster) * p.cluster);
   }
   if (p.main_ctas + p.fill_ctas > kMaxGrid) return cudaErrorInvalidValue;
   *plan = p;
@@ -407,8 +425,25 @@ cudaError_t launch(const TreeAttentionArgs& a, const Plan& plan, const DeviceInf
     cudaError_t err = allow_smem(plan.kernel, info);
     if (err != cudaSuccess) return err;
     const auto kernel = plan.kernel.func;
-    kernel<<<unsigned(grid), unsigned(plan.kernel.threads), plan.kernel.smem, stream>>>(p);
-    err = cudaGetLastError();
+    if (plan.cluster > 1) {
+      cudaLaunchAttribute attr[1] = {};
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = unsigned(plan.cluster);
+      attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(unsigned(grid));
+      cfg.blockDim = dim3(unsigned(plan.kernel.threads));
+      cfg.dynamicSmemBytes = plan.kernel.smem;
+      cfg.stream = stream;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      err = cudaLaunchKernelEx(&cfg, kernel, p);
+      const cudaError_t last = cudaGetLastError();
+      if (err == cudaSuccess) err = last;
+    } else {
+      kernel<<<unsigned(grid), unsigned(plan.kernel.threads), plan.kernel.smem, stream>>>(p);
+      err = cudaGetLastError();
+    }
     if (err != cudaSuccess) return err;
   }
   if (plan.splits > 1) {

@@ -1023,6 +1023,24 @@ void run_grid(const Config& c, const void* func, void (*body)(void*), void* ctx)
 
 }  // namespace emu
 
+namespace emu {
+cudaError_t check_launch_attributes(const cudaLaunchConfig_t& c) {
+  for (unsigned i = 0; i < c.numAttrs; ++i) {
+    const cudaLaunchAttribute& a = c.attrs[i];
+    if (a.id != cudaLaunchAttributeClusterDimension) fail("cudaLaunchKernelEx: launch attribute %d is not emulated", int(a.id));
+    const unsigned x = a.val.clusterDim.x, y = a.val.clusterDim.y, z = a.val.clusterDim.z;
+    if (x == 0 || y == 0 || z == 0 || uint64_t(x) * y * z > 8 || c.gridDim.x % x != 0 || c.gridDim.y % y != 0 ||
+        c.gridDim.z % z != 0) {
+      std::fprintf(stderr, "[cuda emulator] launch refused: cluster (%u,%u,%u) for grid (%u,%u,%u): it must divide "
+                   "the grid and hold at most 8 blocks\n", x, y, z, c.gridDim.x, c.gridDim.y, c.gridDim.z);
+      set_error(cudaErrorInvalidConfiguration);
+      return cudaErrorInvalidConfiguration;
+    }
+  }
+  return cudaSuccess;
+}
+}  // namespace emu
+
 cudaError_t cudaGetLastError() { return emu::take_error(); }
 cudaError_t cudaPeekAtLastError() {
   const cudaError_t e = emu::take_error();

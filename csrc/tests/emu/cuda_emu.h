@@ -383,3 +383,43 @@ template <typename... P>
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void (*func)(P...), int block, size_t smem) {
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, reinterpret_cast<const void*>(func), block, smem);
 }
+
+// cudaLaunchKernelEx with thread-block clusters (sm_90): the cluster shape
+// must divide the grid and hold at most 8 blocks (the portable limit; the
+// non-portable opt-in is not emulated); a bad shape refuses the launch with
+// cudaErrorInvalidConfiguration, as the device does. What a cluster promises
+// is co-scheduling on one GPC; the harness runs blocks as it always does (no
+// kernel here uses cluster-scope instructions: distributed shared memory or
+// cluster barriers would need the blocks of a cluster on one worker).
+enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+union cudaLaunchAttributeValue {
+  char pad[64];
+  struct {
+    unsigned int x, y, z;
+  } clusterDim;
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  char pad[8 - sizeof(cudaLaunchAttributeID)];
+  cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned int numAttrs;
+};
+namespace emu {
+// cudaSuccess, or why the launch is refused (the error is also set for cudaGetLastError).
+cudaError_t check_launch_attributes(const cudaLaunchConfig_t& c);
+}  // namespace emu
+template <typename... P, typename... A>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* c, void (*kernel)(P...), A&&... args) {
+  if (c == nullptr) return cudaErrorInvalidValue;
+  const cudaError_t err = emu::check_launch_attributes(*c);
+  if (err != cudaSuccess) return err;
+  emu::launch(kernel, emu::config(c->gridDim, c->blockDim, c->dynamicSmemBytes, c->stream),
+              std::forward<A>(args)...);
+  return cudaPeekAtLastError();
+}

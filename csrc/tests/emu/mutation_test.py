@@ -80,6 +80,9 @@ MUTATIONS = [
      "tree_attention"),
     ("tree attention (wgmma): the second m-tile's Q descriptor at the first m-tile's rows", "tree_attention_wgmma.cuh",
      "const uint64_t qd = q_desc + t * kMTileStep,", "const uint64_t qd = q_desc,", "asan", "tree_attention"),
+    ("tree attention (wgmma): the fill CTAs not a whole number of clusters", "tree_attention.cu",
+     "p.fill_ctas = int(ceil_div(std::min<int64_t>(ceil_div(n, ta::kThreads), kMaxFillCtas), p.cluster) * p.cluster);",
+     "p.fill_ctas = int(std::min<int64_t>(ceil_div(n, ta::kThreads), kMaxFillCtas));", "asan", "tree_attention"),
     ("verify: barrier between the block sum's partials and their fold removed", "sampling.cuh",
      "  if ((threadIdx.x & 31) == 0) s.f[threadIdx.x >> 5] = v;\n  __syncthreads();\n  float r = s.f[0];\n"
      "  for (int w = 1; w < kWarps; ++w) r += s.f[w];",
@@ -116,7 +119,8 @@ SELFTEST = {"inter_block_race": "tsan", "intra_block_race": "tsan", "deadlock": 
             "smem_overrun": "asan", "misaligned_vector": "asan", "smem_over_limit": "asan",
             "cp_async_no_barrier": "tsan", "cp_async_not_waited": "asan", "ldmatrix_misaligned": "asan",
             "wgmma_not_waited": "asan", "wgmma_partial_group": "asan", "mbarrier_skip_wait": "tsan",
-            "mbarrier_never_arrives": "asan", "mbarrier_uninitialised": "asan", "setmaxnreg_mismatch": "asan"}
+            "mbarrier_never_arrives": "asan", "mbarrier_uninitialised": "asan", "setmaxnreg_mismatch": "asan",
+            "cluster_not_dividing": "asan"}
 
 
 def selftest(tmp: Path) -> int:

@@ -338,12 +338,39 @@ int main(int argc, char** argv) {
   if (!std::strcmp(c, "ok")) {
     ok_kernel<<<4, 64>>>(buf);
     if (check_mma(buf) != 0 || check_wgmma(buf) != 0 || check_mbarrier_ring(buf) != 0) return 1;
+    // A cluster launch that divides the grid runs every block.
+    cudaLaunchAttribute attr[1] = {};
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 2;
+    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(4);
+    cfg.blockDim = dim3(64);
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaMemset(buf, 0, 256 * sizeof(float)) != cudaSuccess || cudaLaunchKernelEx(&cfg, ok_kernel, buf) != cudaSuccess)
+      return 1;
+    float host[256];
+    cudaMemcpy(host, buf, sizeof host, cudaMemcpyDeviceToHost);
+    if (host[3 * 64 + 5] != 1520.0f) return 1;  // block 3, warp 0: the sum of 32..63
   } else if (!std::strcmp(c, "mbarrier_skip_wait")) {
     mbarrier_ring<true><<<1, 64, 2 * 64 * sizeof(float) + 4 * sizeof(uint64_t)>>>(buf, buf + 1024);
   } else if (!std::strcmp(c, "mbarrier_never_arrives")) {
     mbarrier_never_arrives<<<1, 32, 64>>>(buf);
   } else if (!std::strcmp(c, "mbarrier_uninitialised")) {
     mbarrier_uninitialised<<<1, 32, 64>>>(buf);
+  } else if (!std::strcmp(c, "cluster_not_dividing")) {
+    // A cluster of 3 for a grid of 4: refused, no block runs.
+    cudaLaunchAttribute attr[1] = {};
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 3;
+    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(4);
+    cfg.blockDim = dim3(64);
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaLaunchKernelEx(&cfg, ok_kernel, buf) == cudaSuccess) return 0;
   } else if (!std::strcmp(c, "setmaxnreg_mismatch")) {
     setmaxnreg_mismatch<<<1, 128>>>(buf);
   } else if (!std::strcmp(c, "cp_async_no_barrier")) {
