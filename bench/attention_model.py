@@ -32,7 +32,8 @@ warps' softmax overlaps its tensor-core time (taken as half-overlapped).
 
 Device numbers are datasheet leads, not measurements (no GPU ran this); the
 GPU run (bench/gpu_check.sh) measures both peaks and the kernel. The split
-rule is plan_splits in csrc/cuda/tree_attention.cu, restated here; the C++
+rule is plan_splits in csrc/cuda/tree_attention.cu, restated in
+specdec_kernels/split_plan.py (which the Triton kernel plans with too); the C++
 test (check_planner) pins three of its answers, and this model prints the same
 three shapes first, so a drift between the two shows.
 """
@@ -42,6 +43,11 @@ import argparse
 import json
 import math
 from dataclasses import dataclass, asdict
+from pathlib import Path
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from specdec_kernels import split_plan  # noqa: E402  (the launcher's split rule, restated once)
 
 DEVICES = {
     # SMs, clock (GHz), HBM (TB/s), mma.sync dense fp16/bf16 (TFLOP/s), cycles of one
@@ -64,9 +70,6 @@ def wgmma_config(r: int, d: int) -> dict:
     return dict(rows=r, warps=(1 + (1 if r == 64 else 2)) * 4, consumer_warps=4 if r == 64 else 8,
                 m_tiles=2 if r == 256 else 1, keys=32 if (d == 256 or r == 256 or (r == 64 and d == 128)) else 64,
                 ctas_per_sm=2 if r == 64 else 1)
-RIDGE = 150.0      # kRidgeFlopsPerByte in the launcher
-MIN_KEYS = 256     # kMinKeysPerSplit
-MAX_SPLITS = 32
 KEYS_PER_TILE = 32
 SOFTMAX_SLOTS = 350  # issue slots per warp per 32-key tile besides the HMMA
 LAUNCH_US = 2.5
@@ -91,17 +94,8 @@ class Row:
 
 
 def plan_splits(batch, tokens, hq, hkv, d, reach, elem, ctas, slots, sms):
-    keys = reach + tokens / max(batch, 1)
-    kv_bytes = batch * hkv * keys * d * 2 * elem
-    flops = 4.0 * tokens * hq * keys * d
-    partial = tokens * hq * (d + 1) * 4.0 * 2.0
-    max_s = min(MAX_SPLITS, max(1, reach // MIN_KEYS), max(1, slots // max(ctas, 1)))
-    best, best_cost = 1, None
-    for s in range(1, max_s + 1):
-        cost = max(kv_bytes + (s * partial if s > 1 else 0.0), flops / RIDGE) / min(1.0, ctas * s / sms)
-        if best_cost is None or cost < best_cost * (1 - 1e-9):
-            best, best_cost = s, cost
-    return best, best_cost
+    return split_plan.plan_splits(batch=batch, tokens=tokens, q_heads=hq, kv_heads=hkv, head_dim=d, reach=reach,
+                                  elem_bytes=elem, programs=ctas, slots=slots, sms=sms)
 
 
 def model(dev, tree, prefix, batch, hq=32, hkv=8, d=128, elem=2, block=16, kernel="mma"):

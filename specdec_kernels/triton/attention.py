@@ -1,7 +1,9 @@
 """Triton tree attention.
 
 One program per (sequence, KV head, KV split) for trees of up to 128 rows
-(more query tiles, and programs, for larger ones). Its query tile packs
+(64 at D = 256; more query tiles, and programs, for larger ones). KV splits on
+CUDA follow the CUDA launcher's rule (specdec_kernels.split_plan): enough to
+fill the SMs, no more than their partials are worth. Its query tile packs
 (tree token, query head of the group) pairs into BLOCK_M rows, so each K/V
 tile of the prefix is read once for all tree queries of all query heads
 sharing that KV head. The prefix needs no mask; tree positions test the
@@ -10,12 +12,15 @@ programs (flash-decoding) and merge by log-sum-exp in a second kernel.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ..attention import MAX_TREE_LEN
 from ..backends import triton_interpreted
+from ..split_plan import plan_splits
 
 _LOG2E = 1.4426950408889634
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
@@ -137,15 +142,19 @@ def _merge_splits_kernel(part_out, part_lse, out, lse, rows, num_splits,
 # Keys per KV split on CUDA. Fixed, not derived from the batch, so a row's
 # result never depends on the other sequences of the batch (the partition of
 # its KV range, hence its rounding, is the same alone or batched).
-KV_SPLIT_LEN = 2048
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
 
 
 def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr, tree_mask, sm_scale,
                    split_len: int | None = None):
     """Same contract as specdec_kernels.tree_attention (arguments already
     checked); returns (out, lse). ``split_len`` (keys per KV split, rounded up
-    to the key tile) overrides the default: KV_SPLIT_LEN on CUDA, no split in
-    the interpreter; tests use it to exercise the merge on CPU."""
+    to the key tile) overrides the default: on CUDA the splits of
+    specdec_kernels.split_plan (the CUDA launcher's rule), no split in the
+    interpreter; tests use it to exercise the merge on CPU."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
     batch, max_blocks = block_table.shape
@@ -168,7 +177,17 @@ def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr, tre
     block_n = 64 if q.is_cuda and head_dim <= 128 else 32 if q.is_cuda else 16
     num_q_programs = triton.cdiv(rows, block_m)
     kv_bound = max_blocks * block_size
-    split_len = split_len or (KV_SPLIT_LEN if q.is_cuda else kv_bound)
+    if split_len is None:
+        if q.is_cuda:
+            # As the CUDA launcher plans them: enough splits to fill the SMs, no
+            # more than their fp32 partials are worth (one program per SM a wave).
+            sms = _sm_count(q.device)
+            splits, _ = plan_splits(batch=batch, tokens=num_tokens, q_heads=num_q_heads, kv_heads=num_kv_heads,
+                                    head_dim=head_dim, reach=kv_bound, elem_bytes=q.element_size(),
+                                    programs=batch * num_kv_heads * num_q_programs, slots=sms, sms=sms)
+            split_len = triton.cdiv(kv_bound, splits)
+        else:
+            split_len = kv_bound
     split_len = triton.cdiv(split_len, block_n) * block_n
     splits = triton.cdiv(kv_bound, split_len)
     if splits > 1:
