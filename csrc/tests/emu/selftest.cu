@@ -315,6 +315,20 @@ __global__ void setmaxnreg_mismatch(float* out) {
 
 }  // namespace
 
+// ok_kernel on 4 blocks of 64 threads in clusters of `cluster` blocks.
+cudaError_t ok_in_clusters(float* buf, unsigned cluster) {
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster;
+  attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(4);
+  cfg.blockDim = dim3(64);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, ok_kernel, buf);
+}
+
 // The mbarrier ring's output against its input; 0 when equal.
 int check_mbarrier_ring(float* buf) {
   float host[256];
@@ -339,17 +353,7 @@ int main(int argc, char** argv) {
     ok_kernel<<<4, 64>>>(buf);
     if (check_mma(buf) != 0 || check_wgmma(buf) != 0 || check_mbarrier_ring(buf) != 0) return 1;
     // A cluster launch that divides the grid runs every block.
-    cudaLaunchAttribute attr[1] = {};
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 2;
-    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(4);
-    cfg.blockDim = dim3(64);
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (cudaMemset(buf, 0, 256 * sizeof(float)) != cudaSuccess || cudaLaunchKernelEx(&cfg, ok_kernel, buf) != cudaSuccess)
-      return 1;
+    if (cudaMemset(buf, 0, 256 * sizeof(float)) != cudaSuccess || ok_in_clusters(buf, 2) != cudaSuccess) return 1;
     float host[256];
     cudaMemcpy(host, buf, sizeof host, cudaMemcpyDeviceToHost);
     if (host[3 * 64 + 5] != 1520.0f) return 1;  // block 3, warp 0: the sum of 32..63
@@ -361,16 +365,7 @@ int main(int argc, char** argv) {
     mbarrier_uninitialised<<<1, 32, 64>>>(buf);
   } else if (!std::strcmp(c, "cluster_not_dividing")) {
     // A cluster of 3 for a grid of 4: refused, no block runs.
-    cudaLaunchAttribute attr[1] = {};
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 3;
-    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(4);
-    cfg.blockDim = dim3(64);
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (cudaLaunchKernelEx(&cfg, ok_kernel, buf) == cudaSuccess) return 0;
+    if (ok_in_clusters(buf, 3) == cudaSuccess) return 0;
   } else if (!std::strcmp(c, "setmaxnreg_mismatch")) {
     setmaxnreg_mismatch<<<1, 128>>>(buf);
   } else if (!std::strcmp(c, "cp_async_no_barrier")) {
