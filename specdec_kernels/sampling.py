@@ -136,7 +136,7 @@ def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, targe
 def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft_probs=None, *,
                      target_probs=None, target_indptr=None, bonus_tokens=None, temperature=1.0, top_k=0,
                      top_p=1.0, uniforms=None, seed=None, offset=0, generator=None, max_depth: int | None = None,
-                     validate: bool = True, backend: str = "auto") -> VerifyResult:
+                     validate: bool = True, backend: str = "auto", rule: str = "token") -> VerifyResult:
     """Exact (lossless) rejection sampling over a ragged batch of chains or trees.
 
     Args (beyond ``verify_greedy``'s):
@@ -149,8 +149,24 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
         temperature: float or float32 ``[B]``, >= 0; 0 = greedy for that request.
         top_k: int or int32 ``[B]``, 0 = off. top_p: float or float32 ``[B]`` in (0, 1].
         uniforms / seed + offset / generator: the randomness (module docstring).
+        rule: how a path is accepted; all three are lossless and use the same
+            uniforms (node c's decides c, the root's draws the next token).
+            ``"token"`` (default): children tried top-down against the running
+            residual (module docstring). ``"traversal"``: leaf to root, a node
+            decided only after its whole subtree was rejected, by a weight
+            carried down the path (sequence-level ratios) and residual measures
+            renormalised on each rejection (reference/sampling.py
+            ``_walk_traversal`` has the definition); never shorter in
+            expectation than "token", and longer wherever a rejected node's
+            descendants would have been accepted. ``"block"``: Sun et al.'s
+            block verification, which is "traversal" on a chain; a request whose
+            tree is not a chain raises with ``validate=True`` and is verified
+            with "traversal" otherwise. So far "block" and "traversal" run on the
+            reference backend only (the cpu, triton and cuda kernels raise).
     """
     batch = _batch_size("verify_rejection", qo_indptr)
+    if rule not in ref_sampling.RULES:
+        fail("verify_rejection", f"rule must be one of {', '.join(map(repr, ref_sampling.RULES))}, got {rule!r}")
     device = _target_device(target_logits, target_probs)
     params = {
         "temperature": _per_request("verify_rejection", "temperature", temperature, batch, torch.float32, device),
@@ -159,7 +175,7 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
     }
     return _verify("verify_rejection", ref_sampling.REJECTION, draft_tokens, parents, qo_indptr, target_logits,
                    target_probs, draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend,
-                   target_indptr, bonus_tokens)
+                   target_indptr, bonus_tokens, rule)
 
 
 def verify_typical(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None, target_indptr=None,
@@ -215,7 +231,7 @@ def _per_request(op, name, value, batch, dtype, device):
 
 def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_probs, draft_probs, params, uniforms,
             seed, generator, offset, max_depth, validate, backend, target_indptr=None,
-            bonus_tokens=None) -> VerifyResult:
+            bonus_tokens=None, rule="token") -> VerifyResult:
     if (target_logits is None) == (target_probs is None):
         fail(op, "pass exactly one of target_logits and target_probs, got "
                  f"{'both' if target_logits is not None else 'neither'}", TypeError)
@@ -262,17 +278,22 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
     width = max_depth + 1
     if validate:
         _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, draft_probs, params)
+        if rule == "block":
+            _validate_chains(op, parents, qo_indptr, lengths)
         if mapped:
             _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab)
     draft_tokens = draft_tokens.long()
     chosen = backends.choose(op, backend, device)
+    if rule != "token" and chosen != "reference":
+        fail(op, f"rule={rule!r} runs on the reference backend only so far; the {chosen} kernel verifies with "
+                 "rule='token' (pass backend='reference')", NotImplementedError)
     args = (draft_tokens, parents, qo_indptr, target_logits, draft_probs, params.get("temperature"),
             params.get("top_k"), params.get("top_p"), params.get("posterior_threshold"),
             params.get("posterior_alpha"))
     if chosen == "reference":
         if uniforms is None and philox is not None:
             uniforms = _philox_tensor_uniforms(philox, num_tokens, device)
-        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs, target_indptr, bonus_tokens)
+        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs, target_indptr, bonus_tokens, rule)
     elif chosen == "triton":
         from .triton import sampling as triton_sampling
 
@@ -386,6 +407,21 @@ def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, d
         if bad_rows.any():
             i = int(bad_rows.nonzero()[0, 0])
             fail(op, f"draft_probs row {i} holds a negative, NaN or infinite value")
+
+
+def _validate_chains(op, parents, qo_indptr, lengths) -> None:
+    """Block verification needs chains: no node with two children (inert rows are no one's children)."""
+    par = parents.cpu().long()
+    starts = torch.repeat_interleave(qo_indptr.cpu().long()[:-1], lengths)
+    real = par >= 0
+    owner = starts[real] + par[real]  # the parent's global row
+    counts = torch.bincount(owner, minlength=par.numel())
+    if (counts > 1).any():
+        row = int((counts > 1).nonzero()[0, 0])
+        b = int(torch.searchsorted(qo_indptr.cpu().long(), torch.tensor(row), right=True)) - 1
+        fail(op, f"rule='block' verifies chains, but node {row - int(qo_indptr[b])} of request {b} has "
+                 f"{int(counts[row])} children; use rule='traversal' for trees (or validate=False, which "
+                 "verifies such a request with 'traversal')")
 
 
 def _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab) -> None:

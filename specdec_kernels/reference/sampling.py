@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 GREEDY, REJECTION, TYPICAL = 0, 1, 2
+# verify_rejection's acceptance rules (sampling.py).
+RULES = ("token", "block", "traversal")
 # Medusa's entropy uses log(p + 1e-5); kept for parity with its acceptance.
 TYPICAL_LOG_EPS = 1e-5
 
@@ -190,6 +192,105 @@ def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k,
         node = nxt
 
 
+def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k, top_p, bonus):
+    """Traversal verification (leaf to root; block verification on a chain).
+
+    Every node n carries a weight w_n in [0, 1] and a residual measure W_n
+    over the vocabulary of mass w_n; the root has w = 1 and W = p_root. The
+    tree is walked depth first, children in index order, and a node is
+    decided only after its whole subtree was rejected:
+
+    * entering child c (token x, drawn from q = q_rows[n], or a point mass at
+      x without q): w_c = min(1, W_n(x) / q(x)), W_c = w_c p_c;
+    * c's subtree rejected: R = max(W_n - q, 0), m = sum R; then
+      W_n = R / (1 - w_n + m), w_n = m / (1 - w_n + m): the measure the rest
+      of n's subtree must still produce, conditioned on the rejection;
+    * n itself is accepted iff u[n] < w_n; the root always is (w = 1).
+
+    The first accepted node a ends the walk: the path root..a is accepted and
+    the next token is drawn from W_a / w_a with the root's uniform (the
+    caller's bonus when a has no row). On a chain this is Sun et al.'s block
+    verification (w_i = min(1, w_(i-1) p(X_i) / q(X_i)); node i accepted with
+    probability sum max(w_i p_i - q_i, 0) / (that + 1 - w_i) after the deeper
+    nodes were rejected; the residual max(w_tau p_tau - q_tau, 0)). Lossless
+    for trees with i.i.d. children from q or distinct point-mass children,
+    and never shorter in expectation than the token rule: both are checked
+    exactly in python_tests/test_verify_rules.py. The tree rule is derived
+    here from Weng et al.'s description (leaf to root, sequence-level
+    weights, block verification on chains; arXiv 2505.12398), whose full text
+    was not at hand: that it is their algorithm step for step is unchecked."""
+    vocab = rows.shape[1]
+    n = len(parents)
+    kids = [[] for _ in range(n)]
+    depth = [0] * n
+    for c in range(1, n):
+        par = parents[c]
+        if 0 <= par < c:
+            kids[par].append(c)
+            depth[c] = depth[par] + 1
+    f32 = np.float32
+
+    class _Invalid(Exception):
+        pass
+
+    def visit(node, w):
+        """The accepted (node, W) in this subtree, or None if all of it is rejected."""
+        if node >= rows.shape[0]:  # no row (row map): no candidate children
+            return (node, None) if f32(u[node]) < w else None
+        if not row_is_valid(rows[node]):
+            raise _Invalid
+        W = target_probs(rows[node], temperature, top_k, top_p) * torch.tensor(w, dtype=torch.float32)
+        q_row = q_rows[node].float() if q_rows is not None else None
+        for c in (kids[node] if depth[node] + 1 < width else []):
+            x = tokens[c]
+            in_vocab = 0 <= x < vocab
+            wx = f32(W[x]) if in_vocab else f32(0.0)
+            qx = (f32(q_row[x]) if in_vocab else f32(0.0)) if q_row is not None else f32(1.0)
+            wc = min(f32(1.0), wx / qx) if qx > 0 else (f32(1.0) if wx > 0 else f32(0.0))
+            got = visit(c, f32(wc))
+            if got is not None:
+                return got
+            if q_row is not None:
+                R = torch.clamp(W - q_row, min=0.0)
+            else:
+                R = W.clone()
+                if in_vocab:
+                    R[x] = 0.0
+            W, w = _condition_on_rejection(W, w, R)
+        return (node, W) if (node == 0 or f32(u[node]) < w) else None
+
+    try:
+        node, W = visit(0, f32(1.0))
+    except _Invalid:
+        return None
+    path = [node]
+    while path[-1] != 0:
+        path.append(parents[path[-1]])
+    path.reverse()
+    if W is None:
+        return path, bonus
+    return path, _traversal_draw(W, rows[node], temperature, top_k, top_p, u[0])
+
+
+def _condition_on_rejection(W: torch.Tensor, w, R: torch.Tensor):
+    """After a child's subtree was rejected: R = max(W - q, 0) of mass m is
+    what the rest of the subtree must still produce, in the probability
+    1 - w + m that is left; -> (R / (1 - w + m), m / (1 - w + m)). m = 0 is
+    common (a small w: w p <= q everywhere) and leaves the node weight 0.
+    1 - w + m = 0 (w = 1, W = q) means the child could not be rejected; only
+    rounding gets there, and the state is kept."""
+    m = np.float32(R.sum())
+    den = np.float32(1.0) - w + m
+    if not den > 0:
+        return W, w
+    return R / torch.tensor(den, dtype=torch.float32), np.float32(m / den)
+
+
+def _traversal_draw(W, logits, temperature, top_k, top_p, u) -> int:
+    """The next token after the accepted node: from W / w (the residual)."""
+    return sample_index(W, u)
+
+
 def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha, bonus):
     """Medusa: child c of an accepted node n is acceptable iff p_n(token c) >
     min(eps, alpha * exp(-H(p_n))). The answer is the deepest node whose whole
@@ -244,9 +345,13 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha, bonu
 
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
            posterior_threshold, posterior_alpha, uniforms, mode, width, target_is_probs=False, target_indptr=None,
-           bonus_tokens=None):
+           bonus_tokens=None, rule="token"):
     """Returns (num_accepted int32 [B], accepted_nodes int32 [B, width],
     tokens int64 [B, width]) on the logits' device; uniforms float32 [N].
+
+    rule (rejection mode): "token" (_walk_rejection) or "block" / "traversal"
+    (_walk_traversal: block verification is its chain case; the caller checks
+    that a "block" request is a chain).
 
     target_indptr int32 [B + 1] + bonus_tokens int64 [B] (both or neither):
     the row map. Request b's rows of target_logits and draft_probs are
@@ -284,8 +389,8 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
             result = _walk_greedy(rows, logit_rows, tokens, par, width, bonuses[b])
         elif mode == REJECTION:
             q_rows = draft_probs[rs:re].cpu() if draft_probs is not None else None
-            result = _walk_rejection(logit_rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]),
-                                     bonuses[b])
+            walk = _walk_rejection if rule == "token" else _walk_traversal
+            result = walk(logit_rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]), bonuses[b])
         else:
             result = _walk_typical(logit_rows, tokens, par, width, u, temp, float(posterior_threshold[b]),
                                    float(posterior_alpha[b]), bonuses[b])
