@@ -1,5 +1,5 @@
 """verify_rejection's rules beyond "token": block verification (chains) and
-traversal verification (trees), on the reference backend.
+traversal verification (trees): the reference, and the kernels that have them.
 
 Three kinds of evidence:
 - exact: on small vocabularies, every draft and every accept/reject outcome
@@ -13,7 +13,8 @@ Three kinds of evidence:
   float64);
 - statistical: test_verify_lossless's chi-square checks (ALPHA = 1e-3, fixed
   seeds) on the implementation, for chains and trees with and without q,
-  and broken controls the same checks catch.
+  and broken controls the same checks catch;
+- each kernel against the reference, draw for draw on shared uniforms.
 """
 import itertools
 
@@ -237,14 +238,14 @@ def _count(kids):
     return sum(1 + _count(sub) for _, sub in kids)
 
 
-def run_rule_trials(shape, rule, trials, filters=None, seed=1):
+def run_rule_trials(shape, rule, trials, filters=None, seed=1, backend="reference"):
     l0, l1, q0, q1 = toy_models()
     gen = torch.Generator().manual_seed(seed)
     tokens, parents, indptr, context = draft_batch(shape, trials, q0, q1, gen)
     logits = torch.where((context == -1)[:, None], l0, l1[context.clamp(min=0)])
     probs = torch.where((context == -1)[:, None], q0, q1[context.clamp(min=0)])
     result = sk.verify_rejection(tokens, parents, indptr, logits, probs if shape != "tree_topk" else None,
-                                 uniforms=torch.rand(tokens.numel(), generator=gen), backend="reference", rule=rule,
+                                 uniforms=torch.rand(tokens.numel(), generator=gen), backend=backend, rule=rule,
                                  **(filters or {}))
     out = result.tokens
     p1 = torch.stack([ref.target_probs(l1[a], filters.get("temperature", 1.0) if filters else 1.0,
@@ -266,8 +267,8 @@ def test_rule_is_lossless(rule, shape, filtered):
     assert p_first > ALPHA and p_pair > ALPHA, f"p-values: first token {p_first:.2e}, pair {p_pair:.2e}"
 
 
-def _no_renormalisation(W, w, R):
-    return R, np.float32(R.sum())
+def _no_renormalisation(alpha, beta, w, m):
+    return alpha, beta, m
 
 
 def _draw_from_p(W, logits, temperature, top_k, top_p, u):
@@ -302,5 +303,38 @@ def test_block_needs_chains_and_kernels_say_what_they_lack():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="rule must be one of"):
         sk.verify_rejection(tokens, parents, indptr, logits, seed=0, backend="reference", rule="tree")
-    with pytest.raises(NotImplementedError, match="reference backend only"):
-        sk.verify_rejection(tokens, parents, indptr, logits, seed=0, backend="cpu", rule="traversal")
+    with pytest.raises(NotImplementedError, match="reference and cpu backends only"):
+        sk.verify_rejection(tokens, parents, indptr, logits, seed=0, backend="triton", rule="traversal")
+
+
+# ---------------------------------------------------------------- kernels against the reference
+KERNEL_BACKENDS = ["cpu"]
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_q", [False, True], ids=["point_mass", "with_q"])
+@pytest.mark.parametrize("filters", ["plain", "all"])
+def test_traversal_kernels_match_reference(backend, dtype, with_q, filters):
+    """Draw for draw on shared uniforms (rare float32 boundary flips allowed, as for the token rule),
+    over test_verify's random trees and chains."""
+    from test_verify import FILTERS, MAX_BOUNDARY_MISMATCHES, check_path_consistency, mismatched_requests, run, \
+        sampled_cases
+    temperature, top_k, top_p = FILTERS[filters]
+    compared = mismatched = 0
+    for case in sampled_cases("cpu", dtype, with_q, backend):
+        kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, uniforms=case.uniforms, rule="traversal")
+        expected = sk.verify_rejection(*case.args(), case.draft_probs, backend="reference", **kwargs)
+        result = run(sk.verify_rejection, case, backend, draft_probs=case.draft_probs, **kwargs)
+        check_path_consistency(result, case)
+        compared += case.batch
+        mismatched += mismatched_requests(result, expected)
+    assert compared > 0 and mismatched <= MAX_BOUNDARY_MISMATCHES * compared, f"{mismatched} of {compared} differ"
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("rule,shape", RULE_CASES)
+def test_kernel_rule_is_lossless(backend, rule, shape):
+    first, second = run_rule_trials(shape, rule, TRIALS[backend], backend=backend)
+    p_first, p_pair = pvalues(first, second)
+    assert p_first > ALPHA and p_pair > ALPHA, f"p-values: first token {p_first:.2e}, pair {p_pair:.2e}"

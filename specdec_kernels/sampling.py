@@ -162,7 +162,8 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
             block verification, which is "traversal" on a chain; a request whose
             tree is not a chain raises with ``validate=True`` and is verified
             with "traversal" otherwise. So far "block" and "traversal" run on the
-            reference backend only (the cpu, triton and cuda kernels raise).
+            reference and cpu backends (the triton and cuda kernels raise
+            NotImplementedError).
     """
     batch = _batch_size("verify_rejection", qo_indptr)
     if rule not in ref_sampling.RULES:
@@ -173,8 +174,9 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
         "top_k": _per_request("verify_rejection", "top_k", top_k, batch, torch.int32, device),
         "top_p": _per_request("verify_rejection", "top_p", top_p, batch, torch.float32, device),
     }
-    return _verify("verify_rejection", ref_sampling.REJECTION, draft_tokens, parents, qo_indptr, target_logits,
-                   target_probs, draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend,
+    mode = ref_sampling.REJECTION if rule == "token" else ref_sampling.TRAVERSAL
+    return _verify("verify_rejection", mode, draft_tokens, parents, qo_indptr, target_logits, target_probs,
+                   draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend,
                    target_indptr, bonus_tokens, rule)
 
 
@@ -284,16 +286,16 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
             _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab)
     draft_tokens = draft_tokens.long()
     chosen = backends.choose(op, backend, device)
-    if rule != "token" and chosen != "reference":
-        fail(op, f"rule={rule!r} runs on the reference backend only so far; the {chosen} kernel verifies with "
-                 "rule='token' (pass backend='reference')", NotImplementedError)
+    if mode == ref_sampling.TRAVERSAL and chosen in ("triton", "cuda"):
+        fail(op, f"rule={rule!r} runs on the reference and cpu backends only so far; the {chosen} kernel verifies "
+                 "with rule='token' (pass backend='cpu' or 'reference')", NotImplementedError)
     args = (draft_tokens, parents, qo_indptr, target_logits, draft_probs, params.get("temperature"),
             params.get("top_k"), params.get("top_p"), params.get("posterior_threshold"),
             params.get("posterior_alpha"))
     if chosen == "reference":
         if uniforms is None and philox is not None:
             uniforms = _philox_tensor_uniforms(philox, num_tokens, device)
-        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs, target_indptr, bonus_tokens, rule)
+        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs, target_indptr, bonus_tokens)
     elif chosen == "triton":
         from .triton import sampling as triton_sampling
 

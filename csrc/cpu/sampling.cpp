@@ -262,6 +262,143 @@ Outcome walk_rejection(const Request& req, std::vector<float>& row) {
   }
 }
 
+// The traversal rule (reference/sampling.py _walk_traversal). A node's
+// residual measure is W = max(alpha p - beta q, 0), or alpha p with the
+// rejected children's tokens zeroed for point-mass proposals: scalars per
+// node, so only the node being worked on holds vocabulary-sized rows (an
+// ancestor's rows are loaded again when its child's subtree was rejected).
+class Traversal {
+ public:
+  Traversal(const Request& req, std::vector<float>& row)
+      : req_(req), a_(req.a), row_(row), with_q_(req.a.draft_probs != nullptr),
+        temperature_(req.a.temperature[req.b]), top_k_(req.a.top_k[req.b]), top_p_(req.a.top_p[req.b]),
+        kids_(req.size), depth_(req.size, 0) {
+    for (int64_t c = 1; c < req.size; ++c) {
+      const int64_t par = a_.parents[req.start + c];
+      if (par >= 0 && par < c) {
+        kids_[par].push_back(c);
+        depth_[c] = depth_[par] + 1;
+      }
+    }
+  }
+
+  Outcome run() {
+    Outcome out;
+    visit(0, 1.f);
+    if (invalid_) return Outcome{false, {}, -1};
+    out.path.clear();
+    for (int64_t n = accepted_; n != 0; n = a_.parents[req_.start + n]) out.path.push_back(n);
+    out.path.push_back(0);
+    std::reverse(out.path.begin(), out.path.end());
+    if (!req_.has_row(accepted_)) {
+      out.bonus = req_.bonus();
+      return out;
+    }
+    load(accepted_);
+    measure(final_, w_);
+    out.bonus = sample_index(w_, req_.uniform(0));
+    return out;
+  }
+
+ private:
+  struct State {
+    float alpha = 0.f, beta = 0.f, zeroed_mass = 0.f;
+    std::vector<int64_t> zeroed;  // point mass: rejected children's tokens
+    bool is_zeroed(int64_t x) const { return std::find(zeroed.begin(), zeroed.end(), x) != zeroed.end(); }
+  };
+
+  // p (and q) of `node`; false (and the request invalid) if its row cannot define a distribution.
+  bool load(int64_t node) {
+    load_row(a_.logits, a_.logits_dtype, a_.logits_stride, req_.row(node), a_.vocab, row_);
+    if (!row_valid(row_, a_.logits_are_probs)) {
+      invalid_ = true;
+      return false;
+    }
+    as_logits(row_, a_.logits_are_probs);
+    target_probs(row_, temperature_, top_k_, top_p_, p_);
+    if (with_q_) load_row(a_.draft_probs, a_.probs_dtype, a_.probs_stride, req_.row(node), a_.vocab, q_);
+    return true;
+  }
+
+  // W of `s` over the vocabulary, from the loaded p (and q).
+  void measure(const State& s, std::vector<float>& W) const {
+    W.resize(p_.size());
+    for (size_t i = 0; i < p_.size(); ++i) W[i] = with_q_ ? std::max(s.alpha * p_[i] - s.beta * q_[i], 0.f)
+                                                          : s.alpha * p_[i];
+    if (!with_q_) {
+      for (int64_t x : s.zeroed) W[x] = 0.f;
+    }
+  }
+
+  // True when a node of `node`'s subtree was accepted (or a row was invalid).
+  bool visit(int64_t node, float w) {
+    if (!req_.has_row(node)) {  // no row (row map): no candidate children
+      if (!(req_.uniform(node) < w)) return false;
+      accepted_ = node;
+      return true;
+    }
+    if (!load(node)) return true;
+    State s;
+    s.alpha = w;
+    if (depth_[node] + 1 < a_.width) {
+      for (int64_t c : kids_[node]) {
+        const int64_t x = req_.token(c);
+        const bool in = req_.in_vocab(x);
+        float qx = 1.f, wx = 0.f;
+        if (with_q_) {
+          qx = in ? q_[x] : 0.f;
+          wx = in ? std::max(s.alpha * p_[x] - s.beta * qx, 0.f) : 0.f;
+        } else if (in && !s.is_zeroed(x)) {
+          wx = s.alpha * p_[x];
+        }
+        const float wc = qx > 0.f ? std::min(1.f, wx / qx) : (wx > 0.f ? 1.f : 0.f);
+        if (visit(c, wc)) return true;
+        if (!load(node)) return true;  // the child's visit replaced the rows
+        float m;
+        if (with_q_) {  // R = max(alpha p - (beta + 1) q, 0)
+          s.beta += 1.f;
+          measure(s, w_);
+          m = sum_of(w_);
+        } else {  // R = W with x zeroed
+          if (in && !s.is_zeroed(x)) {
+            s.zeroed.push_back(x);
+            s.zeroed_mass += p_[x];
+          }
+          m = s.alpha * std::max(1.f - s.zeroed_mass, 0.f);
+        }
+        // Divided by the probability 1 - w + m left after the rejection;
+        // 1 - w + m = 0 (the child could not be rejected) only by rounding.
+        const float den = 1.f - w + m;
+        if (den > 0.f) {
+          s.alpha /= den;
+          s.beta /= den;
+          w = m / den;
+        } else {
+          w = m;
+        }
+      }
+    }
+    if (node != 0 && !(req_.uniform(node) < w)) return false;
+    accepted_ = node;
+    final_ = s;
+    return true;
+  }
+
+  const Request& req_;
+  const VerifyArgs& a_;
+  std::vector<float>& row_;
+  const bool with_q_;
+  const float temperature_;
+  const int64_t top_k_;
+  const float top_p_;
+  std::vector<std::vector<int64_t>> kids_;
+  std::vector<int64_t> depth_;
+  std::vector<float> p_, q_, w_;
+  bool invalid_ = false;
+  int64_t accepted_ = 0;
+  State final_;
+};
+
 // Per node: softmax max and normaliser of z and the acceptance threshold.
 struct TypicalStats {
   bool computed = false, valid = false;
@@ -373,8 +510,9 @@ void verify_cpu(const VerifyArgs& args, int64_t begin, int64_t end) {
     }
     const Request req{args, b, start, size, row_span(args, b, start, size)};
     const bool greedy = args.mode == VerifyMode::kGreedy || args.temperature[b] == 0.f;
-    const Outcome out = greedy ? walk_greedy(req, row)
-                        : args.mode == VerifyMode::kRejection ? walk_rejection(req, row)
+    const Outcome out = greedy                                    ? walk_greedy(req, row)
+                        : args.mode == VerifyMode::kRejection  ? walk_rejection(req, row)
+                        : args.mode == VerifyMode::kTraversal ? Traversal(req, row).run()
                                                                : walk_typical(req, row);
     write(args, b, &req, out);
   }

@@ -62,18 +62,21 @@ void check_verify(const VerifyTensors& t) {
   }
 
   const int64_t mode = t.mode;
-  TORCH_CHECK(mode >= 0 && mode <= 2, kOp, ": mode must be 0 (greedy), 1 (rejection) or 2 (typical), got ", mode);
+  TORCH_CHECK(mode >= 0 && mode <= 3, kOp,
+              ": mode must be 0 (greedy), 1 (rejection, token rule), 2 (typical) or 3 (rejection, traversal rule), got ",
+              mode);
+  const bool rejection = mode == 1 || mode == 3;
   TORCH_CHECK(t.width >= 1 && t.width <= kMaxVerifyNodes, kOp, ": width (max_depth + 1) must be in [1, ",
               kMaxVerifyNodes, "], got ", t.width);
   const bool sampled = mode != 0;
   check_optional(t.temperature, sampled, "temperature", at::kFloat, batch, device, mode);
-  check_optional(t.top_k, mode == 1, "top_k", at::kInt, batch, device, mode);
-  check_optional(t.top_p, mode == 1, "top_p", at::kFloat, batch, device, mode);
+  check_optional(t.top_k, rejection, "top_k", at::kInt, batch, device, mode);
+  check_optional(t.top_p, rejection, "top_p", at::kFloat, batch, device, mode);
   check_optional(t.posterior_threshold, mode == 2, "posterior_threshold", at::kFloat, batch, device, mode);
   check_optional(t.posterior_alpha, mode == 2, "posterior_alpha", at::kFloat, batch, device, mode);
   if (t.draft_probs.has_value()) {
     const at::Tensor& q = *t.draft_probs;
-    TORCH_CHECK(mode == 1, kOp, ": draft_probs is only used in mode 1 (rejection)");
+    TORCH_CHECK(rejection, kOp, ": draft_probs is only used in modes 1 and 3 (rejection)");
     TORCH_CHECK(q.dim() == 2 && q.size(0) == rows && q.size(1) == vocab, kOp, ": draft_probs must be [",
                 mapped ? "R" : "N", "=", rows, ", V=", vocab, "] (the rows of target_logits), got shape ",
                 shape_of(q));

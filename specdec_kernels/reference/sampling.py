@@ -4,7 +4,8 @@ each rule below is written out step by step (see specdec_kernels/sampling.py
 for the public semantics).
 
 Modes: 0 greedy, 1 rejection (chain or tree, with or without draft
-probabilities), 2 typical acceptance. In modes 1 and 2 a request whose
+probabilities, the token rule), 2 typical acceptance, 3 rejection with the
+traversal rule (block verification on chains). In modes 1-3 a request whose
 temperature is 0 follows the greedy rule.
 """
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-GREEDY, REJECTION, TYPICAL = 0, 1, 2
-# verify_rejection's acceptance rules (sampling.py).
+GREEDY, REJECTION, TYPICAL, TRAVERSAL = 0, 1, 2, 3
+# verify_rejection's acceptance rules (sampling.py): "token" runs as mode
+# REJECTION, "block" and "traversal" as mode TRAVERSAL.
 RULES = ("token", "block", "traversal")
 # Medusa's entropy uses log(p + 1e-5); kept for parity with its acceptance.
 TYPICAL_LOG_EPS = 1e-5
@@ -218,7 +220,12 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k,
     exactly in python_tests/test_verify_rules.py. The tree rule is derived
     here from Weng et al.'s description (leaf to root, sequence-level
     weights, block verification on chains; arXiv 2505.12398), whose full text
-    was not at hand: that it is their algorithm step for step is unchecked."""
+    was not at hand: that it is their algorithm step for step is unchecked.
+
+    State per node, as the kernels keep it (no vocabulary-sized vector per
+    ancestor): W = max(alpha p - beta q, 0) with q, or alpha p with the
+    rejected children's tokens zeroed (a point mass at x subtracts to 0 at x:
+    W <= 1); alpha = w, beta = 0 on entry."""
     vocab = rows.shape[1]
     n = len(parents)
     kids = [[] for _ in range(n)]
@@ -233,31 +240,48 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k,
     class _Invalid(Exception):
         pass
 
+    def measure(p, q_row, alpha, beta, zeroed):
+        if q_row is not None:
+            return torch.clamp(torch.tensor(alpha, dtype=torch.float32) * p
+                               - torch.tensor(beta, dtype=torch.float32) * q_row, min=0.0)
+        W = torch.tensor(alpha, dtype=torch.float32) * p
+        W[list(zeroed)] = 0.0
+        return W
+
     def visit(node, w):
         """The accepted (node, W) in this subtree, or None if all of it is rejected."""
         if node >= rows.shape[0]:  # no row (row map): no candidate children
             return (node, None) if f32(u[node]) < w else None
         if not row_is_valid(rows[node]):
             raise _Invalid
-        W = target_probs(rows[node], temperature, top_k, top_p) * torch.tensor(w, dtype=torch.float32)
+        p = target_probs(rows[node], temperature, top_k, top_p)
         q_row = q_rows[node].float() if q_rows is not None else None
+        alpha, beta, zeroed, zeroed_mass = w, f32(0.0), set(), f32(0.0)
         for c in (kids[node] if depth[node] + 1 < width else []):
             x = tokens[c]
             in_vocab = 0 <= x < vocab
-            wx = f32(W[x]) if in_vocab else f32(0.0)
-            qx = (f32(q_row[x]) if in_vocab else f32(0.0)) if q_row is not None else f32(1.0)
+            if q_row is not None:
+                qx = f32(q_row[x]) if in_vocab else f32(0.0)
+                wx = max(alpha * f32(p[x]) - beta * qx, f32(0.0)) if in_vocab else f32(0.0)
+            else:
+                qx = f32(1.0)
+                wx = alpha * f32(p[x]) if in_vocab and x not in zeroed else f32(0.0)
             wc = min(f32(1.0), wx / qx) if qx > 0 else (f32(1.0) if wx > 0 else f32(0.0))
             got = visit(c, f32(wc))
             if got is not None:
                 return got
-            if q_row is not None:
-                R = torch.clamp(W - q_row, min=0.0)
-            else:
-                R = W.clone()
-                if in_vocab:
-                    R[x] = 0.0
-            W, w = _condition_on_rejection(W, w, R)
-        return (node, W) if (node == 0 or f32(u[node]) < w) else None
+            if q_row is not None:  # R = max(alpha p - (beta + 1) q, 0)
+                beta = beta + f32(1.0)
+                m = f32(measure(p, q_row, alpha, beta, zeroed).sum())
+            else:  # R = W with x zeroed
+                if in_vocab and x not in zeroed:
+                    zeroed.add(x)
+                    zeroed_mass = zeroed_mass + f32(p[x])
+                m = alpha * max(f32(1.0) - zeroed_mass, f32(0.0))
+            alpha, beta, w = _condition_on_rejection(alpha, beta, w, m)
+        if node == 0 or f32(u[node]) < w:
+            return node, measure(p, q_row, alpha, beta, zeroed)
+        return None
 
     try:
         node, W = visit(0, f32(1.0))
@@ -272,18 +296,19 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k,
     return path, _traversal_draw(W, rows[node], temperature, top_k, top_p, u[0])
 
 
-def _condition_on_rejection(W: torch.Tensor, w, R: torch.Tensor):
-    """After a child's subtree was rejected: R = max(W - q, 0) of mass m is
-    what the rest of the subtree must still produce, in the probability
-    1 - w + m that is left; -> (R / (1 - w + m), m / (1 - w + m)). m = 0 is
+def _condition_on_rejection(alpha, beta, w, m):
+    """After a child's subtree was rejected, R (alpha, beta already stepped
+    past the child's q) of mass m is what the rest of the subtree must still
+    produce, in the probability 1 - w + m that is left: everything is divided
+    by 1 - w + m, and the node's weight becomes m / (1 - w + m). m = 0 is
     common (a small w: w p <= q everywhere) and leaves the node weight 0.
-    1 - w + m = 0 (w = 1, W = q) means the child could not be rejected; only
-    rounding gets there, and the state is kept."""
-    m = np.float32(R.sum())
-    den = np.float32(1.0) - w + m
+    1 - w + m = 0 (w = 1 and nothing left) means the child could not be
+    rejected; only rounding gets there, and the scale is kept."""
+    f32 = np.float32
+    den = f32(1.0) - w + m
     if not den > 0:
-        return W, w
-    return R / torch.tensor(den, dtype=torch.float32), np.float32(m / den)
+        return alpha, beta, m
+    return f32(alpha / den), f32(beta / den), f32(m / den)
 
 
 def _traversal_draw(W, logits, temperature, top_k, top_p, u) -> int:
@@ -345,13 +370,9 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha, bonu
 
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
            posterior_threshold, posterior_alpha, uniforms, mode, width, target_is_probs=False, target_indptr=None,
-           bonus_tokens=None, rule="token"):
+           bonus_tokens=None):
     """Returns (num_accepted int32 [B], accepted_nodes int32 [B, width],
     tokens int64 [B, width]) on the logits' device; uniforms float32 [N].
-
-    rule (rejection mode): "token" (_walk_rejection) or "block" / "traversal"
-    (_walk_traversal: block verification is its chain case; the caller checks
-    that a "block" request is a chain).
 
     target_indptr int32 [B + 1] + bonus_tokens int64 [B] (both or neither):
     the row map. Request b's rows of target_logits and draft_probs are
@@ -387,9 +408,9 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         u = u_all[s:e] if u_all is not None else None
         if temp == 0.0:
             result = _walk_greedy(rows, logit_rows, tokens, par, width, bonuses[b])
-        elif mode == REJECTION:
+        elif mode in (REJECTION, TRAVERSAL):
             q_rows = draft_probs[rs:re].cpu() if draft_probs is not None else None
-            walk = _walk_rejection if rule == "token" else _walk_traversal
+            walk = _walk_rejection if mode == REJECTION else _walk_traversal
             result = walk(logit_rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]), bonuses[b])
         else:
             result = _walk_typical(logit_rows, tokens, par, width, u, temp, float(posterior_threshold[b]),

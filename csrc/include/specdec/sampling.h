@@ -53,7 +53,9 @@
 
 namespace specdec {
 
-enum class VerifyMode : int32_t { kGreedy = 0, kRejection = 1, kTypical = 2 };
+// kRejection verifies with the token rule, kTraversal with the traversal rule
+// (block verification on chains): specdec_kernels/reference/sampling.py.
+enum class VerifyMode : int32_t { kGreedy = 0, kRejection = 1, kTypical = 2, kTraversal = 3 };
 
 // Nodes per request and output width the op is specified for (the same bound
 // as tree attention). Larger inputs are rejected by the callers.
