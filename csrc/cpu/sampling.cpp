@@ -38,6 +38,15 @@ struct Request {
     return philox_uniform(uint64_t(a.philox[0]), uint64_t(a.philox[1]) + uint64_t(row));
   }
 
+  // The accepted path root .. node, root first.
+  std::vector<int64_t> path_to(int64_t node) const {
+    std::vector<int64_t> path;
+    for (int64_t n = node; n != 0; n = a.parents[start + n]) path.push_back(n);
+    path.push_back(0);
+    std::reverse(path.begin(), path.end());
+    return path;
+  }
+
   // Children of `node` in increasing index: later nodes naming it as parent.
   template <typename F>
   bool first_child(int64_t node, F&& accept) const {
@@ -283,13 +292,10 @@ class Traversal {
   }
 
   Outcome run() {
-    Outcome out;
     visit(0, 1.f);
     if (invalid_) return Outcome{false, {}, -1};
-    out.path.clear();
-    for (int64_t n = accepted_; n != 0; n = a_.parents[req_.start + n]) out.path.push_back(n);
-    out.path.push_back(0);
-    std::reverse(out.path.begin(), out.path.end());
+    Outcome out;
+    out.path = req_.path_to(accepted_);
     if (!req_.has_row(accepted_)) {
       out.bonus = req_.bonus();
       return out;
@@ -456,10 +462,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     if (depth[c] > depth[best] || (depth[c] == depth[best] && score[c] > score[best])) best = c;
   }
   Outcome out;
-  out.path.clear();
-  for (int64_t n = best; n != 0; n = a.parents[req.start + n]) out.path.push_back(n);
-  out.path.push_back(0);
-  std::reverse(out.path.begin(), out.path.end());
+  out.path = req.path_to(best);
   if (!req.has_row(best)) {
     out.bonus = req.bonus();
     return out;

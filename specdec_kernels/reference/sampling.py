@@ -124,6 +124,14 @@ def _children(parents: list[int], node: int) -> list[int]:
     return [c for c in range(node + 1, len(parents)) if parents[c] == node]
 
 
+def _path_to(parents: list[int], node: int) -> list[int]:
+    """The accepted path root .. node, root first."""
+    path = [node]
+    while path[-1] != 0:
+        path.append(parents[path[-1]])
+    return path[::-1]
+
+
 def _walk_greedy(rows, logit_rows, tokens, parents, width, bonus):
     """Accept the first child whose token is the argmax; bonus = argmax at the end.
     The argmax is of ``rows`` (probabilities, when given: their log would only
@@ -287,10 +295,7 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k,
         node, W = visit(0, f32(1.0))
     except _Invalid:
         return None
-    path = [node]
-    while path[-1] != 0:
-        path.append(parents[path[-1]])
-    path.reverse()
+    path = _path_to(parents, node)
     if W is None:
         return path, bonus
     return path, _traversal_draw(W, rows[node], temperature, top_k, top_p, u[0])
@@ -355,10 +360,7 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha, bonu
         score[c] = float(np.float32(score[par]) + np.float32(np.log(np.float32(px))))
         if depth[c] > depth[best] or (depth[c] == depth[best] and score[c] > score[best]):
             best = c
-    path = [best]
-    while path[-1] != 0:
-        path.append(parents[path[-1]])
-    path.reverse()
+    path = _path_to(parents, best)
     if best >= rows.shape[0]:
         return path, bonus
     st = node_stats(best)
