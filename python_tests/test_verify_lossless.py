@@ -76,7 +76,7 @@ def draft_batch(shape, trials, q0, q1, gen):
     return (tokens.flatten(), torch.tensor(parents, dtype=torch.int32).repeat(trials), indptr, context.flatten())
 
 
-def run_trials(shape, backend, trials, seed=1, filters=None, device="cpu"):
+def run_trials(shape, backend, trials, seed=1, filters=None, device="cpu", rule="token"):
     filters = filters or {}
     l0, l1, q0, q1 = toy_models()
     gen = torch.Generator().manual_seed(seed)
@@ -88,7 +88,7 @@ def run_trials(shape, backend, trials, seed=1, filters=None, device="cpu"):
     result = sk.verify_rejection(tokens.to(dev), parents.to(dev), indptr.to(dev), logits.to(dev),
                                  draft_probs.to(dev) if draft_probs is not None else None,
                                  uniforms=torch.rand(tokens.numel(), generator=gen).to(dev),
-                                 backend=backend, **filters)
+                                 backend=backend, rule=rule, **filters)
     out = result.tokens.cpu()
     first = out[:, 0]
     # Only one token emitted: continue with plain sampling from the target.

@@ -24,7 +24,7 @@ import torch
 
 import specdec_kernels as sk
 from specdec_kernels.reference import sampling as ref
-from test_verify_lossless import ALPHA, FILTERED, TRIALS, draft_batch, pvalues, toy_models
+from test_verify_lossless import ALPHA, FILTERED, TRIALS, pvalues, run_trials
 
 
 class Models:
@@ -239,20 +239,7 @@ def _count(kids):
 
 
 def run_rule_trials(shape, rule, trials, filters=None, seed=1, backend="reference"):
-    l0, l1, q0, q1 = toy_models()
-    gen = torch.Generator().manual_seed(seed)
-    tokens, parents, indptr, context = draft_batch(shape, trials, q0, q1, gen)
-    logits = torch.where((context == -1)[:, None], l0, l1[context.clamp(min=0)])
-    probs = torch.where((context == -1)[:, None], q0, q1[context.clamp(min=0)])
-    result = sk.verify_rejection(tokens, parents, indptr, logits, probs if shape != "tree_topk" else None,
-                                 uniforms=torch.rand(tokens.numel(), generator=gen), backend=backend, rule=rule,
-                                 **(filters or {}))
-    out = result.tokens
-    p1 = torch.stack([ref.target_probs(l1[a], filters.get("temperature", 1.0) if filters else 1.0,
-                                       filters.get("top_k", 0) if filters else 0,
-                                       filters.get("top_p", 1.0) if filters else 1.0) for a in range(l1.shape[0])])
-    fallback = torch.multinomial(p1[out[:, 0]], 1, generator=gen)[:, 0]
-    return out[:, 0], torch.where(result.num_accepted >= 1, out[:, 1], fallback)
+    return run_trials(shape, backend, trials, seed=seed, filters=filters, rule=rule)
 
 
 RULE_CASES = [("block", "chain"), ("traversal", "chain"), ("traversal", "tree_q"), ("traversal", "tree_topk")]
