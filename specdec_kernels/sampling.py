@@ -286,9 +286,9 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
             _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab)
     draft_tokens = draft_tokens.long()
     chosen = backends.choose(op, backend, device)
-    if mode == ref_sampling.TRAVERSAL and chosen in ("triton", "cuda"):
-        fail(op, f"rule={rule!r} runs on the reference and cpu backends only so far; the {chosen} kernel verifies "
-                 "with rule='token' (pass backend='cpu' or 'reference')", NotImplementedError)
+    if mode == ref_sampling.TRAVERSAL and chosen == "triton":
+        fail(op, f"rule={rule!r} runs on the reference, cpu and cuda backends so far; the triton kernel verifies "
+                 "with rule='token' (pass backend='cpu', 'cuda' or 'reference')", NotImplementedError)
     args = (draft_tokens, parents, qo_indptr, target_logits, draft_probs, params.get("temperature"),
             params.get("top_k"), params.get("top_p"), params.get("posterior_threshold"),
             params.get("posterior_alpha"))

@@ -69,13 +69,12 @@ cudaError_t launch(const VerifyArgs& args, const Plan& p, float* residual, vk::R
 
 cudaError_t verify_cuda(const VerifyArgs& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   const bool sampled = args.mode != VerifyMode::kGreedy;
-  // The traversal rule (kTraversal) has a CPU kernel only so far.
-  const bool ok = args.mode != VerifyMode::kTraversal && args.batch >= 0 &&
+  const bool ok = args.batch >= 0 &&
                   args.batch <= std::numeric_limits<int32_t>::max() && args.vocab >= 1 &&
                   args.width >= 1 && args.width <= kMaxVerifyNodes && args.draft_tokens && args.parents &&
                   args.qo_indptr && args.logits && args.num_accepted && args.accepted_nodes && args.tokens &&
                   (!sampled || (args.temperature && (args.uniforms || args.philox))) &&
-                  (args.mode != VerifyMode::kRejection || (args.top_k && args.top_p)) &&
+                  ((args.mode != VerifyMode::kRejection && args.mode != VerifyMode::kTraversal) || (args.top_k && args.top_p)) &&
                   (args.mode != VerifyMode::kTypical || (args.posterior_threshold && args.posterior_alpha)) &&
                   (args.target_indptr == nullptr) == (args.bonus_tokens == nullptr) &&
                   workspace_bytes >= verify_cuda_workspace_bytes(args) &&

@@ -5,7 +5,7 @@
 // (target_indptr + bonus_tokens: a random suffix of each request's rows
 // dropped). Outputs are poisoned first, so an unwritten element fails. Greedy
 // must match exactly; sampled requests may differ only through rounding at a
-// boundary (counted, at most 1%). Exits 77 (skipped) without a CUDA device.
+// boundary (counted, at most 1% of each mode's requests). Exits 77 (skipped) without a CUDA device.
 // Both of verify_cuda's paths run (the split pass at small batches, one
 // launch at large ones; the test fails if either goes unused), on rows that
 // are not 16-byte aligned, and on rows full of ties (top-k and top-p
@@ -210,7 +210,7 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
     a.probs_stride = c.vocab;
   }
   if (mode != specdec::VerifyMode::kGreedy) a.temperature = temp;
-  if (mode == specdec::VerifyMode::kRejection) {
+  if (mode == specdec::VerifyMode::kRejection || mode == specdec::VerifyMode::kTraversal) {
     a.top_k = top_k;
     a.top_p = top_p;
   }
@@ -235,6 +235,8 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
 // Requests verify_cuda ran through the split path (verify_partial_kernel
 // first: its workspace holds more than the residual rows) and through one launch.
 int split_requests = 0, single_requests = 0;
+// Per mode: requests compared and how many differ (each mode is held to the 1%).
+int mode_requests[4] = {}, mode_differ[4] = {};
 
 int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, int64_t top_k, float top_p,
             int* requests) {
@@ -305,6 +307,8 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
     differ += !same;
   }
   *requests += int(batch);
+  mode_requests[int(mode)] += int(batch);
+  mode_differ[int(mode)] += differ;
   for (void* p : {d_logits, d_probs, (void*)d_tokens, (void*)d_parents, (void*)d_indptr, (void*)d_temp,
                   (void*)d_tp, (void*)d_eps, (void*)d_alpha, (void*)d_tk, (void*)d_unif, (void*)d_seed, (void*)d_num,
                   (void*)d_nodes, (void*)d_toks, (void*)d_rows, (void*)d_bonus, ws}) {
@@ -335,6 +339,8 @@ int main() {
           differ += compare(c, specdec::VerifyMode::kRejection, false, philox, 0, 1.f, &requests);
           differ += compare(c, specdec::VerifyMode::kRejection, true, philox, 5, 0.9f, &requests);
           differ += compare(c, specdec::VerifyMode::kTypical, false, philox, 0, 1.f, &requests);
+          differ += compare(c, specdec::VerifyMode::kTraversal, false, philox, 0, 1.f, &requests);
+          differ += compare(c, specdec::VerifyMode::kTraversal, true, philox, 5, 0.9f, &requests);
         }
       }
     }
@@ -354,6 +360,7 @@ int main() {
       differ += compare(c, specdec::VerifyMode::kRejection, false, variant & 1, 7, 0.6f, &requests);
       differ += compare(c, specdec::VerifyMode::kRejection, true, false, 3, 0.5f, &requests);
       differ += compare(c, specdec::VerifyMode::kTypical, false, true, 0, 1.f, &requests);
+      differ += compare(c, specdec::VerifyMode::kTraversal, variant & 1, true, 7, 0.6f, &requests);
     }
   }
   // Small batches of a larger vocabulary: 9 chunks of 1024 per row in the
@@ -368,6 +375,7 @@ int main() {
       differ += compare(c, specdec::VerifyMode::kRejection, false, true, 0, 1.f, &requests);
       differ += compare(c, specdec::VerifyMode::kRejection, true, false, 20, 0.8f, &requests);
       differ += compare(c, specdec::VerifyMode::kTypical, false, false, 0, 1.f, &requests);
+      differ += compare(c, specdec::VerifyMode::kTraversal, true, false, 20, 0.8f, &requests);
     }
   }
   // A batch with more rows than the split pass takes (over 528): one launch,
@@ -377,6 +385,7 @@ int main() {
     differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests);
     differ += compare(c, specdec::VerifyMode::kRejection, true, true, 5, 0.9f, &requests);
     if (!kLight) differ += compare(c, specdec::VerifyMode::kTypical, false, false, 0, 1.f, &requests);
+    differ += compare(c, specdec::VerifyMode::kTraversal, false, true, 0, 1.f, &requests);
   }
   std::printf("test_sampling_cuda: %d requests through the split pass, %d through one launch\n", split_requests,
               single_requests);
@@ -384,9 +393,12 @@ int main() {
     std::printf("FAIL: a path was not exercised\n");
     return 1;
   }
-  if (differ * 100 > requests) {
-    std::printf("FAIL: %d of %d requests differ\n", differ, requests);
-    return 1;
+  for (int m = 0; m < 4; ++m) {
+    std::printf("test_sampling_cuda: mode %d: %d of %d requests differ\n", m, mode_differ[m], mode_requests[m]);
+    if (mode_requests[m] == 0 || mode_differ[m] * 100 > mode_requests[m]) {
+      std::printf("FAIL: mode %d\n", m);
+      return 1;
+    }
   }
   std::printf("test_sampling_cuda: %d of %d requests differ (boundary rounding), passed\n", differ, requests);
   return 0;

@@ -27,8 +27,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
                         posterior_threshold, posterior_alpha, uniforms, philox, mode, width, target_is_probs,
                         target_indptr, bonus_tokens};
   check_verify(t);
-  TORCH_CHECK_NOT_IMPLEMENTED(mode != 3, "specdec::verify_tree: mode 3 (the traversal rule) runs on the CPU kernel "
-                              "only so far; the CUDA kernel verifies with the token rule (mode 1)");
   const c10::cuda::CUDAGuard guard(target_logits.device());
   auto [num_accepted, accepted_nodes, tokens] = verify_outputs(t);
   const VerifyArgs args = verify_args(t, num_accepted, accepted_nodes, tokens);

@@ -650,6 +650,137 @@ __device__ int64_t walk_rejection(const W& w, float* residual) {
   }
 }
 
+// The traversal rule (kTraversal; specdec/sampling.h, reference
+// _walk_traversal): a depth-first walk, children in increasing index, each
+// node decided after its whole subtree was rejected. A node's residual
+// measure is W = max(alpha p - beta q, 0), or alpha p less the tokens of its
+// rejected children for point-mass proposals, so its state is a few scalars
+// plus its row's Stats (no residual row, and a row is never re-filtered when
+// the walk returns to it). Written by thread 0 between barriers; every
+// thread reads the same values.
+struct TraversalNode {
+  float alpha, beta, zeroed, w;  // zeroed: p mass of the distinct rejected child tokens (point mass)
+  Stats st;
+  int32_t next, depth;           // the next child index to try; depth
+};
+
+__device__ __forceinline__ void store_node(TraversalNode* nodes, int64_t n, const TraversalNode& v) {
+  __syncthreads();  // every thread has read the old value
+  if (threadIdx.x == 0) nodes[n] = v;
+  __syncthreads();
+}
+
+// True if child c of `node` repeats the token of an earlier child (so its
+// rejection zeroed nothing new).
+template <typename W>
+__device__ __forceinline__ bool repeats_sibling(const W& w, int64_t node, int64_t c, int64_t x) {
+  for (int64_t c2 = node + 1; c2 < c; ++c2) {
+    if (w.parent(c2) == node && w.token(c2) == x) return true;
+  }
+  return false;
+}
+
+template <typename W>
+__device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
+  const VerifyArgs& a = w.a;
+  const float t = a.temperature[w.b];
+  const int64_t top_k = a.top_k[w.b];
+  const float top_p = a.top_p[w.b];
+  const bool with_q = a.draft_probs != nullptr;
+  int64_t node = 0;
+  float weight = 1.f;  // of the node being entered
+  int32_t depth = 0;
+  bool entering = true;
+  TraversalNode cur{};
+  while (true) {
+    if (entering && w.has_row(node)) {
+      const auto row = w.row(node);
+      if (!scan_row(row, w.s).valid) return -1;
+      cur = TraversalNode{weight, 0.f, 0.f, weight, target_stats(row, t, top_k, top_p, w.s), int32_t(node + 1), depth};
+      store_node(nodes, node, cur);
+    } else if (entering) {  // no row (row map): no candidate children
+      cur = TraversalNode{weight, 0.f, 0.f, weight, Stats{0, 0.f, 1.f}, int32_t(w.size), depth};
+    } else {
+      cur = nodes[node];
+    }
+    entering = false;
+    int64_t c = -1;
+    if (cur.depth + 1 < a.width) {
+      for (int64_t c2 = cur.next; c2 < w.size && c < 0; ++c2) {
+        if (w.parent(c2) == node) c = c2;
+      }
+    }
+    if (c >= 0) {  // enter child c with w_c = min(1, W(x) / q(x))
+      const int64_t x = w.token(c);
+      const bool inside = x >= 0 && x < a.vocab;
+      const auto row = w.row(node);
+      const float px = cur.st.p(row, x, t);
+      float qx = 1.f, wx = 0.f;
+      if (with_q) {
+        qx = inside ? w.q(node, x) : 0.f;
+        wx = inside ? fmaxf(cur.alpha * px - cur.beta * qx, 0.f) : 0.f;
+      } else if (inside && !repeats_sibling(w, node, c, x)) {
+        wx = cur.alpha * px;
+      }
+      cur.next = int32_t(c + 1);
+      store_node(nodes, node, cur);
+      weight = qx > 0.f ? fminf(1.f, wx / qx) : (wx > 0.f ? 1.f : 0.f);
+      depth = cur.depth + 1;
+      node = c;
+      entering = true;
+      continue;
+    }
+    if (node == 0 || w.uniform(node) < cur.w) break;  // accepted: ends the walk
+    // Rejected with its subtree: condition the parent on it (reference
+    // _condition_on_rejection): R = max(W - q, 0), m = sum R, and the
+    // parent's state divided by 1 - w + m, its weight becoming m / (1 - w + m).
+    const int64_t x = w.token(node);
+    const int64_t par = w.parent(node);
+    TraversalNode pn = nodes[par];
+    const auto prow = w.row(par);
+    float m;
+    if (with_q) {
+      pn.beta += 1.f;
+      double mine = 0.0;
+      w.q_pass(par, [&](int64_t y, float qy) { mine += fmaxf(pn.alpha * pn.st.p(prow, y, t) - pn.beta * qy, 0.f); });
+      m = float(block_sum_d(mine, w.s));
+    } else {
+      if (x >= 0 && x < a.vocab && !repeats_sibling(w, par, node, x)) pn.zeroed += pn.st.p(prow, x, t);
+      m = pn.alpha * fmaxf(1.f - pn.zeroed, 0.f);
+    }
+    // 1 - w + m = 0 (the child could not be rejected) only by rounding.
+    const float den = 1.f - pn.w + m;
+    if (den > 0.f) {
+      pn.alpha /= den;
+      pn.beta /= den;
+      pn.w = m / den;
+    } else {
+      pn.w = m;
+    }
+    store_node(nodes, par, pn);
+    node = par;
+  }
+  const int64_t accepted = cur.depth;
+  int64_t bonus;
+  if (w.has_row(node)) {
+    const auto row = w.row(node);
+    const int64_t tried_end = cur.next;  // the children tried (all rejected)
+    bonus = sample(row.base, a.vocab, w.uniform(0), [&](int64_t y, float v) {
+      const float p = cur.st.p_of_raw(row, v, t);
+      if (with_q) return fmaxf(cur.alpha * p - cur.beta * w.q(node, y), 0.f);
+      for (int64_t c = node + 1; c < tried_end; ++c) {
+        if (w.parent(c) == node && w.token(c) == y) return 0.f;
+      }
+      return cur.alpha * p;
+    }, w.s);
+  } else {
+    bonus = w.bonus();
+  }
+  for (int64_t n = node, j = accepted; j > 0; n = w.parent(n), --j) w.emit(j, n);
+  w.emit_bonus(accepted, bonus);
+  return accepted;
+}
+
 struct TypicalNode {
   int32_t depth1;  // depth + 1 when accepted, 0 otherwise
   int32_t stats;   // 0 not computed, 1 valid, 2 invalid row
@@ -770,6 +901,12 @@ __global__ void __launch_bounds__(kThreads, 4) verify_partial_kernel(const Verif
   if (threadIdx.x == 0) out[blockIdx.x] = p;
 }
 
+// Per-node state of the tree walks that keep one (a request uses one mode).
+union WalkNodes {
+  TypicalNode typical[kMaxVerifyNodes];
+  TraversalNode traversal[kMaxVerifyNodes];
+};
+
 // grid = batch, block = kThreads. residual: float [batch, vocab] (mode 1 with q).
 // pre: [rows, chunks] from verify_partial_kernel, or null. L: the element
 // type of a.logits (a.logits_dtype).
@@ -777,7 +914,7 @@ template <typename L>
 __global__ void __launch_bounds__(kThreads, 1) verify_kernel(const VerifyArgs a, float* residual,
                                                              const RowPartial* pre, int chunks) {
   __shared__ Scratch scratch;
-  __shared__ TypicalNode typical_nodes[kMaxVerifyNodes];
+  __shared__ WalkNodes walk_nodes;
   const int64_t b = blockIdx.x;
   for (int64_t j = threadIdx.x; j < a.width; j += kThreads) {
     a.accepted_nodes[b * a.width + j] = -1;
@@ -796,8 +933,10 @@ __global__ void __launch_bounds__(kThreads, 1) verify_kernel(const VerifyArgs a,
       accepted = walk_greedy(w);
     } else if (a.mode == VerifyMode::kRejection) {
       accepted = walk_rejection(w, residual + b * a.vocab);
+    } else if (a.mode == VerifyMode::kTraversal) {
+      accepted = walk_traversal(w, walk_nodes.traversal);
     } else {
-      accepted = walk_typical(w, typical_nodes);
+      accepted = walk_typical(w, walk_nodes.typical);
     }
   }
   __syncthreads();

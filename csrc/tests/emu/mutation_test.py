@@ -107,6 +107,8 @@ MUTATIONS = [
     ("verify: the draw's scan starts a warp after its own partial (inclusive prefix)", "sampling.cuh",
      "    if (v == int(warp)) running = next;\n    next += s.d[v];",
      "    next += s.d[v];\n    if (v == int(warp)) running = next;", "asan", "sampling"),
+    ("verify: traversal's rejection does not renormalise the parent (w = m)", "sampling.cuh",
+     "const float den = 1.f - pn.w + m;", "const float den = 1.f;", "asan", "sampling"),
 ]
 ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"]}
 # A test key -> the C++ test it builds and the environment it runs under: the
