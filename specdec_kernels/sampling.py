@@ -161,9 +161,8 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
             descendants would have been accepted. ``"block"``: Sun et al.'s
             block verification, which is "traversal" on a chain; a request whose
             tree is not a chain raises with ``validate=True`` and is verified
-            with "traversal" otherwise. So far "block" and "traversal" run on the
-            reference and cpu backends (the triton and cuda kernels raise
-            NotImplementedError).
+            with "traversal" otherwise. Every backend runs all three; the
+            traversal kernels keep a few scalars per node (no residual row).
     """
     batch = _batch_size("verify_rejection", qo_indptr)
     if rule not in ref_sampling.RULES:
@@ -286,9 +285,6 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
             _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab)
     draft_tokens = draft_tokens.long()
     chosen = backends.choose(op, backend, device)
-    if mode == ref_sampling.TRAVERSAL and chosen == "triton":
-        fail(op, f"rule={rule!r} runs on the reference, cpu and cuda backends so far; the triton kernel verifies "
-                 "with rule='token' (pass backend='cpu', 'cuda' or 'reference')", NotImplementedError)
     args = (draft_tokens, parents, qo_indptr, target_logits, draft_probs, params.get("temperature"),
             params.get("top_k"), params.get("top_p"), params.get("posterior_threshold"),
             params.get("posterior_alpha"))

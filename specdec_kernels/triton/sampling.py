@@ -44,7 +44,7 @@ from .verify_rows import _exp, _log, fold_count, fold_max, fold_sum
 MAX_NODES = 256  # kMaxVerifyNodes
 BLOCK_V_MAX = 1024  # elements per tl.load of a row (tests lower it to get many blocks and chunks)
 BLOCK_H_MAX = 128  # elements per step of a top-p mass pass: [BLOCK_H, 16] float64 accumulators
-GREEDY, REJECTION, TYPICAL = 0, 1, 2
+GREEDY, REJECTION, TYPICAL, TRAVERSAL = 0, 1, 2, 3
 _BIG = tl.constexpr(1 << 30)
 _MAX_KEY = tl.constexpr(4294967295)
 
@@ -269,21 +269,31 @@ def _uniform(unif_ptr, philox_ptr, row, HAS_UNIFORMS: tl.constexpr):
     return u
 
 
+W_POINT, W_RESIDUAL, W_MEASURE = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # _weights' KIND
+
+
 @triton.jit
-def _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, thr_p, res_on, res_total,
+def _weights(row_ptr, res_row, q_row, offs, V, temperature, m, thr, total, thr_p, res_on, res_total, alpha, beta,
              tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
-             HAS_RES: tl.constexpr):
-    """The weights of a chunk the final draw is taken from: the residual row
-    when res_on, else p (above the key threshold thr) restricted to p >= thr_p,
-    less the tokens of node's children among [c_lo, c_hi) (all rejected)."""
-    if HAS_RES:
+             KIND: tl.constexpr):
+    """The weights of a chunk the final draw is taken from (p = the target's
+    probabilities above the key threshold thr):
+    W_RESIDUAL: the residual row when res_on, else p;
+    W_MEASURE: max(alpha p - beta q, 0) (the traversal rule's measure, q at q_row);
+    W_POINT: alpha p restricted to p >= thr_p, less the tokens of node's
+    children among [c_lo, c_hi) (all rejected)."""
+    if KIND == W_RESIDUAL:
         if res_on != 0:
             w = tl.load(res_row + offs, mask=offs < V, other=0.0) / res_total
         else:
             w = _e(row_ptr, offs, V, temperature, m, thr, PROBS, LIBDEVICE) / total
+    elif KIND == W_MEASURE:
+        p = _e(row_ptr, offs, V, temperature, m, thr, PROBS, LIBDEVICE) / total
+        q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
+        w = tl.where(offs < V, tl.maximum(alpha * p - beta * q, 0.0), 0.0)
     else:
         p = _e(row_ptr, offs, V, temperature, m, thr, PROBS, LIBDEVICE) / total
-        w = tl.where(p >= thr_p, p, 0.0)
+        w = alpha * tl.where(p >= thr_p, p, 0.0)
         for c in range(c_lo, c_hi):
             if tl.load(parents_ptr + start + c) == node:
                 w = tl.where(offs.to(tl.int64) == tl.load(tokens_ptr + start + c), 0.0, w)
@@ -291,15 +301,16 @@ def _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, thr_p, res_o
 
 
 @triton.jit
-def _sample(row_ptr, res_row, V, temperature, m, thr, total, thr_p, res_on, res_total,
+def _sample(row_ptr, res_row, q_row, V, temperature, m, thr, total, thr_p, res_on, res_total, alpha, beta,
             tokens_ptr, parents_ptr, start, node, c_lo, c_hi, u,
-            PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_V: tl.constexpr):
+            PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, KIND: tl.constexpr, BLOCK_V: tl.constexpr):
     """Inverse CDF over _weights: the first index whose running sum exceeds
     u * sum(w), else the last index with weight."""
     w_total = tl.full([], 0.0, tl.float64)
     for s in range(0, V, BLOCK_V):
-        w = _weights(row_ptr, res_row, s + tl.arange(0, BLOCK_V), V, temperature, m, thr, total, thr_p, res_on,
-                     res_total, tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS, LIBDEVICE, HAS_RES)
+        w = _weights(row_ptr, res_row, q_row, s + tl.arange(0, BLOCK_V), V, temperature, m, thr, total, thr_p,
+                     res_on, res_total, alpha, beta, tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS,
+                     LIBDEVICE, KIND)
         w_total += tl.sum(w.to(tl.float64), 0)
     target = u * w_total.to(tl.float32)
     running = tl.full([], 0.0, tl.float64)
@@ -308,8 +319,8 @@ def _sample(row_ptr, res_row, V, temperature, m, thr, total, thr_p, res_on, res_
     s = 0
     while (s < V) & (found == _BIG):
         offs = s + tl.arange(0, BLOCK_V)
-        w = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, thr_p, res_on, res_total,
-                     tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS, LIBDEVICE, HAS_RES)
+        w = _weights(row_ptr, res_row, q_row, offs, V, temperature, m, thr, total, thr_p, res_on, res_total, alpha,
+                     beta, tokens_ptr, parents_ptr, start, node, c_lo, c_hi, PROBS, LIBDEVICE, KIND)
         cum = running + tl.cumsum(w.to(tl.float64), 0)
         found = tl.min(tl.where(cum.to(tl.float32) > target, offs, _BIG), 0)
         last = tl.maximum(last, tl.max(tl.where(w > 0.0, offs, 0), 0))
@@ -361,6 +372,36 @@ def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size
 
 
 @triton.jit
+def _sampled_row(row_ptr, row, b, V, temperature, top_k, top_p, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr,
+                 owner_ptr, C, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr,
+                 STATS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
+    """-> (valid, m, thr, total, count) of a row the token and traversal rules
+    sample from: p(x) = exp(z - m) / float32(total) where key(z) >= thr
+    (_target_stats); m, thr, total are meaningless unless valid."""
+    _, row_max, ok_row = _row_head(row_ptr, row, V, pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS, LIBDEVICE, BLOCK_V,
+                                   STATS, BLOCK_C)
+    m = tl.full([], 0.0, tl.float32)
+    thr = tl.full([], 0, tl.int64)
+    total = tl.full([], 1.0, tl.float64)
+    count = tl.full([], 1, tl.int32)
+    if ok_row:
+        # Rounding is monotone, so max(x / t) = max(x) / t.
+        m = tl.math.div_rn(row_max, temperature)
+        # The pre-pass's sums, when it computed them for this request (owner).
+        has_total = tl.full([], 0, tl.int32)
+        total_in = tl.full([], 0.0, tl.float64)
+        count_in = tl.full([], 0, tl.int32)
+        if STATS:
+            if tl.load(owner_ptr + row) == b:
+                has_total = tl.full([], 1, tl.int32)
+                total_in = fold_sum(psum_ptr, row, C, BLOCK_C)
+                count_in = fold_count(pcnt_ptr, row, C, BLOCK_C)
+        thr, total, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, total_in, count_in, has_total,
+                                          PROBS, LIBDEVICE, BLOCK_V, BLOCK_H)
+    return ok_row, m, thr, total, count
+
+
+@triton.jit
 def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b, V,
                     width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr,
                     res_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C,
@@ -379,25 +420,13 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
         else:
             row = rstart + node
             row_ptr = logits_ptr + row * logits_stride
-            _, row_max, ok_row = _row_head(row_ptr, row, V, pmax_ptr, pidx_ptr, pbad_ptr, C, PROBS, LIBDEVICE, BLOCK_V,
-                                           STATS, BLOCK_C)
+            ok_row, m, thr, total_d, count = _sampled_row(row_ptr, row, b, V, temperature, top_k, top_p, pmax_ptr,
+                                                          pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C, PROBS,
+                                                          LIBDEVICE, BLOCK_V, STATS, BLOCK_C, BLOCK_H)
             if ok_row == 0:
                 valid = tl.full([], 0, tl.int32)
                 done = 1
             else:
-                # Rounding is monotone, so max(x / t) = max(x) / t.
-                m = tl.math.div_rn(row_max, temperature)
-                # The pre-pass's sums, when it computed them for this request (owner).
-                has_total = tl.full([], 0, tl.int32)
-                total_in = tl.full([], 0.0, tl.float64)
-                count_in = tl.full([], 0, tl.int32)
-                if STATS:
-                    if tl.load(owner_ptr + row) == b:
-                        has_total = tl.full([], 1, tl.int32)
-                        total_in = fold_sum(psum_ptr, row, C, BLOCK_C)
-                        count_in = fold_count(pcnt_ptr, row, C, BLOCK_C)
-                thr, total_d, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, total_in, count_in,
-                                                    has_total, PROBS, LIBDEVICE, BLOCK_V, BLOCK_H)
                 total = total_d.to(tl.float32)
                 nxt = tl.full([], -1, tl.int32)
                 res_on = tl.full([], 0, tl.int32)  # with q: r lives in res_row, normalised by res_total
@@ -426,18 +455,18 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                                 mass = tl.full([], 0.0, tl.float64)
                                 for s in range(0, V, BLOCK_V):
                                     offs = s + tl.arange(0, BLOCK_V)
-                                    r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0, res_on,
-                                                 res_total, tokens_ptr, parents_ptr, start, node, 0, 0, PROBS, LIBDEVICE,
-                                                 HAS_Q)
+                                    r = _weights(row_ptr, res_row, q_row, offs, V, temperature, m, thr, total, 0.0,
+                                                 res_on, res_total, 1.0, 0.0, tokens_ptr, parents_ptr, start, node, 0,
+                                                 0, PROBS, LIBDEVICE, W_RESIDUAL)
                                     q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
                                     mass += tl.sum(tl.maximum(r - q, 0.0, propagate_nan=tl.PropagateNan.ALL)
                                                    .to(tl.float64), 0)
                                 if mass > 0.0:
                                     for s in range(0, V, BLOCK_V):
                                         offs = s + tl.arange(0, BLOCK_V)
-                                        r = _weights(row_ptr, res_row, offs, V, temperature, m, thr, total, 0.0,
-                                                     res_on, res_total, tokens_ptr, parents_ptr, start, node, 0, 0,
-                                                     PROBS, LIBDEVICE, HAS_Q)
+                                        r = _weights(row_ptr, res_row, q_row, offs, V, temperature, m, thr, total,
+                                                     0.0, res_on, res_total, 1.0, 0.0, tokens_ptr, parents_ptr, start,
+                                                     node, 0, 0, PROBS, LIBDEVICE, W_RESIDUAL)
                                         q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
                                         tl.store(res_row + offs, tl.maximum(r - q, 0.0), mask=offs < V)
                                     # The next child's r(x) is one element, read by every thread.
@@ -468,11 +497,167 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                 else:
                     # Without q, the removed tokens are exactly node's children's (all rejected).
                     c_hi = tl.where(remaining < count, size, node + 1)
-                    bonus = _sample(row_ptr, res_row, V, temperature, m, thr, total, 0.0, res_on, res_total,
-                                    tokens_ptr, parents_ptr, start, node, node + 1, c_hi,
-                                    _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE, HAS_Q, BLOCK_V)
+                    bonus = _sample(row_ptr, res_row, row_ptr, V, temperature, m, thr, total, 0.0, res_on, res_total,
+                                    1.0, 0.0, tokens_ptr, parents_ptr, start, node, node + 1, c_hi,
+                                    _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE,
+                                    W_RESIDUAL if HAS_Q else W_POINT, BLOCK_V)
                     toks = tl.where(w_offs == accepted, bonus.to(tl.int64), toks)
                     done = 1
+    return accepted, valid, nodes, toks
+
+
+@triton.jit
+def _walk_traversal(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b, V,
+                    width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr,
+                    pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C,
+                    HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                    BLOCK_V: tl.constexpr, MAX_T: tl.constexpr, STATS: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_H: tl.constexpr):
+    """The traversal rule (reference _walk_traversal; the CUDA kernel's
+    walk_traversal): depth first, children in increasing index, a node
+    decided once its whole subtree was rejected. Node n's state lives in
+    [MAX_T] register vectors at n: its residual measure W = max(alpha p -
+    beta q, 0) (with q) or alpha p less its rejected children's tokens
+    (point mass; zeroed = their distinct p mass), its weight w, its row's
+    filter statistics (so returning to a node reads nothing), the next child
+    index to try and its depth."""
+    t_offs = tl.arange(0, MAX_T)
+    s_alpha = tl.zeros([MAX_T], tl.float32)
+    s_beta = tl.zeros([MAX_T], tl.float32)
+    s_zeroed = tl.zeros([MAX_T], tl.float32)
+    s_w = tl.zeros([MAX_T], tl.float32)
+    s_m = tl.zeros([MAX_T], tl.float32)
+    s_total = tl.zeros([MAX_T], tl.float32)
+    s_thr = tl.zeros([MAX_T], tl.int64)
+    s_next = tl.zeros([MAX_T], tl.int32)
+    s_depth = tl.zeros([MAX_T], tl.int32)
+    valid = tl.full([], 1, tl.int32)
+    node = tl.full([], 0, tl.int32)
+    weight = tl.full([], 1.0, tl.float32)  # of the node being entered
+    depth = tl.full([], 0, tl.int32)
+    entering = tl.full([], 1, tl.int32)
+    done = tl.full([], 0, tl.int32)
+    while done == 0:
+        if entering != 0:
+            m = tl.full([], 0.0, tl.float32)
+            thr = tl.full([], 0, tl.int64)
+            total = tl.full([], 1.0, tl.float32)
+            nxt0 = size  # no row (row map): no candidate children
+            if node < rcount:
+                row = rstart + node
+                ok_row, m, thr, total_d, _ = _sampled_row(logits_ptr + row * logits_stride, row, b, V, temperature,
+                                                          top_k, top_p, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr,
+                                                          pcnt_ptr, owner_ptr, C, PROBS, LIBDEVICE, BLOCK_V, STATS,
+                                                          BLOCK_C, BLOCK_H)
+                total = total_d.to(tl.float32)
+                nxt0 = node + 1
+                if ok_row == 0:
+                    valid = tl.full([], 0, tl.int32)
+                    done = 1
+            here = t_offs == node
+            s_alpha = tl.where(here, weight, s_alpha)
+            s_beta = tl.where(here, 0.0, s_beta)
+            s_zeroed = tl.where(here, 0.0, s_zeroed)
+            s_w = tl.where(here, weight, s_w)
+            s_m = tl.where(here, m, s_m)
+            s_total = tl.where(here, total, s_total)
+            s_thr = tl.where(here, thr, s_thr)
+            s_next = tl.where(here, nxt0, s_next)
+            s_depth = tl.where(here, depth, s_depth)
+            entering = tl.full([], 0, tl.int32)
+        if done == 0:
+            cur_depth = _pick(s_depth, t_offs, node)
+            c = tl.full([], -1, tl.int32)
+            c2 = _pick(s_next, t_offs, node)
+            while (c2 < size) & (c < 0) & (cur_depth + 1 < width):
+                if tl.load(parents_ptr + start + c2) == node:
+                    c = c2
+                c2 += 1
+            alpha = _pick(s_alpha, t_offs, node)
+            beta = _pick(s_beta, t_offs, node)
+            row_ptr = logits_ptr + (rstart + node) * logits_stride
+            q_row = q_ptr + (rstart + node) * q_stride
+            if c >= 0:  # enter child c with w_c = min(1, W(x) / q(x))
+                x = tl.load(tokens_ptr + start + c)
+                inside = (x >= 0) & (x < V)
+                px = _e_at(row_ptr, x, V, temperature, _pick(s_m, t_offs, node), _pick(s_thr, t_offs, node), PROBS,
+                           LIBDEVICE) / _pick(s_total, t_offs, node)
+                if HAS_Q:
+                    qx = tl.where(inside, tl.load(q_row + tl.where(inside, x, 0)).to(tl.float32), 0.0)
+                    wx = tl.where(inside, tl.maximum(alpha * px - beta * qx, 0.0), 0.0)
+                else:
+                    qx = tl.full([], 1.0, tl.float32)
+                    fresh = inside
+                    for c3 in range(node + 1, c):
+                        fresh = fresh & ((tl.load(parents_ptr + start + c3) != node) |
+                                         (tl.load(tokens_ptr + start + c3) != x))
+                    wx = tl.where(fresh, alpha * px, 0.0)
+                s_next = tl.where(t_offs == node, c + 1, s_next)
+                weight = tl.where(qx > 0.0, tl.minimum(1.0, tl.math.div_rn(wx, tl.where(qx > 0.0, qx, 1.0))),
+                                  tl.where(wx > 0.0, 1.0, 0.0))
+                depth = cur_depth + 1
+                node = c
+                entering = tl.full([], 1, tl.int32)
+            elif (node == 0) | (_uniform(unif_ptr, philox_ptr, start + node, HAS_UNIFORMS) < _pick(s_w, t_offs, node)):
+                done = 1  # accepted: ends the walk
+            else:
+                # Rejected with its subtree: condition the parent on it (reference
+                # _condition_on_rejection), its state divided by 1 - w + m.
+                x = tl.load(tokens_ptr + start + node)
+                par = tl.load(parents_ptr + start + node)
+                p_row = logits_ptr + (rstart + par) * logits_stride
+                pm = _pick(s_m, t_offs, par)
+                pthr = _pick(s_thr, t_offs, par)
+                ptotal = _pick(s_total, t_offs, par)
+                palpha = _pick(s_alpha, t_offs, par)
+                pbeta = _pick(s_beta, t_offs, par)
+                pw = _pick(s_w, t_offs, par)
+                if HAS_Q:
+                    pbeta = pbeta + 1.0
+                    mass = tl.full([], 0.0, tl.float64)
+                    for s in range(0, V, BLOCK_V):
+                        mass += tl.sum(_weights(p_row, p_row, q_ptr + (rstart + par) * q_stride,
+                                                s + tl.arange(0, BLOCK_V), V, temperature, pm, pthr, ptotal, 0.0, 0,
+                                                1.0, palpha, pbeta, tokens_ptr, parents_ptr, start, par, 0, 0, PROBS,
+                                                LIBDEVICE, W_MEASURE).to(tl.float64), 0)
+                    msum = mass.to(tl.float32)
+                else:
+                    zeroed = _pick(s_zeroed, t_offs, par)
+                    fresh = (x >= 0) & (x < V)
+                    for c3 in range(par + 1, node):
+                        fresh = fresh & ((tl.load(parents_ptr + start + c3) != par) |
+                                         (tl.load(tokens_ptr + start + c3) != x))
+                    if fresh:
+                        zeroed = zeroed + _e_at(p_row, x, V, temperature, pm, pthr, PROBS, LIBDEVICE) / ptotal
+                    s_zeroed = tl.where(t_offs == par, zeroed, s_zeroed)
+                    msum = palpha * tl.maximum(1.0 - zeroed, 0.0)
+                # 1 - w + m = 0 (the child could not be rejected) only by rounding.
+                den = 1.0 - pw + msum
+                ok = den > 0.0
+                safe = tl.where(ok, den, 1.0)
+                s_alpha = tl.where(t_offs == par, tl.where(ok, tl.math.div_rn(palpha, safe), palpha), s_alpha)
+                s_beta = tl.where(t_offs == par, tl.where(ok, tl.math.div_rn(pbeta, safe), pbeta), s_beta)
+                s_w = tl.where(t_offs == par, tl.where(ok, tl.math.div_rn(msum, safe), msum), s_w)
+                node = par
+    accepted = tl.full([], 0, tl.int32)
+    if valid != 0:
+        accepted = _pick(s_depth, t_offs, node)
+        bonus = bonus_tok
+        if node < rcount:
+            row_ptr = logits_ptr + (rstart + node) * logits_stride
+            bonus = _sample(row_ptr, row_ptr, q_ptr + (rstart + node) * q_stride, V, temperature,
+                            _pick(s_m, t_offs, node), _pick(s_thr, t_offs, node), _pick(s_total, t_offs, node), 0.0, 0,
+                            1.0, _pick(s_alpha, t_offs, node), _pick(s_beta, t_offs, node), tokens_ptr, parents_ptr,
+                            start, node, node + 1, _pick(s_next, t_offs, node),
+                            _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS, LIBDEVICE,
+                            W_MEASURE if HAS_Q else W_POINT, BLOCK_V).to(tl.int64)
+        toks = tl.where(w_offs == accepted, bonus, toks)
+        n = node
+        j = accepted
+        while j > 0:
+            nodes, toks = _push(nodes, toks, w_offs, j, n, tl.load(tokens_ptr + start + n))
+            n = tl.load(parents_ptr + start + n)
+            j -= 1
     return accepted, valid, nodes, toks
 
 
@@ -566,10 +751,10 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
         bonus = bonus_tok
         if best < rcount:
             row_ptr = logits_ptr + (rstart + best) * logits_stride
-            bonus = _sample(row_ptr, row_ptr, V, temperature, _pick(st_m, t_offs, best), 0,
-                            _pick(st_total, t_offs, best), _pick(st_thr, t_offs, best), 0, 1.0, tokens_ptr,
+            bonus = _sample(row_ptr, row_ptr, row_ptr, V, temperature, _pick(st_m, t_offs, best), 0,
+                            _pick(st_total, t_offs, best), _pick(st_thr, t_offs, best), 0, 1.0, 1.0, 0.0, tokens_ptr,
                             parents_ptr, start, best, 0, 0, _uniform(unif_ptr, philox_ptr, start, HAS_UNIFORMS), PROBS,
-                            LIBDEVICE, False, BLOCK_V).to(tl.int64)
+                            LIBDEVICE, W_POINT, BLOCK_V).to(tl.int64)
         toks = tl.where(w_offs == best_depth, bonus, toks)
         n = best
         j = best_depth
@@ -619,7 +804,14 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
         else:
             temperature = tl.load(temp_ptr + b)
             if temperature > 0.0:
-                if MODE == 1:
+                if MODE == 3:
+                    accepted, valid, nodes, toks = _walk_traversal(
+                        tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b,
+                        V, width, nodes, toks, w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b),
+                        tl.load(topp_ptr + b), unif_ptr, philox_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr,
+                        pcnt_ptr, owner_ptr, C, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, MAX_T, STATS,
+                        BLOCK_C, BLOCK_H)
+                elif MODE == 1:
                     accepted, valid, nodes, toks = _walk_rejection(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b,
                         V, width, nodes, toks, w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b),
@@ -666,7 +858,7 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
             or None; top_k: int32 [B] or None (each as the mode needs).
         uniforms: float32 [N], or None with philox: int64 [2] = (seed, offset),
             read in the kernel.
-        mode: 0 greedy, 1 rejection, 2 typical. width: max_depth + 1 (<= 256).
+        mode: 0 greedy, 1 rejection (token rule), 2 typical, 3 traversal. width: max_depth + 1 (<= 256).
         target_is_probs: target_logits holds probabilities, read as log(p).
         target_indptr int32 [B + 1], bonus_tokens int64 [B]: the row map (both
             or neither; specdec_kernels/sampling.py); target_logits and
@@ -687,14 +879,17 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         return num_accepted, nodes, tokens
     dummy_f = torch.empty(1, dtype=torch.float32, device=device)
     dummy_i = torch.empty(1, dtype=torch.int32, device=device)
-    with_q = draft_probs is not None and mode == REJECTION
-    residual = torch.empty(batch, vocab, dtype=torch.float32, device=device) if with_q else dummy_f
+    with_q = draft_probs is not None and mode in (REJECTION, TRAVERSAL)
+    # Only the token rule keeps a residual row; traversal keeps scalars per node.
+    residual = torch.empty(batch, vocab, dtype=torch.float32, device=device) if with_q and mode == REJECTION \
+        else dummy_f
     pick = lambda t, d: t if t is not None else d  # noqa: E731
     block_v = min(BLOCK_V_MAX, triton.next_power_of_2(vocab))
     libdevice_on = not triton_interpreted()
     stats = None
-    if verify_rows.use_row_pass(batch, num_rows, mode, device):
-        stats_mode = mode if temperature is not None else GREEDY
+    # Both rejection rules read the same row statistics.
+    stats_mode = (REJECTION if mode == TRAVERSAL else mode) if temperature is not None else GREEDY
+    if verify_rows.use_row_pass(batch, num_rows, stats_mode, device):
         stats = verify_rows.RowStats(target_logits, target_indptr if mapped else qo_indptr, pick(temperature, dummy_f),
                                      top_k, top_p, stats_mode, bool(target_is_probs), libdevice_on, block_v)
         stats_args = stats.args()
