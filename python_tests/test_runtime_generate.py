@@ -84,12 +84,17 @@ def _uniform_q(original):
     return wrong
 
 
-@pytest.mark.parametrize("method", ["ar", "draft", "draft_heuristic", "draft_fixed_shape", "draft_with_wrong_q"])
+@pytest.mark.parametrize("method", ["ar", "draft", "draft_heuristic", "draft_fixed_shape", "draft_with_wrong_q",
+                                    "draft_block", "draft_traversal", "draft_traversal_with_wrong_q"])
 def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
     """Chi-square (alpha 1e-3, fixed seed) of the first token and of the first
     two tokens over 1500 copies of one prompt in one batch, against the exact
-    distribution computed from the target's logits. Control: reporting the
-    wrong q (uniform instead of the drafter's) must fail the same test."""
+    distribution computed from the target's logits; with the token rule, and
+    with verify_rule="block" and "traversal" (``_block``, ``_traversal``).
+    Control: reporting the wrong q (uniform instead of the drafter's) must
+    fail the same test, under the token and the traversal rule."""
+    rule = next((r for r in ("block", "traversal") if f"_{r}" in method), "token")
+    method = method.replace(f"_{rule}", "")
     broken = method == "draft_with_wrong_q"
     if broken:
         from specdec_kernels.runtime import drafters
@@ -103,16 +108,10 @@ def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
         monkeypatch.setattr(DraftModelDrafter, "fixed_shape", True)
     method = "draft" if method.startswith("draft_") and method != "draft_with_wrong_q" else method
     vocab, temperature = 6, 1.0
-    target = tiny(vocab=vocab, seed=5, std=0.4)
-    drafter = tiny(vocab=vocab, hidden=64, layers=1, seed=6, std=0.4)
-    prompt = [1, 2, 3]
-    n = 1500
-    out = generate(target, [prompt] * n, method=method, draft_model=drafter, num_draft_tokens=3,
-                   schedule=schedule, max_new_tokens=2 if schedule == "constant" else 6,  # 6: budgets 2 and 5 meet
-                   temperature=temperature, seed=11)
+    out = sampled_pairs(method, schedule, rule)
     first = torch.tensor([t[0] for t in out.tokens])
     pair = torch.tensor([t[0] * vocab + t[1] for t in out.tokens])
-    p0, joint = exact_two_token_distribution(target, prompt, vocab, temperature)
+    p0, joint = exact_two_token_distribution(sampled_models()[0], [1, 2, 3], vocab, temperature)
     p_first = chi_square_pvalue(torch.bincount(first, minlength=vocab), p0)
     p_pair = chi_square_pvalue(torch.bincount(pair, minlength=vocab * vocab), joint)
     if broken:
@@ -121,13 +120,55 @@ def test_sampled_draft_is_distributed_as_the_target(monkeypatch, method):
         assert p_first > ALPHA and p_pair > ALPHA, (p_first, p_pair)
 
 
+def sampled_models():
+    """The vocabulary-6 target and drafter of the sampled tests (built afresh: cheap, and deterministic)."""
+    return tiny(vocab=6, seed=5, std=0.4), tiny(vocab=6, hidden=64, layers=1, seed=6, std=0.4)
+
+
+def sampled_pairs(method="draft", schedule="constant", rule="token", n=1500, max_new_tokens=None):
+    """Two tokens (default; 6 with the heuristic schedule, whose budgets 2 and
+    5 meet) of ``n`` copies of prompt [1, 2, 3], temperature 1, seed 11."""
+    target, drafter = sampled_models()
+    if max_new_tokens is None:
+        max_new_tokens = 2 if schedule == "constant" else 6
+    return generate(target, [[1, 2, 3]] * n, method=method, draft_model=drafter, num_draft_tokens=3,
+                    schedule=schedule, max_new_tokens=max_new_tokens,
+                    temperature=1.0, seed=11, verify_rule=rule)
+
+
+def test_verify_rule_reaches_the_verify_step():
+    """Same seed, same drafts and draws: on chains "block" and "traversal" are
+    one rule (identical output), and "token" decides differently somewhere
+    (so the rule reached the verify op). One step per sequence (1500 copies
+    of the prompt, one new token), so tau is the mean accepted length of a
+    first step: block's is at least token's (block verification is optimal;
+    about 1.34 against 1.31 here, the noise a third of that gap)."""
+    token, block, traversal = (sampled_pairs(rule=r, max_new_tokens=1) for r in ("token", "block", "traversal"))
+    assert block.tokens == traversal.tokens and block.stats.tau == traversal.stats.tau
+    assert block.tokens != token.tokens
+    assert block.stats.step_sequences == token.stats.step_sequences == 1500
+    assert block.stats.tau > token.stats.tau, (block.stats.tau, token.stats.tau)
+
+
+@pytest.mark.parametrize("rule", ["block", "traversal"])
+def test_greedy_ignores_the_verify_rule(models, rule):
+    target, unrelated = models
+    ar = generate(target, PROMPTS, max_new_tokens=10)
+    out = generate(target, PROMPTS, method="draft", draft_model=unrelated, num_draft_tokens=3, max_new_tokens=10,
+                   verify_rule=rule)
+    assert out.tokens == ar.tokens
+
+
 def test_bad_input(models):
     target, unrelated = models
     cases = [(dict(prompts=[]), "prompts is empty"), (dict(prompts=[[1], []]), r"prompts\[1\] is empty"),
              (dict(prompts=[[1, 64]]), "token id 64 outside"), (dict(max_new_tokens=0), "max_new_tokens"),
              (dict(method="draft"), "needs draft_model"), (dict(method="beam"), "method must be"),
              (dict(method="draft", draft_model=tiny(vocab=65)), "vocabulary"),
-             (dict(method="draft", draft_model=unrelated, num_draft_tokens=0), "num_draft_tokens")]
+             (dict(method="draft", draft_model=unrelated, num_draft_tokens=0), "num_draft_tokens"),
+             (dict(verify_rule="blocks"), r"verify_rule must be one of \('token', 'block', 'traversal'\), "
+                                          "got 'blocks'"),
+             (dict(verify_rule=None, temperature=0.0), "verify_rule must be one of")]
     for override, message in cases:
         kwargs = dict(prompts=[[1, 2]], max_new_tokens=3)
         kwargs.update(override)

@@ -41,6 +41,10 @@ GREEDY_CASES = {
     "lookahead_w4_n4_g0": ("lookahead", dict(lookahead_window=4, lookahead_ngram=4, lookahead_guesses=0)),
     "prompt_lookup_default": ("prompt_lookup", {}),
     "prompt_lookup_n1_k3": ("prompt_lookup", dict(max_ngram=1, num_draft_tokens=3)),
+    # Greedy steps ignore the sampled rule.
+    "medusa_traversal": ("medusa", dict(verify_rule="traversal")),
+    "lookahead_traversal": ("lookahead", dict(verify_rule="traversal")),
+    "prompt_lookup_block": ("prompt_lookup", dict(verify_rule="block")),
 }
 
 
@@ -111,6 +115,16 @@ SAMPLED_CASES = {
     "medusa": ("medusa", dict(medusa_choices=SMALL_CHOICES, heads=3), [1, 2, 3]),
     "lookahead": ("lookahead", dict(lookahead_window=3, lookahead_ngram=3, lookahead_guesses=3), [1, 2, 1, 2, 1]),
     "prompt_lookup": ("prompt_lookup", dict(num_draft_tokens=3, max_ngram=2), [1, 2, 1, 2, 1]),
+    # The lossless rules beyond token by token (verify_rule): a tree, a tree plus a window of inert rows, a
+    # point-mass chain. Prompt [3, 5, 3, 5, 3] (not [1, 2, 1, 2, 1], whose first drafts are almost never
+    # accepted): the first two tokens differ from the token rule's, same seed, in 7 (Medusa), 621 (lookahead)
+    # and 324 (prompt lookup) of the 1500 sequences, so the checks see the rule at work.
+    "medusa_traversal": ("medusa", dict(medusa_choices=SMALL_CHOICES, heads=3, verify_rule="traversal"),
+                         [3, 5, 3, 5, 3]),
+    "lookahead_traversal": ("lookahead", dict(lookahead_window=3, lookahead_ngram=3, lookahead_guesses=3,
+                                              verify_rule="traversal"), [3, 5, 3, 5, 3]),
+    "prompt_lookup_block": ("prompt_lookup", dict(num_draft_tokens=3, max_ngram=2, verify_rule="block"),
+                            [3, 5, 3, 5, 3]),
     # Control: Medusa's typical acceptance is lossy; the same test must catch it.
     "medusa_typical_control": ("medusa", dict(medusa_choices=SMALL_CHOICES, heads=3, acceptance="typical"),
                                [1, 2, 3]),
@@ -253,6 +267,12 @@ def test_bad_parameters(target):
         (dict(method="prompt_lookup", num_draft_tokens=0), "num_draft_tokens"),
         (dict(method="lookahead", acceptance="typical", temperature=1.0), "method='medusa' only"),
         (dict(method="medusa", medusa_heads=heads, acceptance="greedy"), "acceptance must be"),
+        (dict(method="medusa", medusa_heads=heads, verify_rule="block"), "verify_rule='block' verifies chains, "
+         "but method='medusa' drafts trees; use verify_rule='traversal'"),
+        (dict(method="lookahead", verify_rule="block", temperature=1.0), "method='lookahead' drafts trees"),
+        (dict(method="medusa", medusa_heads=heads, acceptance="typical", temperature=1.0, verify_rule="traversal"),
+         "acceptance='typical' has a rule of its own"),
+        (dict(method="prompt_lookup", verify_rule="Token"), "verify_rule must be one of"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

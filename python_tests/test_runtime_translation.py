@@ -128,14 +128,18 @@ def test_a_draft_that_is_the_target_is_accepted_through_the_translation():
     assert out.stats.tau > 4.5, out.stats.tau
 
 
-@pytest.mark.parametrize("broken, intersection", [(False, False), (True, False), (False, True), (True, True)])
-def test_sampled_is_distributed_as_the_target(bpe, monkeypatch, broken, intersection):
+@pytest.mark.parametrize("broken, intersection, rule", [(False, False, "token"), (True, False, "token"),
+                                                        (False, True, "token"), (True, True, "token"),
+                                                        (False, True, "block"), (True, True, "block")])
+def test_sampled_is_distributed_as_the_target(bpe, monkeypatch, broken, intersection, rule):
     """Chi-square (alpha 1e-3, fixed seed) of the first token and the first
     pair over 1500 copies of one prompt, byte-level target (temperature 1)
     with a BPE draft (point-mass proposals, or the draft's q over the shared
     tokens with token-level intersection), against the exact distribution
-    from the target's logits. Control: claiming the translated proposal came from a q that
-    gives its tokens no mass (so they are always accepted) must fail."""
+    from the target's logits; with the token rule and, for the sampled
+    (intersection) chains, verify_rule="block". Control: claiming the
+    translated proposal came from a q that gives its tokens no mass (so they
+    are always accepted) must fail."""
     target = tiny(vocab=256, seed=5, std=1.5)
     draft = tiny(vocab=bpe.get_vocab_size(), hidden=64, layers=1, seed=6, std=1.5)
     if broken:
@@ -156,7 +160,7 @@ def test_sampled_is_distributed_as_the_target(bpe, monkeypatch, broken, intersec
     n = 1500
     out = generate(target, [prompt] * n, method="draft", draft_model=draft, draft_tokenizer=bpe,
                    target_tokenizer="bytes", num_draft_tokens=3, max_new_tokens=2, temperature=1.0, seed=11,
-                   token_intersection=intersection)
+                   token_intersection=intersection, verify_rule=rule)
     first = torch.tensor([t[0] for t in out.tokens])
     pair_ = torch.tensor([t[0] * 256 + t[1] for t in out.tokens])
     p0, joint = exact_two_token_distribution(target, prompt, 256, 1.0)

@@ -25,6 +25,8 @@ from .translation import TranslatingDrafter
 
 METHODS = ("ar", "draft", "medusa", "lookahead", "prompt_lookup")
 ACCEPTANCE = ("rejection", "typical")
+VERIFY_RULES = ("token", "block", "traversal")  # verify_rejection's rule
+TREE_METHODS = ("medusa", "lookahead")  # drafters whose drafts branch (block verification takes chains)
 SCHEDULES = ("constant", "heuristic", "dynamic")
 
 
@@ -119,7 +121,7 @@ class CachedModel:
 
 
 def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
-                  acceptance, tokenizers=None):
+                  acceptance, tokenizers=None, verify_rule="token"):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if schedule not in SCHEDULES:
@@ -157,6 +159,15 @@ def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedu
         raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {acceptance!r}")
     if acceptance == "typical" and method != "medusa":
         raise ValueError("acceptance='typical' (Medusa's lossy rule) applies to method='medusa' only")
+    if verify_rule not in VERIFY_RULES:
+        raise ValueError(f"verify_rule must be one of {VERIFY_RULES}, got {verify_rule!r}")
+    if verify_rule != "token" and acceptance == "typical":
+        raise ValueError(f"verify_rule={verify_rule!r} picks a lossless rejection rule, but acceptance='typical' "
+                         "has a rule of its own; pass acceptance='rejection' or leave verify_rule='token'")
+    if verify_rule == "block" and method in TREE_METHODS:
+        raise ValueError(f"verify_rule='block' verifies chains, but method={method!r} drafts trees; use "
+                         "verify_rule='traversal' (block verification generalised to trees; the same rule on "
+                         "a chain)")
     if method == "medusa":
         if medusa_heads is None:
             raise ValueError("method='medusa' needs medusa_heads (a runtime.medusa.MedusaHeads)")
@@ -175,7 +186,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
              seed: int | None = None, eos_token_id: int | None = None, block_size: int = 16,
              cuda_graph: bool | None = None, draft_tokenizer=None, target_tokenizer=None,
              lookbehind: int = 8, max_target_tokens: int | None = None,
-             token_intersection: bool = False) -> GenerationOutput:
+             token_intersection: bool = False, verify_rule: str = "token") -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens for each prompt (lists of ids).
 
     Methods (each a drafter feeding the same verify step):
@@ -209,6 +220,19 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     ``seed``) is exact rejection sampling, distributed as ``"ar"``'s, except
     with ``acceptance="typical"`` (Medusa only: its lossy typical acceptance,
     ``posterior_threshold``, ``posterior_alpha``; top-k/top-p unused).
+    ``verify_rule`` picks the lossless rule of sampled steps
+    (``verify_rejection``'s ``rule``): ``"token"`` (default; Leviathan/Chen on
+    chains, SpecInfer's multi-step rule on trees), ``"block"`` (Sun et al.'s
+    block verification, for chains: ``"draft"`` (translated drafts
+    included), ``"prompt_lookup"``, ``"ar"``; with the tree drafters
+    ``"medusa"`` and ``"lookahead"`` it is a ValueError, whatever the
+    temperature) or ``"traversal"`` (Weng et al.'s traversal verification,
+    trees and chains, equal to ``"block"`` on a chain). All three are
+    distributed as ``"ar"``'s; block and traversal accept at least as many
+    tokens per step in expectation. Greedy steps ignore it; with
+    ``acceptance="typical"`` only ``"token"`` is accepted. Which backends run
+    block and traversal: see ``verify_rejection`` (a backend without them
+    raises NotImplementedError at the first sampled step).
     Sequences stop at ``eos_token_id`` or the length limit and free their cache
     blocks. ``cuda_graph`` (default: when the target is on CUDA) captures the
     verify step per (batch, tree) bucket and replays it.
@@ -221,7 +245,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
             raise ValueError(f"draft_tokenizer/target_tokenizer apply to method='draft', not {method!r}")
         tokenizers = (as_tokenizer(draft_tokenizer), as_tokenizer(target_tokenizer))
     _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
-                  acceptance, tokenizers)
+                  acceptance, tokenizers, verify_rule)
     prompts = [[int(t) for t in p] for p in prompts]
     device = next(target.parameters()).device
     if cuda_graph is None:
@@ -268,7 +292,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
         draft_seq = [-(-(len(tokenizers[1].token_bytes(p)) + per_byte * max_new_tokens + rows + 1) // block_size)
                      for p in prompts]
         drafter.core.model = CachedModel(draft_model, sum(draft_seq) + 1, block_size, max(draft_seq))
-    step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params,
+    step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params, rule=verify_rule,
                       generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
                       cuda_graph=cuda_graph)
     seqs = list(range(len(prompts)))
@@ -334,4 +358,4 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     return GenerationOutput([produced[s] for s in seqs], stats)
 
 
-__all__ = ["generate", "GenerationOutput", "GenerationStats", "filtered_probs"]
+__all__ = ["generate", "GenerationOutput", "GenerationStats", "filtered_probs", "VERIFY_RULES"]

@@ -26,6 +26,7 @@ from ..trees import _pack_rows, num_words
 from .templates import DraftTemplate
 
 MODES = ("greedy", "rejection", "typical")
+RULES = ("token", "block", "traversal")  # verify_rejection's rule (rejection mode)
 
 
 @dataclass
@@ -176,6 +177,11 @@ class VerifyStep:
             given) or ``"typical"`` (Medusa's lossy rule).
         sampling: keyword arguments of the verify op (temperature, top_k,
             top_p, posterior_threshold, posterior_alpha).
+        rule: ``verify_rejection``'s rule in ``"rejection"`` mode:
+            ``"token"``, ``"block"`` (chains; a step whose drafts branch is
+            verified with ``"traversal"``, as the op does unvalidated) or
+            ``"traversal"``. Greedy mode ignores it; typical mode takes
+            ``"token"`` only.
         generator: CPU ``torch.Generator`` seeding the verify draws (sampled
             modes; one host draw at construction). Draws are Philox uniforms
             keyed by (step, sequence, node), computed on the device, so
@@ -187,14 +193,18 @@ class VerifyStep:
     """
 
     def __init__(self, model, cache, *, mode="greedy", sampling=None, generator=None, max_blocks,
-                 cuda_graph=False, bucketed=None):
+                 cuda_graph=False, bucketed=None, rule="token"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if mode == "typical" and rule != "token":
+            raise ValueError(f"rule={rule!r} is a rejection rule; mode='typical' takes rule='token' only")
         param = next(model.parameters())
         self.device = param.device
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on CUDA, it is on {self.device}")
-        self.model, self.cache, self.mode = model, cache, mode
+        self.model, self.cache, self.mode, self.rule = model, cache, mode, rule
         self.sampling = dict(sampling or {})
         self.max_blocks = max_blocks
         self.cuda_graph = cuda_graph
@@ -437,7 +447,7 @@ class VerifyStep:
             res = verify_greedy(*args, **common)
         else:
             op = verify_rejection if self.mode == "rejection" else verify_typical
-            extra = dict(draft_probs=buf.q) if self.mode == "rejection" else {}
+            extra = dict(draft_probs=buf.q, rule=self.rule) if self.mode == "rejection" else {}
             uniforms = self._uniforms(buf.draw_key, buf.step)
             res = op(*args, uniforms=uniforms, **extra, **self.sampling, **common)
         self._lap("verify_sampling")
