@@ -37,6 +37,16 @@ def test_demo_every_greedy_method_is_identical(capsys):
         assert line.rstrip().endswith("yes"), line
 
 
+def test_demo_sampled_with_a_verify_rule(capsys):
+    """--verify-rule reaches generate (block: the tree methods take traversal, so every method runs)."""
+    with pytest.raises(SystemExit) as done:
+        cli(["demo", "--prompts", "1", "--max-new-tokens", "8", "--prompt-bytes", "64", "--temperature", "1",
+             "--verify-rule", "block"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0, out
+    assert "verify rule block" in out and all(f"{name} " in out for name in demo.METHODS)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_demo_plot(tmp_path):
     rows = [dict(method="ar", speedup=1.0, tau=1.0), dict(method="lookahead", speedup=1.4, tau=2.2)]

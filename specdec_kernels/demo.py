@@ -119,8 +119,12 @@ def run(args) -> list[dict]:
             if kwargs.pop("other_vocab", False):
                 extra = dict(draft_model=bpe_draft, draft_tokenizer=bpe_tokenizer, target_tokenizer="bytes")
             bar.set_postfix_str(name)
+            rule = getattr(args, "verify_rule", "token")
+            if rule == "block" and kwargs["method"] in ("medusa", "lookahead"):
+                rule = "traversal"  # block verification takes chains; traversal is its tree form
             tokens, stats = decode_all(target, prompts, args.batch, bar.update, max_new_tokens=args.max_new_tokens,
-                                       temperature=args.temperature, seed=args.seed, **kwargs, **extra)
+                                       temperature=args.temperature, seed=args.seed, verify_rule=rule, **kwargs,
+                                       **extra)
             if reference is None:
                 reference = tokens
             rows.append(dict(method=name, identical=tokens == reference, **stats))
@@ -171,6 +175,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-bytes", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (every method must be identical)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verify-rule", choices=["token", "block", "traversal"], default="token",
+                   help="lossless rule of sampled steps (generate's verify_rule); block is for chains, so the tree "
+                        "methods (medusa, lookahead) use traversal with it; greedy ignores it")
     p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="folder written by bench/train_tiny.py")
     p.add_argument("--plot", type=Path, help="write a PNG of speed-up and tau per method (matplotlib)")
 
@@ -184,7 +191,8 @@ def main(args) -> int:
     print()
     print(format_rows(rows, args.temperature))
     print(f"\n{args.prompts} held-out stdlib files, {args.prompt_bytes}-byte prompts, {args.max_new_tokens} new "
-          f"tokens, batch {args.batch}, temperature {args.temperature}, device {args.device}")
+          f"tokens, batch {args.batch}, temperature {args.temperature}, device {args.device}"
+          + (f", verify rule {args.verify_rule}" if args.temperature > 0 else ""))
     if args.plot:
         plot(rows, args.plot)
         print(f"wrote {args.plot}")
