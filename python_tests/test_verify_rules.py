@@ -260,8 +260,8 @@ def _no_renormalisation(alpha, beta, w, m):
     return alpha, beta, m
 
 
-def _draw_from_p(W, logits, temperature, top_k, top_p, u):
-    return ref.sample_index(ref.target_probs(logits, temperature, top_k, top_p), u)
+def _draw_from_p(W, logits, filters, u):
+    return ref.sample_index(ref.target_probs(logits, *filters), u)
 
 
 BROKEN = {"no_renormalisation": ("_condition_on_rejection", _no_renormalisation),

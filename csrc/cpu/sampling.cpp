@@ -88,6 +88,23 @@ float load_one(const void* base, DType dtype, int64_t stride, int64_t row, int64
   }
 }
 
+// The value a disallowed token reads as (allowed_tokens): logit -inf, or
+// probability 0 for a row of probabilities.
+float masked_value(const VerifyArgs& a) { return a.logits_are_probs ? 0.f : -kInf; }
+
+// Row `row` of the target, masked by allowed_tokens.
+void load_target_row(const VerifyArgs& a, int64_t row, std::vector<float>& out) {
+  load_row(a.logits, a.logits_dtype, a.logits_stride, row, a.vocab, out);
+  if (a.allowed == nullptr) return;
+  for (int64_t x = 0; x < a.vocab; ++x) {
+    if (!token_allowed(a, row, x)) out[x] = masked_value(a);
+  }
+}
+
+float load_target_one(const VerifyArgs& a, int64_t row, int64_t x) {
+  return token_allowed(a, row, x) ? load_one(a.logits, a.logits_dtype, a.logits_stride, row, x) : masked_value(a);
+}
+
 // No NaN and a finite maximum: the row defines a distribution. For a row of
 // probabilities (the same test on its log): no NaN or negative value, and a
 // finite positive maximum.
@@ -124,8 +141,8 @@ float sum_of(const std::vector<float>& x) {
   return float(s);
 }
 
-// p = softmax(z) over the tokens kept by top-k then top-p, z = logits / t.
-void target_probs(const std::vector<float>& logits, float temperature, int64_t top_k, float top_p,
+// p = softmax(z) over the tokens kept by min-p and top-k, then top-p, z = logits / t.
+void target_probs(const std::vector<float>& logits, float temperature, int64_t top_k, float top_p, float min_p,
                   std::vector<float>& p) {
   const int64_t vocab = int64_t(logits.size());
   std::vector<float> z(vocab);
@@ -135,6 +152,15 @@ void target_probs(const std::vector<float>& logits, float temperature, int64_t t
     std::vector<float> sorted = z;
     std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
     threshold = sorted[top_k - 1];
+  }
+  if (min_p > 0.f) {
+    // Keep expf(z - max z) >= min_p: the smallest such z (the max itself always qualifies).
+    const float zmax = *std::max_element(z.begin(), z.end());
+    float lowest = zmax;
+    for (float v : z) {
+      if (std::exp(v - zmax) >= min_p) lowest = std::min(lowest, v);
+    }
+    threshold = std::max(threshold, lowest);
   }
   float m = -kInf;
   for (float v : z) {
@@ -212,7 +238,7 @@ Outcome walk_greedy(const Request& req, std::vector<float>& row) {
       out.bonus = req.bonus();
       return out;
     }
-    load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(node), a.vocab, row);
+    load_target_row(a, req.row(node), row);
     if (!row_valid(row, a.logits_are_probs)) return Outcome{false, {}, -1};
     const int64_t best = argmax_lowest(row);  // of p itself for probabilities: log would only blur ties
     int64_t next = -1;
@@ -233,6 +259,7 @@ Outcome walk_rejection(const Request& req, std::vector<float>& row) {
   const float temperature = a.temperature[req.b];
   const int64_t top_k = a.top_k[req.b];
   const float top_p = a.top_p[req.b];
+  const float min_p = a.min_p != nullptr ? a.min_p[req.b] : 0.f;
   Outcome out;
   std::vector<float> r, q, scratch;
   int64_t node = 0;
@@ -241,10 +268,10 @@ Outcome walk_rejection(const Request& req, std::vector<float>& row) {
       out.bonus = req.bonus();
       return out;
     }
-    load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(node), a.vocab, row);
+    load_target_row(a, req.row(node), row);
     if (!row_valid(row, a.logits_are_probs)) return Outcome{false, {}, -1};
     as_logits(row, a.logits_are_probs);
-    target_probs(row, temperature, top_k, top_p, r);
+    target_probs(row, temperature, top_k, top_p, min_p, r);
     const bool with_q = a.draft_probs != nullptr;
     if (with_q) load_row(a.draft_probs, a.probs_dtype, a.probs_stride, req.row(node), a.vocab, q);
     int64_t next = -1;
@@ -281,6 +308,7 @@ class Traversal {
   Traversal(const Request& req, std::vector<float>& row)
       : req_(req), a_(req.a), row_(row), with_q_(req.a.draft_probs != nullptr),
         temperature_(req.a.temperature[req.b]), top_k_(req.a.top_k[req.b]), top_p_(req.a.top_p[req.b]),
+        min_p_(req.a.min_p != nullptr ? req.a.min_p[req.b] : 0.f),
         kids_(req.size), depth_(req.size, 0) {
     for (int64_t c = 1; c < req.size; ++c) {
       const int64_t par = a_.parents[req.start + c];
@@ -315,13 +343,13 @@ class Traversal {
 
   // p (and q) of `node`; false (and the request invalid) if its row cannot define a distribution.
   bool load(int64_t node) {
-    load_row(a_.logits, a_.logits_dtype, a_.logits_stride, req_.row(node), a_.vocab, row_);
+    load_target_row(a_, req_.row(node), row_);
     if (!row_valid(row_, a_.logits_are_probs)) {
       invalid_ = true;
       return false;
     }
     as_logits(row_, a_.logits_are_probs);
-    target_probs(row_, temperature_, top_k_, top_p_, p_);
+    target_probs(row_, temperature_, top_k_, top_p_, min_p_, p_);
     if (with_q_) load_row(a_.draft_probs, a_.probs_dtype, a_.probs_stride, req_.row(node), a_.vocab, q_);
     return true;
   }
@@ -397,6 +425,7 @@ class Traversal {
   const float temperature_;
   const int64_t top_k_;
   const float top_p_;
+  const float min_p_;
   std::vector<std::vector<int64_t>> kids_;
   std::vector<int64_t> depth_;
   std::vector<float> p_, q_, w_;
@@ -422,7 +451,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     TypicalStats& s = stats[n];
     if (s.computed) return s;
     s.computed = true;
-    load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(n), a.vocab, row);
+    load_target_row(a, req.row(n), row);
     s.valid = row_valid(row, a.logits_are_probs);
     if (!s.valid) return s;
     as_logits(row, a.logits_are_probs);
@@ -439,7 +468,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
     return s;
   };
   auto prob = [&](const TypicalStats& s, int64_t n, int64_t x) {
-    const float v = load_one(a.logits, a.logits_dtype, a.logits_stride, req.row(n), x);
+    const float v = load_target_one(a, req.row(n), x);
     return std::exp((a.logits_are_probs ? std::log(v) : v) / temperature - s.m) / s.total;
   };
 
@@ -469,7 +498,7 @@ Outcome walk_typical(const Request& req, std::vector<float>& row) {
   }
   const TypicalStats& s = stats_of(best);
   if (!s.valid) return Outcome{false, {}, -1};
-  load_row(a.logits, a.logits_dtype, a.logits_stride, req.row(best), a.vocab, row);
+  load_target_row(a, req.row(best), row);
   as_logits(row, a.logits_are_probs);
   std::vector<float> w(a.vocab);
   for (int64_t i = 0; i < a.vocab; ++i) {

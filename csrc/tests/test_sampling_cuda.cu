@@ -1,5 +1,6 @@
 // verify_cuda against verify_cpu on random ragged batches of chains and
-// trees, every mode, fp32 and bf16 logits or probabilities (logits_are_probs)
+// trees, every mode, fp32 and bf16 logits or probabilities (logits_are_probs),
+// with min_p and with an allowed_tokens bitmask
 // with draft probabilities of the same dtype,
 // explicit uniforms and in-kernel Philox, with and without a row map
 // (target_indptr + bonus_tokens: a random suffix of each request's rows
@@ -194,7 +195,8 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
                              const void* probs, const int64_t* tokens, const int32_t* parents, const int32_t* indptr,
                              const float* temp, const int32_t* top_k, const float* top_p, const float* eps,
                              const float* alpha, const float* uniforms, const int64_t* seed_offset,
-                             const int32_t* row_indptr, const int64_t* bonus) {
+                             const int32_t* row_indptr, const int64_t* bonus, const float* min_p,
+                             const int32_t* allowed, int64_t allowed_stride) {
   specdec::VerifyArgs a{};
   a.mode = mode;
   a.draft_tokens = tokens;
@@ -213,6 +215,7 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
   if (mode == specdec::VerifyMode::kRejection || mode == specdec::VerifyMode::kTraversal) {
     a.top_k = top_k;
     a.top_p = top_p;
+    a.min_p = min_p;
   }
   if (mode == specdec::VerifyMode::kTypical) {
     a.posterior_threshold = eps;
@@ -224,6 +227,8 @@ specdec::VerifyArgs args_for(const Case& c, specdec::VerifyMode mode, bool with_
   a.num_tokens = int64_t(c.tokens.size());
   a.vocab = c.vocab;
   a.width = c.width;
+  a.allowed = allowed;
+  a.allowed_stride = allowed_stride;
   if (!c.row_indptr.empty()) {
     a.target_indptr = row_indptr;
     a.bonus_tokens = bonus;
@@ -238,10 +243,34 @@ int split_requests = 0, single_requests = 0;
 // Per mode: requests compared and how many differ (each mode is held to the 1%).
 int mode_requests[4] = {}, mode_differ[4] = {};
 
+// Beyond the filters: min_p (modes 1 and 3; 0 off) and an allowed_tokens
+// bitmask (each token allowed with probability 0.7, every 7th row nothing
+// allowed, the words past the vocabulary random, rows one word further apart
+// than they need).
+struct Extras {
+  float min_p = 0.f;
+  bool masked = false;
+};
+
 int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, int64_t top_k, float top_p,
-            int* requests) {
+            int* requests, Extras ex = {}) {
   const int64_t batch = int64_t(c.indptr.size()) - 1;
-  std::vector<float> temp(batch), tp(batch, top_p), eps(batch, 0.09f), alpha(batch, 0.3f);
+  std::vector<float> temp(batch), tp(batch, top_p), eps(batch, 0.09f), alpha(batch, 0.3f), mp(batch, ex.min_p);
+  const int64_t rows = c.row_indptr.empty() ? int64_t(c.tokens.size()) : int64_t(c.row_indptr.back());
+  const int64_t words = (c.vocab + 31) / 32 + 1;
+  std::vector<int32_t> allowed;
+  if (ex.masked) {
+    std::mt19937 mrng(uint32_t(rows * 31 + c.vocab));
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    allowed.assign(size_t(std::max<int64_t>(rows, 1) * words), 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t w = 0; w < words; ++w) {
+        uint32_t bits = 0;
+        for (int j = 0; j < 32; ++j) bits |= uint32_t(w * 32 + j >= c.vocab ? mrng() & 1u : u(mrng) < 0.7f) << j;
+        allowed[r * words + w] = r % 7 == 6 ? 0 : int32_t(bits);
+      }
+    }
+  }
   std::vector<int32_t> tk(batch, int32_t(top_k));
   for (int64_t b = 0; b < batch; ++b) temp[b] = b % 4 == 3 ? 0.f : 0.8f;  // mixed greedy requests
   const int64_t seed_offset[2] = {1234567, 89};
@@ -256,7 +285,8 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   specdec::VerifyArgs ha = args_for(c, mode, with_q, philox, host_logits, host_probs, c.tokens.data(),
                                     c.parents.data(), c.indptr.data(), temp.data(), tk.data(), tp.data(), eps.data(),
                                     alpha.data(), c.uniforms.data(), seed_offset, c.row_indptr.data(),
-                                    c.bonus.data());
+                                    c.bonus.data(), ex.min_p > 0.f ? mp.data() : nullptr,
+                                    ex.masked ? allowed.data() : nullptr, words);
   ha.num_accepted = cpu.num.data();
   ha.accepted_nodes = cpu.nodes.data();
   ha.tokens = cpu.toks.data();
@@ -276,11 +306,14 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   int64_t* d_seed = to_device(std::vector<int64_t>(seed_offset, seed_offset + 2));
   int32_t* d_rows = to_device(c.row_indptr);
   int64_t* d_bonus = to_device(c.bonus);
+  float* d_mp = to_device(mp);
+  int32_t* d_allowed = to_device(allowed);
   int32_t* d_num = to_device(std::vector<int32_t>(batch, 0x5a5a5a5a));
   int32_t* d_nodes = to_device(std::vector<int32_t>(batch * c.width, 0x5a5a5a5a));
   int64_t* d_toks = to_device(std::vector<int64_t>(batch * c.width, 0x5a5a5a5a));
   specdec::VerifyArgs da = args_for(c, mode, with_q, philox, d_logits_at, d_probs, d_tokens, d_parents, d_indptr, d_temp,
-                                    d_tk, d_tp, d_eps, d_alpha, d_unif, d_seed, d_rows, d_bonus);
+                                    d_tk, d_tp, d_eps, d_alpha, d_unif, d_seed, d_rows, d_bonus,
+                                    ex.min_p > 0.f ? d_mp : nullptr, ex.masked ? d_allowed : nullptr, words);
   da.num_accepted = d_num;
   da.accepted_nodes = d_nodes;
   da.tokens = d_toks;
@@ -311,7 +344,7 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
   mode_differ[int(mode)] += differ;
   for (void* p : {d_logits, d_probs, (void*)d_tokens, (void*)d_parents, (void*)d_indptr, (void*)d_temp,
                   (void*)d_tp, (void*)d_eps, (void*)d_alpha, (void*)d_tk, (void*)d_unif, (void*)d_seed, (void*)d_num,
-                  (void*)d_nodes, (void*)d_toks, (void*)d_rows, (void*)d_bonus, ws}) {
+                  (void*)d_nodes, (void*)d_toks, (void*)d_rows, (void*)d_bonus, (void*)d_mp, (void*)d_allowed, ws}) {
     cudaFree(p);
   }
   return differ;
@@ -342,6 +375,13 @@ int main() {
           differ += compare(c, specdec::VerifyMode::kTraversal, false, philox, 0, 1.f, &requests);
           differ += compare(c, specdec::VerifyMode::kTraversal, true, philox, 5, 0.9f, &requests);
         }
+        // min_p, alone and with top-k / top-p; the bitmask in every mode.
+        differ += compare(c, specdec::VerifyMode::kRejection, false, false, 0, 1.f, &requests, {0.2f, false});
+        differ += compare(c, specdec::VerifyMode::kTraversal, true, true, 5, 0.9f, &requests, {0.05f, false});
+        differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests, {0.f, true});
+        differ += compare(c, specdec::VerifyMode::kRejection, true, false, 0, 0.9f, &requests, {0.1f, true});
+        differ += compare(c, specdec::VerifyMode::kTypical, false, true, 0, 1.f, &requests, {0.f, true});
+        differ += compare(c, specdec::VerifyMode::kTraversal, false, false, 0, 1.f, &requests, {0.f, true});
       }
     }
   }
@@ -376,6 +416,8 @@ int main() {
       differ += compare(c, specdec::VerifyMode::kRejection, true, false, 20, 0.8f, &requests);
       differ += compare(c, specdec::VerifyMode::kTypical, false, false, 0, 1.f, &requests);
       differ += compare(c, specdec::VerifyMode::kTraversal, true, false, 20, 0.8f, &requests);
+      differ += compare(c, specdec::VerifyMode::kGreedy, false, false, 0, 1.f, &requests, {0.f, true});
+      differ += compare(c, specdec::VerifyMode::kRejection, false, true, 0, 1.f, &requests, {0.3f, true});
     }
   }
   // A batch with more rows than the split pass takes (over 528): one launch,

@@ -37,7 +37,7 @@ TORCH_LIBRARY(specdec, m) {
       "Tensor? draft_probs, Tensor? temperature, Tensor? top_k, Tensor? top_p, "
       "Tensor? posterior_threshold, Tensor? posterior_alpha, Tensor? uniforms, Tensor? philox, "
       "int mode, int width, bool target_is_probs=False, Tensor? target_indptr=None, "
-      "Tensor? bonus_tokens=None) -> (Tensor, Tensor, Tensor)");
+      "Tensor? bonus_tokens=None, Tensor? min_p=None, Tensor? allowed_tokens=None) -> (Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -74,6 +74,19 @@ void check_verify(const VerifyTensors& t) {
   check_optional(t.top_p, rejection, "top_p", at::kFloat, batch, device, mode);
   check_optional(t.posterior_threshold, mode == 2, "posterior_threshold", at::kFloat, batch, device, mode);
   check_optional(t.posterior_alpha, mode == 2, "posterior_alpha", at::kFloat, batch, device, mode);
+  TORCH_CHECK(!t.min_p.has_value() || rejection, kOp, ": min_p is only used in modes 1 and 3 (rejection); pass None");
+  if (t.min_p.has_value()) check_vector(*t.min_p, "min_p", at::kFloat, batch, device);
+  if (t.allowed_tokens.has_value()) {
+    const at::Tensor& m = *t.allowed_tokens;
+    const int64_t words = (vocab + 31) / 32;
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == rows && m.size(1) == words, kOp, ": allowed_tokens must be [",
+                mapped ? "R" : "N", "=", rows, ", ceil(V / 32)=", words, "] (a packed bitmask per row of target_logits), got shape ",
+                shape_of(m));
+    TORCH_CHECK(m.scalar_type() == at::kInt, kOp, ": allowed_tokens must be int32, got ", dtype_name(m.scalar_type()));
+    TORCH_CHECK(m.device() == device, kOp, ": allowed_tokens is on ", m.device(), " but target_logits is on ", device);
+    TORCH_CHECK(words <= 1 || m.stride(1) == 1, kOp, ": allowed_tokens must be contiguous in its last dim, got strides ",
+                m.strides());
+  }
   if (t.draft_probs.has_value()) {
     const at::Tensor& q = *t.draft_probs;
     TORCH_CHECK(rejection, kOp, ": draft_probs is only used in modes 1 and 3 (rejection)");
@@ -147,6 +160,11 @@ VerifyArgs verify_args(const VerifyTensors& t, at::Tensor& num_accepted, at::Ten
   a.target_indptr = ptr_or_null<int32_t>(t.target_indptr);
   a.bonus_tokens = ptr_or_null<int64_t>(t.bonus_tokens);
   a.vocab = t.target_logits.size(1);
+  a.min_p = ptr_or_null<float>(t.min_p);
+  if (t.allowed_tokens.has_value()) {
+    a.allowed = t.allowed_tokens->data_ptr<int32_t>();
+    a.allowed_stride = t.allowed_tokens->stride(0);
+  }
   a.width = static_cast<int32_t>(t.width);
   a.num_accepted = num_accepted.data_ptr<int32_t>();
   a.accepted_nodes = accepted_nodes.data_ptr<int32_t>();

@@ -30,6 +30,8 @@ struct VerifyTensors {
   bool target_is_probs;
   const std::optional<at::Tensor>& target_indptr;  // with bonus_tokens: the row map of VerifyArgs
   const std::optional<at::Tensor>& bonus_tokens;
+  const std::optional<at::Tensor>& min_p;           // float32 [B], modes 1 and 3
+  const std::optional<at::Tensor>& allowed_tokens;  // int32 [rows of target_logits, ceil(V / 32)]
 };
 
 // Shapes, dtypes, devices, strides, and which optional tensors the mode needs;

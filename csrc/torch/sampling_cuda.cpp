@@ -22,10 +22,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
     const at::Tensor& target_logits, const Optional& draft_probs, const Optional& temperature, const Optional& top_k,
     const Optional& top_p, const Optional& posterior_threshold, const Optional& posterior_alpha,
     const Optional& uniforms, const Optional& philox, int64_t mode, int64_t width, bool target_is_probs,
-    const Optional& target_indptr, const Optional& bonus_tokens) {
+    const Optional& target_indptr, const Optional& bonus_tokens, const Optional& min_p,
+    const Optional& allowed_tokens) {
   const VerifyTensors t{draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
                         posterior_threshold, posterior_alpha, uniforms, philox, mode, width, target_is_probs,
-                        target_indptr, bonus_tokens};
+                        target_indptr, bonus_tokens, min_p, allowed_tokens};
   check_verify(t);
   const c10::cuda::CUDAGuard guard(target_logits.device());
   auto [num_accepted, accepted_nodes, tokens] = verify_outputs(t);

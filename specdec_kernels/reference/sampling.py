@@ -10,6 +10,8 @@ temperature is 0 follows the greedy rule.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -62,6 +64,13 @@ def philox_uniforms_at(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     return (c0 >> 8).to(torch.float32) * (2.0 ** -24)
 
 
+def unpack_bitmask(words: torch.Tensor, vocab: int) -> torch.Tensor:
+    """bool [R, vocab] from a packed int32 [R, ceil(vocab / 32)] bitmask (bit
+    j % 32 of word j // 32 = token j; xgrammar's and vLLM's layout)."""
+    bits = (words.long()[..., None] >> torch.arange(32)) & 1
+    return bits.reshape(words.shape[0], -1)[:, :vocab].bool()
+
+
 def row_is_valid(logits: torch.Tensor) -> bool:
     """A row can define a distribution: no NaN, largest logit finite."""
     row = logits.float()
@@ -73,18 +82,35 @@ def argmax_lowest(logits: torch.Tensor) -> int:
     return int((row == row.max()).nonzero()[0, 0])
 
 
-def target_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+class Filters(NamedTuple):
+    """A request's sampling filters (target_probs)."""
+    temperature: float
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+
+
+def target_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                 min_p: float = 0.0) -> torch.Tensor:
     """p = softmax over the kept tokens of z = logits / temperature, float32.
 
-    top_k (0 < k < V): keep z >= the k-th largest z (ties at the threshold all kept).
-    top_p (< 1): over the top-k survivors, keep x iff the mass of tokens with a
-    strictly larger z is < top_p (ties kept together; at least the argmax).
+    min_p (> 0): keep x iff exp(z(x) - max z) >= min_p, i.e. p(x) >= min_p *
+    max p (the ratio does not depend on the normalisation, so every backend
+    tests the same float32 number). top_k (0 < k < V): keep z >= the k-th
+    largest z (ties at the threshold all kept). Both are thresholds on z that
+    keep the argmax, so they commute. top_p (< 1): over the survivors of both,
+    keep x iff the mass of tokens with a strictly larger z is < top_p (ties
+    kept together; at least the argmax). The order is vLLM's (temperature,
+    min_p, then top-k and top-p); transformers and SGLang apply min_p after
+    top_p, which differs only when top_p < 1 as well.
     """
     z = logits.float() / torch.tensor(temperature, dtype=torch.float32)
     vocab = z.numel()
     keep = torch.ones_like(z, dtype=torch.bool)
     if 0 < top_k < vocab:
         keep = z >= torch.topk(z, top_k).values[-1]
+    if min_p > 0.0:
+        keep = keep & (torch.exp(z - z.max()) >= torch.tensor(min_p, dtype=torch.float32))
     e = torch.where(keep, torch.exp(z - z[keep].max()), torch.zeros_like(z))
     if top_p < 1.0:
         order = torch.argsort(z, descending=True, stable=True)
@@ -171,7 +197,7 @@ def _residual_after_rejection(r: torch.Tensor, q_row: torch.Tensor | None, x: in
     return nr / mass if mass > 0 else r
 
 
-def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k, top_p, bonus):
+def _walk_rejection(rows, q_rows, tokens, parents, width, u, filters, bonus):
     """Children tried in order against the running residual r (r = p at first):
     with q, accept x iff u * q(x) < r(x), else r = norm(max(0, r - q)); without
     q (point-mass proposals), accept x iff u < r(x), else r(x) = 0, renormalised.
@@ -184,7 +210,7 @@ def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k,
             return path, bonus
         if not row_is_valid(rows[node]):
             return None
-        r = target_probs(rows[node], temperature, top_k, top_p)
+        r = target_probs(rows[node], *filters)
         nxt = None
         kids = _children(parents, node) if len(path) < width else []
         for c in kids:
@@ -202,7 +228,7 @@ def _walk_rejection(rows, q_rows, tokens, parents, width, u, temperature, top_k,
         node = nxt
 
 
-def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k, top_p, bonus):
+def _walk_traversal(rows, q_rows, tokens, parents, width, u, filters, bonus):
     """Traversal verification (leaf to root; block verification on a chain).
 
     Every node n carries a weight w_n in [0, 1] and a residual measure W_n
@@ -262,7 +288,7 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k,
             return (node, None) if f32(u[node]) < w else None
         if not row_is_valid(rows[node]):
             raise _Invalid
-        p = target_probs(rows[node], temperature, top_k, top_p)
+        p = target_probs(rows[node], *filters)
         q_row = q_rows[node].float() if q_rows is not None else None
         alpha, beta, zeroed, zeroed_mass = w, f32(0.0), set(), f32(0.0)
         for c in (kids[node] if depth[node] + 1 < width else []):
@@ -298,7 +324,7 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, temperature, top_k,
     path = _path_to(parents, node)
     if W is None:
         return path, bonus
-    return path, _traversal_draw(W, rows[node], temperature, top_k, top_p, u[0])
+    return path, _traversal_draw(W, rows[node], filters, u[0])
 
 
 def _condition_on_rejection(alpha, beta, w, m):
@@ -316,7 +342,7 @@ def _condition_on_rejection(alpha, beta, w, m):
     return f32(alpha / den), f32(beta / den), f32(m / den)
 
 
-def _traversal_draw(W, logits, temperature, top_k, top_p, u) -> int:
+def _traversal_draw(W, logits, filters, u) -> int:
     """The next token after the accepted node: from W / w (the residual)."""
     return sample_index(W, u)
 
@@ -372,7 +398,7 @@ def _walk_typical(rows, tokens, parents, width, u, temperature, eps, alpha, bonu
 
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
            posterior_threshold, posterior_alpha, uniforms, mode, width, target_is_probs=False, target_indptr=None,
-           bonus_tokens=None):
+           bonus_tokens=None, min_p=None, allowed_tokens=None):
     """Returns (num_accepted int32 [B], accepted_nodes int32 [B, width],
     tokens int64 [B, width]) on the logits' device; uniforms float32 [N].
 
@@ -386,7 +412,15 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
     target_is_probs: ``target_logits`` holds probabilities (not necessarily
     normalised); every rule reads them as the logits ``log(p)``, so a row is
     valid iff it has no NaN or negative value and a finite positive maximum,
-    and greedy takes the argmax of p itself."""
+    and greedy takes the argmax of p itself.
+
+    min_p: float32 [B] or None (0: off; modes 1 and 3; target_probs).
+    allowed_tokens: int32 [rows of target_logits, ceil(V / 32)] or None: bit
+    j % 32 of word j // 32 of a row set = token j allowed there. It masks the
+    row before anything else (a disallowed token's logit is -inf, its
+    probability 0, whatever the row holds there), so a disallowed draft token
+    is never accepted and every rule reads the masked distribution; a row with
+    no token allowed cannot define one (num_accepted = -1)."""
     device = target_logits.device
     batch = qo_indptr.numel() - 1
     num_accepted = torch.zeros(batch, dtype=torch.int32)
@@ -404,6 +438,10 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
             continue
         rs, re = row_indptr[b], row_indptr[b + 1]
         rows = target_logits[rs:re].cpu()
+        if allowed_tokens is not None:
+            allowed = unpack_bitmask(allowed_tokens[rs:re].cpu(), rows.shape[1])
+            rows = torch.where(allowed, rows, torch.zeros_like(rows) if target_is_probs
+                               else torch.full_like(rows, float("-inf")))
         logit_rows = torch.log(rows.float()) if target_is_probs else rows
         tokens, par = all_tokens[s:e], all_parents[s:e]
         temp = 0.0 if mode == GREEDY else float(temperature[b])
@@ -413,7 +451,8 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
         elif mode in (REJECTION, TRAVERSAL):
             q_rows = draft_probs[rs:re].cpu() if draft_probs is not None else None
             walk = _walk_rejection if mode == REJECTION else _walk_traversal
-            result = walk(logit_rows, q_rows, tokens, par, width, u, temp, int(top_k[b]), float(top_p[b]), bonuses[b])
+            filters = Filters(temp, int(top_k[b]), float(top_p[b]), float(min_p[b]) if min_p is not None else 0.0)
+            result = walk(logit_rows, q_rows, tokens, par, width, u, filters, bonuses[b])
         else:
             result = _walk_typical(logit_rows, tokens, par, width, u, temp, float(posterior_threshold[b]),
                                    float(posterior_alpha[b]), bonuses[b])

@@ -184,13 +184,28 @@ struct Row {
   bool probs;      // the row holds probabilities: its logits are log(raw)
   const RowPartial* pre;  // this row's chunk statistics, or null (then every pass reads the row)
   int chunks;
-  __device__ float raw(int64_t x) const { return to_f(base[x]); }
+  const int32_t* mask;    // the row's allowed_tokens words, or null (all allowed)
+  int64_t mask_x0;        // the token of element 0 (a chunk's start)
+  // What element x reads as: v, or (a disallowed token) logit -inf /
+  // probability 0, whatever the row holds there.
+  __device__ float value(int64_t x, float v) const {
+    if (mask == nullptr) return v;
+    const int64_t tok = mask_x0 + x;
+    return ((uint32_t(mask[tok >> 5]) >> (tok & 31)) & 1u) != 0 ? v : (probs ? 0.f : -kInf);
+  }
+  __device__ float raw(int64_t x) const { return value(x, to_f(base[x])); }
   __device__ float logit_of(float v) const { return probs ? logf(v) : v; }
   __device__ float logit(int64_t x) const { return logit_of(raw(x)); }
   // z = logit / t with IEEE division, so every backend gets the same z.
   __device__ float z_of_raw(float v, float t) const { return __fdiv_rn(logit_of(v), t); }
   template <int U = 4, typename F>
-  __device__ __forceinline__ void pass(F&& f) const { row_pass<U>(base, vocab, f); }
+  __device__ __forceinline__ void pass(F&& f) const {
+    if (mask == nullptr) {
+      row_pass<U>(base, vocab, f);
+    } else {
+      row_pass<U>(base, vocab, [&](int64_t x, float v) { f(x, value(x, v)); });
+    }
+  }
 };
 
 template <typename R>
@@ -359,11 +374,26 @@ __device__ int64_t radix_select(const R& row, float t, int64_t floor, double goa
 }
 
 template <typename R>
-__device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p, Scratch& s) {
+__device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p, float min_p, Scratch& s) {
   Stats st{0, 0.f, 0.f};
   if (top_k > 0 && top_k < row.vocab) {
     // The largest key that at least k keys reach: the k-th largest z.
     st.thr = radix_select(row, t, 0, double(top_k), [](float) { return 1ull; }, s);
+  }
+  if (min_p > 0.f) {
+    // The smallest key with expf(z - max z) >= min_p (the max always has it);
+    // min-p and top-k are both thresholds on z that keep the max: they commute.
+    float zmax = -kInf;
+    row.pass([&](int64_t, float v) { zmax = fmaxf(zmax, row.z_of_raw(v, t)); });
+    zmax = block_max(zmax, s);
+    int64_t lowest = key_of(zmax);
+    row.pass([&](int64_t, float v) {
+      const float z = row.z_of_raw(v, t);
+      const int64_t k = key_of(z);
+      if (expf(z - zmax) >= min_p && k < lowest) lowest = k;
+    });
+    lowest = block_min(lowest, s);
+    st.thr = lowest > st.thr ? lowest : st.thr;
   }
   softmax_stats(row, t, st.thr, s, &st.m, &st.total);
   if (top_p < 1.f) {
@@ -511,7 +541,8 @@ struct Walk {
   __device__ Row<L> row(int64_t node) const {
     const int64_t r = rows.start + node;
     return Row<L>{static_cast<const L*>(a.logits) + r * a.logits_stride, a.vocab, a.logits_are_probs,
-                  pre != nullptr ? pre + r * chunks : nullptr, chunks};
+                  pre != nullptr ? pre + r * chunks : nullptr, chunks,
+                  a.allowed != nullptr ? a.allowed + r * a.allowed_stride : nullptr, 0};
   }
   __device__ float q(int64_t node, int64_t x) const {
     return load(a.draft_probs, a.probs_dtype, (rows.start + node) * a.probs_stride + x);
@@ -574,6 +605,7 @@ __device__ int64_t walk_rejection(const W& w, float* residual) {
   const float t = a.temperature[w.b];
   const int64_t top_k = a.top_k[w.b];
   const float top_p = a.top_p[w.b];
+  const float min_p = a.min_p != nullptr ? a.min_p[w.b] : 0.f;
   const bool with_q = a.draft_probs != nullptr;
   const int64_t vocab = a.vocab;
   int64_t node = 0, accepted = 0;
@@ -584,7 +616,7 @@ __device__ int64_t walk_rejection(const W& w, float* residual) {
     }
     const auto row = w.row(node);
     if (!scan_row(row, w.s).valid) return -1;
-    const Stats st = target_stats(row, t, top_k, top_p, w.s);
+    const Stats st = target_stats(row, t, top_k, top_p, min_p, w.s);
     bool res_active = false;  // with q: residual materialised (unnormalised) in `residual`
     float res_total = 1.f;
     float removed = 0.f;      // without q: p mass of the distinct rejected tokens
@@ -640,10 +672,11 @@ __device__ int64_t walk_rejection(const W& w, float* residual) {
         for (int64_t c = node + 1; c < w.size; ++c) {
           if (w.parent(c) == node && w.token(c) == y) return 0.f;
         }
-        return st.p_of_raw(row, v, t);
+        return st.p_of_raw(row, row.value(y, v), t);
       }, w.s);
     } else {
-      bonus = sample(row.base, vocab, u0, [&](int64_t, float v) { return st.p_of_raw(row, v, t); }, w.s);
+      bonus = sample(row.base, vocab, u0, [&](int64_t y, float v) { return st.p_of_raw(row, row.value(y, v), t); },
+                     w.s);
     }
     w.emit_bonus(accepted, bonus);
     return accepted;
@@ -686,6 +719,7 @@ __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
   const float t = a.temperature[w.b];
   const int64_t top_k = a.top_k[w.b];
   const float top_p = a.top_p[w.b];
+  const float min_p = a.min_p != nullptr ? a.min_p[w.b] : 0.f;
   const bool with_q = a.draft_probs != nullptr;
   int64_t node = 0;
   float weight = 1.f;  // of the node being entered
@@ -696,7 +730,8 @@ __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
     if (entering && w.has_row(node)) {
       const auto row = w.row(node);
       if (!scan_row(row, w.s).valid) return -1;
-      cur = TraversalNode{weight, 0.f, 0.f, weight, target_stats(row, t, top_k, top_p, w.s), int32_t(node + 1), depth};
+      cur = TraversalNode{weight, 0.f, 0.f, weight, target_stats(row, t, top_k, top_p, min_p, w.s), int32_t(node + 1),
+                          depth};
       store_node(nodes, node, cur);
     } else if (entering) {  // no row (row map): no candidate children
       cur = TraversalNode{weight, 0.f, 0.f, weight, Stats{0, 0.f, 1.f}, int32_t(w.size), depth};
@@ -766,7 +801,7 @@ __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
     const auto row = w.row(node);
     const int64_t tried_end = cur.next;  // the children tried (all rejected)
     bonus = sample(row.base, a.vocab, w.uniform(0), [&](int64_t y, float v) {
-      const float p = cur.st.p_of_raw(row, v, t);
+      const float p = cur.st.p_of_raw(row, row.value(y, v), t);
       if (with_q) return fmaxf(cur.alpha * p - cur.beta * w.q(node, y), 0.f);
       for (int64_t c = node + 1; c < tried_end; ++c) {
         if (w.parent(c) == node && w.token(c) == y) return 0.f;
@@ -839,8 +874,8 @@ __device__ int64_t walk_typical(const W& w, TypicalNode* nodes) {
     TypicalNode bn{};
     typical_stats(row, t, eps, alpha, w.s, bn);
     const float u0 = w.uniform(0);
-    bonus = sample(row.base, a.vocab, u0, [&](int64_t, float v) {
-      const float p = expf(row.z_of_raw(v, t) - bn.m) / bn.total;
+    bonus = sample(row.base, a.vocab, u0, [&](int64_t y, float v) {
+      const float p = expf(row.z_of_raw(row.value(y, v), t) - bn.m) / bn.total;
       return p >= bn.thr ? p : 0.f;
     }, w.s);
   } else {
@@ -889,7 +924,7 @@ __global__ void __launch_bounds__(kThreads, 4) verify_partial_kernel(const Verif
   const int64_t begin = c * chunk_len;
   const int64_t end = begin + chunk_len < a.vocab ? begin + chunk_len : a.vocab;
   const Row<L> row{static_cast<const L*>(a.logits) + r * a.logits_stride + begin, end - begin, a.logits_are_probs,
-                   nullptr, 0};
+                   nullptr, 0, a.allowed != nullptr ? a.allowed + r * a.allowed_stride : nullptr, begin};
   const RawStats raw = raw_stats(row, scratch);
   RowPartial p{raw.max, raw.bad ? 1 : 0, raw.first < row.vocab ? begin + raw.first : a.vocab, 0.f, -kInf, 0.f, 0};
   const float t = row_temperature(a, r);

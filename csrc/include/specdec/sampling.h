@@ -17,7 +17,11 @@
 //   * greedy (mode 0, and any request whose temperature is 0): accept the first
 //     child whose token equals the argmax of the current row (lowest index on
 //     ties); the bonus is the argmax of the last accepted row.
+//   * allowed_tokens (bitmask): a row is masked before anything else, a
+//     disallowed token reading as logit -inf (probability 0) whatever the row
+//     holds there; so a row with no token allowed is invalid.
 //   * rejection (mode 1): z = float(logit) / temperature (IEEE division);
+//     min_p (> 0) keeps x iff expf(z - max z) >= min_p;
 //     top-k (0 < k < V) keeps z >= the k-th largest z; softmax over the kept;
 //     top-p (< 1) then keeps x iff the kept mass with z strictly above z(x) is
 //     < top_p * (kept mass). p = the renormalised result. Children are tried
@@ -101,7 +105,21 @@ struct VerifyArgs {
   const int32_t* target_indptr; // [batch + 1] or nullptr
   const int64_t* bonus_tokens;  // [batch] or nullptr
   int64_t num_rows;             // rows of logits (and of draft_probs)
+  // min_p [batch] (modes 1 and 3) or null (off).
+  const float* min_p;
+  // Packed bitmask [num_rows, ceil(vocab / 32)], row stride allowed_stride
+  // words, or null: bit x % 32 of word x / 32 of a row set = token x allowed.
+  const int32_t* allowed;
+  int64_t allowed_stride;
 };
+
+// Whether token x of logits row r is allowed (always without a bitmask).
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline bool token_allowed(const VerifyArgs& a, int64_t r, int64_t x) {
+  return a.allowed == nullptr || ((uint32_t(a.allowed[r * a.allowed_stride + (x >> 5)]) >> (x & 31)) & 1u) != 0;
+}
 
 // Where request b's rows lie: [start, start + count) of logits.
 struct RowSpan {

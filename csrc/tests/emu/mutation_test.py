@@ -109,6 +109,11 @@ MUTATIONS = [
      "    next += s.d[v];\n    if (v == int(warp)) running = next;", "asan", "sampling"),
     ("verify: traversal's rejection does not renormalise the parent (w = m)", "sampling.cuh",
      "const float den = 1.f - pn.w + m;", "const float den = 1.f;", "asan", "sampling"),
+    ("verify: the allowed_tokens bitmask read one token off", "sampling.cuh",
+     "const int64_t tok = mask_x0 + x;", "const int64_t tok = mask_x0 + x + 1;", "asan", "sampling"),
+    ("verify: min_p keeps tokens at half the threshold", "sampling.cuh",
+     "if (expf(z - zmax) >= min_p && k < lowest)", "if (expf(z - zmax) >= 0.5f * min_p && k < lowest)", "asan",
+     "sampling"),
 ]
 ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"]}
 # A test key -> the C++ test it builds and the environment it runs under: the
