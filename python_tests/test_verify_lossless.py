@@ -76,7 +76,27 @@ def draft_batch(shape, trials, q0, q1, gen):
     return (tokens.flatten(), torch.tensor(parents, dtype=torch.int32).repeat(trials), indptr, context.flatten())
 
 
-def run_trials(shape, backend, trials, seed=1, filters=None, device="cpu", rule="token"):
+def pack_bitmask(allowed: torch.Tensor) -> torch.Tensor:
+    """int32 [R, ceil(V / 32)] from bool [R, V] (bit j % 32 of word j // 32)."""
+    rows, vocab = allowed.shape
+    words = (vocab + 31) // 32
+    padded = torch.zeros(rows, words * 32, dtype=torch.int64)
+    padded[:, :vocab] = allowed.long()
+    packed = (padded.view(rows, words, 32) << torch.arange(32)).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def toy_masks(seed=5):
+    """Allowed tokens for L0's row and each L1[a] row: about a third masked, never all."""
+    g = torch.Generator().manual_seed(seed)
+    m0, m1 = torch.rand(VOCAB, generator=g) > 0.35, torch.rand(VOCAB, VOCAB, generator=g) > 0.35
+    m0[0] = True
+    m1[:, 0] = True
+    return m0, m1
+
+
+def run_trials(shape, backend, trials, seed=1, filters=None, device="cpu", rule="token", masked=False):
+    """masked: toy_masks() as allowed_tokens (a deeper row allows everything)."""
     filters = filters or {}
     l0, l1, q0, q1 = toy_models()
     gen = torch.Generator().manual_seed(seed)
@@ -85,14 +105,19 @@ def run_trials(shape, backend, trials, seed=1, filters=None, device="cpu", rule=
     probs = torch.where((context == -1)[:, None], q0, q1[context.clamp(min=0)])
     draft_probs = probs if shape != "tree_topk" else None
     dev = torch.device(device)
+    extra = {}
+    if masked:
+        m0, m1 = toy_masks()
+        allowed = torch.where((context == -1)[:, None], m0, m1[context.clamp(min=0)]) | (context == -2)[:, None]
+        extra["allowed_tokens"] = pack_bitmask(allowed).to(dev)
     result = sk.verify_rejection(tokens.to(dev), parents.to(dev), indptr.to(dev), logits.to(dev),
                                  draft_probs.to(dev) if draft_probs is not None else None,
                                  uniforms=torch.rand(tokens.numel(), generator=gen).to(dev),
-                                 backend=backend, rule=rule, **filters)
+                                 backend=backend, rule=rule, **filters, **extra)
     out = result.tokens.cpu()
     first = out[:, 0]
     # Only one token emitted: continue with plain sampling from the target.
-    p1 = torch.stack([ref.target_probs(l1[a], **_filter_args(filters)) for a in range(VOCAB)])
+    p1 = torch.stack([ref.target_probs(row, **_filter_args(filters)) for row in toy_targets(masked)[1]])
     fallback = torch.multinomial(p1[first], 1, generator=gen)[:, 0]
     second = torch.where(result.num_accepted.cpu() >= 1, out[:, 1], fallback)
     return first, second
@@ -100,11 +125,20 @@ def run_trials(shape, backend, trials, seed=1, filters=None, device="cpu", rule=
 
 def _filter_args(filters):
     return dict(temperature=filters.get("temperature", 1.0), top_k=filters.get("top_k", 0),
-                top_p=filters.get("top_p", 1.0))
+                top_p=filters.get("top_p", 1.0), min_p=filters.get("min_p", 0.0))
 
 
-def pvalues(first, second, filters=None):
+def toy_targets(masked=False):
+    """The target's logits (l0 [V], l1 [V, V]), with toy_masks' tokens at -inf when masked."""
     l0, l1, _, _ = toy_models()
+    if masked:
+        m0, m1 = toy_masks()
+        l0, l1 = l0.masked_fill(~m0, float("-inf")), l1.masked_fill(~m1, float("-inf"))
+    return l0, l1
+
+
+def pvalues(first, second, filters=None, masked=False):
+    l0, l1 = toy_targets(masked)
     args = _filter_args(filters or {})
     p0 = ref.target_probs(l0, **args)
     p1 = torch.stack([ref.target_probs(l1[a], **args) for a in range(VOCAB)])

@@ -102,6 +102,9 @@ def info() -> dict:
         "cpu_kernels": _cpu_kernels(),
         "cuda_attention": _cuda_tree_attention_kernel(),
         "backend_override": os.environ.get("SPECDEC_BACKEND") or None,
+        "verify_allowed_tokens": ("cuda, cpu: the bitmask is read as the rows are; triton: a masking pass "
+                                  "first writes a masked copy of the rows (one more launch, the rows read and "
+                                  "written once more)"),
         # Every op shares the same backend availability today; listed per op
         # so later ops with narrower support can say so.
         "ops": {op: per_device for op in OPS},
@@ -112,7 +115,7 @@ def format_info(facts: dict) -> str:
     lines = [f"specdec_kernels {facts['specdec_kernels']}"]
     for key in ("python", "torch", "torch_cuda", "triton", "triton_interpret", "cuda_device",
                 "extension", "extension_cuda", "extension_build", "cuda_archs", "backend_override",
-                "cuda_attention"):
+                "cuda_attention", "verify_allowed_tokens"):
         lines.append(f"  {key:18} {facts[key]}")
     lines.append(f"  {'cpu_kernels':18} {facts['cpu_kernels']['threading']}")
     for op, per_device in facts["ops"].items():

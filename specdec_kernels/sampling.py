@@ -105,7 +105,7 @@ class VerifyResult(NamedTuple):
 
 
 def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None, target_indptr=None,
-                  bonus_tokens=None, max_depth: int | None = None, validate: bool = True,
+                  bonus_tokens=None, allowed_tokens=None, max_depth: int | None = None, validate: bool = True,
                   backend: str = "auto") -> VerifyResult:
     """Greedy verification of a ragged batch of chains or trees.
 
@@ -123,6 +123,13 @@ def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, targe
             ``[R, V]`` with ``R = target_indptr[B]``, and draft_probs too) and
             int64/int32 ``[B]`` tokens the caller sampled for a path that ends
             at a node without a row.
+        allowed_tokens: int32 ``[N, ceil(V / 32)]`` (``[R, ...]`` with the row
+            map: one per row of the target) or None: a packed bitmask, bit
+            ``j % 32`` of word ``j // 32`` set = token j allowed after that
+            node (xgrammar's and vLLM's layout; bits past V are ignored). It
+            masks the row before anything else: a disallowed draft token is
+            never accepted, greedy picks the best allowed token, and the
+            sampling rules sample the masked target (module docstring).
         max_depth: output width - 1. None: the deepest tree (reads ``parents``,
             a sync on CUDA). Nodes deeper than max_depth are ignored.
         validate: check index values and raise on invalid logits (syncs).
@@ -130,13 +137,14 @@ def verify_greedy(draft_tokens, parents, qo_indptr, target_logits=None, *, targe
     """
     return _verify("verify_greedy", ref_sampling.GREEDY, draft_tokens, parents, qo_indptr, target_logits,
                    target_probs, None, {}, None, None, None, 0, max_depth, validate, backend,
-                   target_indptr, bonus_tokens)
+                   target_indptr, bonus_tokens, allowed_tokens=allowed_tokens)
 
 
 def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft_probs=None, *,
                      target_probs=None, target_indptr=None, bonus_tokens=None, temperature=1.0, top_k=0,
-                     top_p=1.0, uniforms=None, seed=None, offset=0, generator=None, max_depth: int | None = None,
-                     validate: bool = True, backend: str = "auto", rule: str = "token") -> VerifyResult:
+                     top_p=1.0, min_p=0.0, allowed_tokens=None, uniforms=None, seed=None, offset=0, generator=None,
+                     max_depth: int | None = None, validate: bool = True, backend: str = "auto",
+                     rule: str = "token") -> VerifyResult:
     """Exact (lossless) rejection sampling over a ragged batch of chains or trees.
 
     Args (beyond ``verify_greedy``'s):
@@ -148,6 +156,15 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
             proposals (top-k of a drafter, copied n-grams).
         temperature: float or float32 ``[B]``, >= 0; 0 = greedy for that request.
         top_k: int or int32 ``[B]``, 0 = off. top_p: float or float32 ``[B]`` in (0, 1].
+        min_p: float or float32 ``[B]`` in [0, 1], 0 = off: keep x iff
+            ``p(x) >= min_p * max p``, tested as ``exp(z(x) - max z) >= min_p``
+            in float32 (the same number, normalisation-free). Applied after
+            temperature and before top-k and top-p, as vLLM does (min-p and
+            top-k commute; transformers and SGLang apply it after top-p, which
+            differs only when top_p < 1 too). Every rule verifies against the
+            filtered target, so the output is distributed as sampling with
+            these filters.
+        allowed_tokens: the bitmask, as in ``verify_greedy``.
         uniforms / seed + offset / generator: the randomness (module docstring).
         rule: how a path is accepted; all three are lossless and use the same
             uniforms (node c's decides c, the root's draws the next token).
@@ -172,23 +189,25 @@ def verify_rejection(draft_tokens, parents, qo_indptr, target_logits=None, draft
         "temperature": _per_request("verify_rejection", "temperature", temperature, batch, torch.float32, device),
         "top_k": _per_request("verify_rejection", "top_k", top_k, batch, torch.int32, device),
         "top_p": _per_request("verify_rejection", "top_p", top_p, batch, torch.float32, device),
+        "min_p": _per_request("verify_rejection", "min_p", min_p, batch, torch.float32, device),
     }
     mode = ref_sampling.REJECTION if rule == "token" else ref_sampling.TRAVERSAL
     return _verify("verify_rejection", mode, draft_tokens, parents, qo_indptr, target_logits, target_probs,
                    draft_probs, params, uniforms, seed, generator, offset, max_depth, validate, backend,
-                   target_indptr, bonus_tokens, rule)
+                   target_indptr, bonus_tokens, rule, allowed_tokens)
 
 
 def verify_typical(draft_tokens, parents, qo_indptr, target_logits=None, *, target_probs=None, target_indptr=None,
-                   bonus_tokens=None, temperature=1.0, posterior_threshold=0.09, posterior_alpha=0.3, uniforms=None,
-                   seed=None, offset=0,
-                   generator=None, max_depth: int | None = None, validate: bool = True,
-                   backend: str = "auto") -> VerifyResult:
+                   bonus_tokens=None, temperature=1.0, posterior_threshold=0.09, posterior_alpha=0.3,
+                   allowed_tokens=None, uniforms=None, seed=None, offset=0, generator=None,
+                   max_depth: int | None = None, validate: bool = True, backend: str = "auto") -> VerifyResult:
     """Medusa's typical acceptance (lossy: faster, not distributed as the target).
 
     Args (beyond ``verify_greedy``'s, target_probs and the row map included):
         temperature: float or float32 ``[B]``, >= 0; 0 = greedy for that request.
         posterior_threshold (eps), posterior_alpha: float or float32 ``[B]``, > 0.
+        allowed_tokens: the bitmask, as in ``verify_greedy`` (p, its entropy and
+            threshold are those of the masked row).
         uniforms / seed + offset / generator: the randomness (module docstring);
             only the root's draw is used (the bonus token).
     """
@@ -202,7 +221,8 @@ def verify_typical(draft_tokens, parents, qo_indptr, target_logits=None, *, targ
         "posterior_alpha": _per_request(op, "posterior_alpha", posterior_alpha, batch, torch.float32, device),
     }
     return _verify(op, ref_sampling.TYPICAL, draft_tokens, parents, qo_indptr, target_logits, target_probs, None,
-                   params, uniforms, seed, generator, offset, max_depth, validate, backend, target_indptr, bonus_tokens)
+                   params, uniforms, seed, generator, offset, max_depth, validate, backend, target_indptr, bonus_tokens,
+                   allowed_tokens=allowed_tokens)
 
 
 def _target_device(target_logits, target_probs):
@@ -232,7 +252,7 @@ def _per_request(op, name, value, batch, dtype, device):
 
 def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_probs, draft_probs, params, uniforms,
             seed, generator, offset, max_depth, validate, backend, target_indptr=None,
-            bonus_tokens=None, rule="token") -> VerifyResult:
+            bonus_tokens=None, rule="token", allowed_tokens=None) -> VerifyResult:
     if (target_logits is None) == (target_probs is None):
         fail(op, "pass exactly one of target_logits and target_probs, got "
                  f"{'both' if target_logits is not None else 'neither'}", TypeError)
@@ -266,6 +286,13 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
         _checks.check_shape(op, "draft_probs", draft_probs, (num_rows, vocab),
                             f"[{'R' if mapped else 'N'}={num_rows}, V={vocab}] ({target_name}' rows)")
         _checks.check_last_dim_contiguous(op, "draft_probs", draft_probs)
+    if allowed_tokens is not None:
+        words = (vocab + 31) // 32
+        _checks.check_tensor(op, "allowed_tokens", allowed_tokens, dim=2, dtype=torch.int32, device=device)
+        _checks.check_shape(op, "allowed_tokens", allowed_tokens, (num_rows, words),
+                            f"int32 [{'R' if mapped else 'N'}={num_rows}, ceil(V / 32)={words}] (a packed bitmask "
+                            f"per row of {target_name})")
+        _checks.check_last_dim_contiguous(op, "allowed_tokens", allowed_tokens)
     philox = None
     if mode != ref_sampling.GREEDY:
         uniforms, philox = _randomness(op, uniforms, seed, offset, generator, num_tokens, device)
@@ -288,20 +315,23 @@ def _verify(op, mode, draft_tokens, parents, qo_indptr, target_logits, target_pr
     args = (draft_tokens, parents, qo_indptr, target_logits, draft_probs, params.get("temperature"),
             params.get("top_k"), params.get("top_p"), params.get("posterior_threshold"),
             params.get("posterior_alpha"))
+    extras = dict(min_p=params.get("min_p"), allowed_tokens=allowed_tokens)
     if chosen == "reference":
         if uniforms is None and philox is not None:
             uniforms = _philox_tensor_uniforms(philox, num_tokens, device)
-        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs, target_indptr, bonus_tokens)
+        out = ref_sampling.verify(*args, uniforms, mode, width, is_probs, target_indptr, bonus_tokens, **extras)
     elif chosen == "triton":
         from .triton import sampling as triton_sampling
 
-        out = triton_sampling.verify(*args, uniforms, philox, mode, width, is_probs, target_indptr, bonus_tokens)
+        out = triton_sampling.verify(*args, uniforms, philox, mode, width, is_probs, target_indptr, bonus_tokens,
+                                     **extras)
     else:
         out = torch.ops.specdec.verify_tree(*args, uniforms, philox, mode, width, is_probs, target_indptr,
-                                            bonus_tokens)
+                                            bonus_tokens, **extras)
     result = VerifyResult(*out)
     if validate:
-        _raise_on_invalid_rows(op, result, target_indptr if mapped else qo_indptr, target_logits, target_name)
+        _raise_on_invalid_rows(op, result, target_indptr if mapped else qo_indptr, target_logits, target_name,
+                               allowed_tokens)
     return result
 
 
@@ -384,6 +414,7 @@ def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, d
         fail(op, f"a tree is {deepest} deep but max_depth = {max_depth}; pass max_depth >= {deepest} "
                  "(or None to size the output from the trees)")
     for name, lo, hi, lo_open in (("temperature", 0.0, float("inf"), False), ("top_p", 0.0, 1.0, True),
+                                  ("min_p", 0.0, 1.0, False),
                                   ("posterior_threshold", 0.0, float("inf"), True),
                                   ("posterior_alpha", 0.0, float("inf"), True)):
         if name not in params:
@@ -392,7 +423,7 @@ def _validate(op, lengths, draft_tokens, parents, qo_indptr, vocab, max_depth, d
         bad = ~torch.isfinite(v) | (v > hi) | ((v <= lo) if lo_open else (v < lo))
         if bad.any():
             b = int(bad.nonzero()[0, 0])
-            interval = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi})"
+            interval = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}{']' if hi == 1.0 else ')'}"
             fail(op, f"{name}[{b}] = {float(v[b])} must be finite and in {interval}")
     if "top_k" in params:
         k = params["top_k"].cpu()
@@ -431,7 +462,7 @@ def _validate_row_map(op, target_indptr, bonus_tokens, num_rows, vocab) -> None:
         fail(op, f"bonus_tokens[{b}] = {int(bonus[b])} is outside the vocabulary [0, {vocab})")
 
 
-def _raise_on_invalid_rows(op, result, qo_indptr, target, target_name) -> None:
+def _raise_on_invalid_rows(op, result, qo_indptr, target, target_name, allowed_tokens=None) -> None:
     """qo_indptr: where each request's rows of ``target`` lie (the row map's
     target_indptr when given)."""
     flagged = (result.num_accepted < 0).cpu()
@@ -439,7 +470,17 @@ def _raise_on_invalid_rows(op, result, qo_indptr, target, target_name) -> None:
         return
     b = int(flagged.nonzero()[0, 0])
     s, e = (int(x) for x in qo_indptr[b:b + 2].cpu())
-    rows = target[s:e].float()
+    rows = target[s:e].float().cpu()
+    if allowed_tokens is not None:
+        allowed = ref_sampling.unpack_bitmask(allowed_tokens[s:e].cpu(), rows.shape[1])
+        empty = ~allowed.any(dim=1)
+        if empty.any():
+            i = int(empty.nonzero()[0, 0])
+            fail(op, f"allowed_tokens allows no token after node {i} of request {b} (row {s + i}), which the rule "
+                     "reads, so nothing can be emitted there. With validate=False such a request returns "
+                     "num_accepted = -1 instead of raising.")
+        rows = torch.where(allowed, rows, torch.zeros_like(rows) if target_name == "target_probs"
+                           else torch.full_like(rows, float("-inf")))
     if target_name == "target_probs":
         rows = torch.log(rows)  # NaN where negative, -inf where 0: the logits the rule reads
         rule = "rows without NaN or negative values whose largest probability is finite and positive"

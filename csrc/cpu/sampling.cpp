@@ -386,8 +386,11 @@ class Traversal {
           wx = s.alpha * p_[x];
         }
         const float wc = qx > 0.f ? std::min(1.f, wx / qx) : (wx > 0.f ? 1.f : 0.f);
-        if (visit(c, wc)) return true;
-        if (!load(node)) return true;  // the child's visit replaced the rows
+        // A subtree of weight 0 is rejected whatever its uniforms: not visited (its rows unread).
+        if (wc > 0.f) {
+          if (visit(c, wc)) return true;
+          if (!load(node)) return true;  // the child's visit replaced the rows
+        }
         float m;
         if (with_q_) {  // R = max(alpha p - (beta + 1) q, 0)
           s.beta += 1.f;

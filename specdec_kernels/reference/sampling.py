@@ -242,6 +242,8 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, filters, bonus):
       W_n = R / (1 - w_n + m), w_n = m / (1 - w_n + m): the measure the rest
       of n's subtree must still produce, conditioned on the rejection;
     * n itself is accepted iff u[n] < w_n; the root always is (w = 1).
+      A child of weight 0 (and so its whole subtree) is rejected whatever
+      its uniforms, so it is not visited: its rows are not read.
 
     The first accepted node a ends the walk: the path root..a is accepted and
     the next token is drawn from W_a / w_a with the root's uniform (the
@@ -301,7 +303,8 @@ def _walk_traversal(rows, q_rows, tokens, parents, width, u, filters, bonus):
                 qx = f32(1.0)
                 wx = alpha * f32(p[x]) if in_vocab and x not in zeroed else f32(0.0)
             wc = min(f32(1.0), wx / qx) if qx > 0 else (f32(1.0) if wx > 0 else f32(0.0))
-            got = visit(c, f32(wc))
+            # A subtree of weight 0 is rejected whatever its uniforms: not visited (its rows unread).
+            got = visit(c, f32(wc)) if wc > 0 else None
             if got is not None:
                 return got
             if q_row is not None:  # R = max(alpha p - (beta + 1) q, 0)

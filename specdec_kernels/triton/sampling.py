@@ -227,7 +227,20 @@ def _select_mass(row_ptr, V, temperature, m, thr, limit, hist, PROBS: tl.constex
 
 
 @triton.jit
-def _target_stats(row_ptr, V, temperature, m, top_k, top_p, total_in, count_in, has_total,
+def _min_p_key(row_ptr, V, temperature, m, min_p, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
+               BLOCK_V: tl.constexpr):
+    """The smallest key whose z has exp(z - m) >= min_p (m = max z, which has it)."""
+    lowest = _key(m)
+    for s in range(0, V, BLOCK_V):
+        offs = s + tl.arange(0, BLOCK_V)
+        z = _z(row_ptr, offs, V, temperature, PROBS, LIBDEVICE)
+        kept = (offs < V) & (_exp(z - m, LIBDEVICE) >= min_p)
+        lowest = tl.minimum(lowest, tl.min(tl.where(kept, _key(z), _MAX_KEY), 0))
+    return lowest
+
+
+@triton.jit
+def _target_stats(row_ptr, V, temperature, m, top_k, top_p, min_p, total_in, count_in, has_total,
                   PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     """-> (thr, total, count): p(x) = exp(z - m) / float32(total) where key(z) >= thr,
     else 0; count = how many tokens have p > 0. m = max z, which every filter keeps.
@@ -237,11 +250,15 @@ def _target_stats(row_ptr, V, temperature, m, top_k, top_p, total_in, count_in, 
     Passes over the row: top-k 4 (radix select), then with top-p 1 (total +
     first mass histogram) + 7 + 1 (total of the survivors), else 1 (total)
     when top-k is on or the total is not given: at most 13, was up to 67
-    with the 32-step bisections."""
+    with the 32-step bisections; min_p (> 0) adds 1 (_min_p_key)."""
     thr = tl.full([], 0, tl.int64)
     filtered = (top_k > 0) & (top_k < V)
     if filtered:
         thr = _select_count(row_ptr, V, temperature, top_k, PROBS, LIBDEVICE, BLOCK_V)
+    if min_p > 0.0:
+        # min-p and top-k are both thresholds on z that keep the max: they commute.
+        thr = tl.maximum(thr, _min_p_key(row_ptr, V, temperature, m, min_p, PROBS, LIBDEVICE, BLOCK_V))
+        filtered = filtered | (min_p > 0.0)
     if top_p < 1.0:
         hist, total, count = _mass_hist(row_ptr, V, temperature, m, thr, 0, 28, PROBS, LIBDEVICE, BLOCK_H)
         limit = top_p * total.to(tl.float32)
@@ -372,8 +389,8 @@ def _walk_greedy(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size
 
 
 @triton.jit
-def _sampled_row(row_ptr, row, b, V, temperature, top_k, top_p, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr,
-                 owner_ptr, C, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr,
+def _sampled_row(row_ptr, row, b, V, temperature, top_k, top_p, min_p, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr,
+                 pcnt_ptr, owner_ptr, C, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK_V: tl.constexpr,
                  STATS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
     """-> (valid, m, thr, total, count) of a row the token and traversal rules
     sample from: p(x) = exp(z - m) / float32(total) where key(z) >= thr
@@ -396,15 +413,15 @@ def _sampled_row(row_ptr, row, b, V, temperature, top_k, top_p, pmax_ptr, pidx_p
                 has_total = tl.full([], 1, tl.int32)
                 total_in = fold_sum(psum_ptr, row, C, BLOCK_C)
                 count_in = fold_count(pcnt_ptr, row, C, BLOCK_C)
-        thr, total, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, total_in, count_in, has_total,
-                                          PROBS, LIBDEVICE, BLOCK_V, BLOCK_H)
+        thr, total, count = _target_stats(row_ptr, V, temperature, m, top_k, top_p, min_p, total_in, count_in,
+                                          has_total, PROBS, LIBDEVICE, BLOCK_V, BLOCK_H)
     return ok_row, m, thr, total, count
 
 
 @triton.jit
 def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b, V,
-                    width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr,
-                    res_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C,
+                    width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, min_p, unif_ptr,
+                    philox_ptr, res_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C,
                     HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
                     BLOCK_V: tl.constexpr, STATS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
     """Children tried in order against the running residual (module docstring)."""
@@ -420,9 +437,9 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
         else:
             row = rstart + node
             row_ptr = logits_ptr + row * logits_stride
-            ok_row, m, thr, total_d, count = _sampled_row(row_ptr, row, b, V, temperature, top_k, top_p, pmax_ptr,
-                                                          pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C, PROBS,
-                                                          LIBDEVICE, BLOCK_V, STATS, BLOCK_C, BLOCK_H)
+            ok_row, m, thr, total_d, count = _sampled_row(row_ptr, row, b, V, temperature, top_k, top_p, min_p,
+                                                          pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr,
+                                                          C, PROBS, LIBDEVICE, BLOCK_V, STATS, BLOCK_C, BLOCK_H)
             if ok_row == 0:
                 valid = tl.full([], 0, tl.int32)
                 done = 1
@@ -508,8 +525,8 @@ def _walk_rejection(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
 
 @triton.jit
 def _walk_traversal(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b, V,
-                    width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, unif_ptr, philox_ptr,
-                    pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C,
+                    width, nodes, toks, w_offs, q_ptr, q_stride, temperature, top_k, top_p, min_p, unif_ptr,
+                    philox_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C,
                     HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr, LIBDEVICE: tl.constexpr,
                     BLOCK_V: tl.constexpr, MAX_T: tl.constexpr, STATS: tl.constexpr, BLOCK_C: tl.constexpr,
                     BLOCK_H: tl.constexpr):
@@ -546,9 +563,9 @@ def _walk_traversal(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
             if node < rcount:
                 row = rstart + node
                 ok_row, m, thr, total_d, _ = _sampled_row(logits_ptr + row * logits_stride, row, b, V, temperature,
-                                                          top_k, top_p, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr,
-                                                          pcnt_ptr, owner_ptr, C, PROBS, LIBDEVICE, BLOCK_V, STATS,
-                                                          BLOCK_C, BLOCK_H)
+                                                          top_k, top_p, min_p, pmax_ptr, pidx_ptr, pbad_ptr,
+                                                          psum_ptr, pcnt_ptr, owner_ptr, C, PROBS, LIBDEVICE, BLOCK_V,
+                                                          STATS, BLOCK_C, BLOCK_H)
                 total = total_d.to(tl.float32)
                 nxt0 = node + 1
                 if ok_row == 0:
@@ -577,6 +594,7 @@ def _walk_traversal(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
             beta = _pick(s_beta, t_offs, node)
             row_ptr = logits_ptr + (rstart + node) * logits_stride
             q_row = q_ptr + (rstart + node) * q_stride
+            rejected = tl.full([], -1, tl.int32)  # the node whose subtree was just rejected
             if c >= 0:  # enter child c with w_c = min(1, W(x) / q(x))
                 x = tl.load(tokens_ptr + start + c)
                 inside = (x >= 0) & (x < V)
@@ -595,16 +613,21 @@ def _walk_traversal(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                 s_next = tl.where(t_offs == node, c + 1, s_next)
                 weight = tl.where(qx > 0.0, tl.minimum(1.0, tl.math.div_rn(wx, tl.where(qx > 0.0, qx, 1.0))),
                                   tl.where(wx > 0.0, 1.0, 0.0))
-                depth = cur_depth + 1
-                node = c
-                entering = tl.full([], 1, tl.int32)
+                if weight > 0.0:
+                    depth = cur_depth + 1
+                    node = c
+                    entering = tl.full([], 1, tl.int32)
+                else:
+                    rejected = c  # weight 0: rejected whatever its uniforms, so not visited (rows unread)
             elif (node == 0) | (_uniform(unif_ptr, philox_ptr, start + node, HAS_UNIFORMS) < _pick(s_w, t_offs, node)):
                 done = 1  # accepted: ends the walk
             else:
+                rejected = node
+            if rejected >= 0:
                 # Rejected with its subtree: condition the parent on it (reference
                 # _condition_on_rejection), its state divided by 1 - w + m.
-                x = tl.load(tokens_ptr + start + node)
-                par = tl.load(parents_ptr + start + node)
+                x = tl.load(tokens_ptr + start + rejected)
+                par = tl.load(parents_ptr + start + rejected)
                 p_row = logits_ptr + (rstart + par) * logits_stride
                 pm = _pick(s_m, t_offs, par)
                 pthr = _pick(s_thr, t_offs, par)
@@ -624,7 +647,7 @@ def _walk_traversal(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, s
                 else:
                     zeroed = _pick(s_zeroed, t_offs, par)
                     fresh = (x >= 0) & (x < V)
-                    for c3 in range(par + 1, node):
+                    for c3 in range(par + 1, rejected):
                         fresh = fresh & ((tl.load(parents_ptr + start + c3) != par) |
                                          (tl.load(tokens_ptr + start + c3) != x))
                     if fresh:
@@ -768,7 +791,7 @@ def _walk_typical(tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, siz
 
 @triton.jit
 def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_stride, q_ptr, q_stride,
-                   temp_ptr, topk_ptr, topp_ptr, eps_ptr, alpha_ptr, unif_ptr, philox_ptr, res_ptr,
+                   temp_ptr, topk_ptr, topp_ptr, minp_ptr, eps_ptr, alpha_ptr, unif_ptr, philox_ptr, res_ptr,
                    num_acc_ptr, nodes_ptr, out_tok_ptr, rows_ptr, bonus_ptr, num_nodes, num_rows, V, width,
                    pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, pent_ptr, owner_ptr, C,
                    MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_UNIFORMS: tl.constexpr, PROBS: tl.constexpr,
@@ -808,16 +831,16 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
                     accepted, valid, nodes, toks = _walk_traversal(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b,
                         V, width, nodes, toks, w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b),
-                        tl.load(topp_ptr + b), unif_ptr, philox_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr,
-                        pcnt_ptr, owner_ptr, C, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, MAX_T, STATS,
-                        BLOCK_C, BLOCK_H)
+                        tl.load(topp_ptr + b), tl.load(minp_ptr + b), unif_ptr, philox_ptr, pmax_ptr, pidx_ptr,
+                        pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V,
+                        MAX_T, STATS, BLOCK_C, BLOCK_H)
                 elif MODE == 1:
                     accepted, valid, nodes, toks = _walk_rejection(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok, b,
                         V, width, nodes, toks, w_offs, q_ptr, q_stride, temperature, tl.load(topk_ptr + b),
-                        tl.load(topp_ptr + b), unif_ptr, philox_ptr, res_ptr, pmax_ptr, pidx_ptr, pbad_ptr, psum_ptr,
-                        pcnt_ptr, owner_ptr, C, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE, BLOCK_V, STATS, BLOCK_C,
-                        BLOCK_H)
+                        tl.load(topp_ptr + b), tl.load(minp_ptr + b), unif_ptr, philox_ptr, res_ptr, pmax_ptr,
+                        pidx_ptr, pbad_ptr, psum_ptr, pcnt_ptr, owner_ptr, C, HAS_Q, HAS_UNIFORMS, PROBS, LIBDEVICE,
+                        BLOCK_V, STATS, BLOCK_C, BLOCK_H)
                 else:
                     accepted, valid, nodes, toks = _walk_typical(
                         tokens_ptr, parents_ptr, logits_ptr, logits_stride, start, size, rstart, rcount, bonus_tok,
@@ -841,9 +864,34 @@ def _verify_kernel(tokens_ptr, parents_ptr, indptr_ptr, logits_ptr, logits_strid
     tl.store(num_acc_ptr + b, accepted)
 
 
+@triton.jit
+def _bitmask_kernel(src_ptr, src_stride, dst_ptr, words_ptr, words_stride, V, fill, BLOCK: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < V
+    words = tl.load(words_ptr + r * words_stride + (offs >> 5), mask=inside, other=0)
+    allowed = ((words >> (offs & 31)) & 1) != 0
+    x = tl.load(src_ptr + r * src_stride + offs, mask=inside)
+    tl.store(dst_ptr + r * V + offs, tl.where(allowed, x.to(tl.float32), fill).to(dst_ptr.dtype.element_ty),
+             mask=inside)
+
+
+def apply_bitmask(rows, allowed_tokens, probs: bool):
+    """A contiguous copy of rows [R, V] with the tokens allowed_tokens
+    (int32 [R, ceil(V / 32)]) does not allow set to -inf (0 for probabilities)."""
+    num_rows, vocab = rows.shape
+    out = torch.empty(num_rows, vocab, dtype=rows.dtype, device=rows.device)
+    if num_rows and vocab:
+        block = min(1024, triton.next_power_of_2(vocab))
+        _bitmask_kernel[(num_rows, triton.cdiv(vocab, block))](
+            rows, rows.stride(0), out, allowed_tokens, allowed_tokens.stride(0), vocab,
+            0.0 if probs else float("-inf"), BLOCK=block)
+    return out
+
+
 def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, temperature, top_k, top_p,
            posterior_threshold, posterior_alpha, uniforms, philox, mode, width, target_is_probs=False,
-           target_indptr=None, bonus_tokens=None):
+           target_indptr=None, bonus_tokens=None, min_p=None, allowed_tokens=None):
     """The verify_tree op on Triton: one program per request walks its tree,
     after the multi-program row pre-pass (verify_rows.py: one launch for
     greedy, two for rejection, three for typical) when verify_rows.use_row_pass
@@ -864,10 +912,19 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
             or neither; specdec_kernels/sampling.py); target_logits and
             draft_probs are then [R, V].
 
+        min_p: float32 [B] or None (modes 1 and 3).
+        allowed_tokens: int32 [rows, ceil(V / 32)] bitmask or None. Applied by
+            a masking pass that writes a masked copy of the rows first (one
+            more launch, the rows read and written once more; info() says so):
+            every walk and the pre-pass then read the masked rows. The CUDA
+            kernel masks as it loads instead.
+
     Returns num_accepted int32 [B], accepted_nodes int32 [B, width], tokens
     int64 [B, width], all on the logits' device; every element is written by
     the kernel.
     """
+    if allowed_tokens is not None:
+        target_logits = apply_bitmask(target_logits, allowed_tokens, bool(target_is_probs))
     device = target_logits.device
     batch = qo_indptr.numel() - 1
     num_rows, vocab = target_logits.shape
@@ -899,7 +956,9 @@ def verify(draft_tokens, parents, qo_indptr, target_logits, draft_probs, tempera
     _verify_kernel[(batch,)](
         draft_tokens, parents, qo_indptr, target_logits, target_logits.stride(0),
         draft_probs if with_q else target_logits, draft_probs.stride(0) if with_q else 0,
-        pick(temperature, dummy_f), pick(top_k, dummy_i), pick(top_p, dummy_f), pick(posterior_threshold, dummy_f),
+        pick(temperature, dummy_f), pick(top_k, dummy_i), pick(top_p, dummy_f),
+        min_p if min_p is not None else torch.zeros(batch, dtype=torch.float32, device=device),
+        pick(posterior_threshold, dummy_f),
         pick(posterior_alpha, dummy_f), pick(uniforms, dummy_f),
         pick(philox, torch.zeros(2, dtype=torch.int64, device=device)), residual,
         num_accepted, nodes, tokens, pick(target_indptr, dummy_i),

@@ -745,6 +745,7 @@ __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
         if (w.parent(c2) == node) c = c2;
       }
     }
+    int64_t rejected;  // the node whose subtree was just rejected
     if (c >= 0) {  // enter child c with w_c = min(1, W(x) / q(x))
       const int64_t x = w.token(c);
       const bool inside = x >= 0 && x < a.vocab;
@@ -760,17 +761,22 @@ __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
       cur.next = int32_t(c + 1);
       store_node(nodes, node, cur);
       weight = qx > 0.f ? fminf(1.f, wx / qx) : (wx > 0.f ? 1.f : 0.f);
-      depth = cur.depth + 1;
-      node = c;
-      entering = true;
-      continue;
+      if (weight > 0.f) {
+        depth = cur.depth + 1;
+        node = c;
+        entering = true;
+        continue;
+      }
+      rejected = c;  // weight 0: rejected whatever its uniforms, so not visited (its rows unread)
+    } else {
+      if (node == 0 || w.uniform(node) < cur.w) break;  // accepted: ends the walk
+      rejected = node;
     }
-    if (node == 0 || w.uniform(node) < cur.w) break;  // accepted: ends the walk
     // Rejected with its subtree: condition the parent on it (reference
     // _condition_on_rejection): R = max(W - q, 0), m = sum R, and the
     // parent's state divided by 1 - w + m, its weight becoming m / (1 - w + m).
-    const int64_t x = w.token(node);
-    const int64_t par = w.parent(node);
+    const int64_t x = w.token(rejected);
+    const int64_t par = w.parent(rejected);
     TraversalNode pn = nodes[par];
     const auto prow = w.row(par);
     float m;
@@ -780,7 +786,7 @@ __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
       w.q_pass(par, [&](int64_t y, float qy) { mine += fmaxf(pn.alpha * pn.st.p(prow, y, t) - pn.beta * qy, 0.f); });
       m = float(block_sum_d(mine, w.s));
     } else {
-      if (x >= 0 && x < a.vocab && !repeats_sibling(w, par, node, x)) pn.zeroed += pn.st.p(prow, x, t);
+      if (x >= 0 && x < a.vocab && !repeats_sibling(w, par, rejected, x)) pn.zeroed += pn.st.p(prow, x, t);
       m = pn.alpha * fmaxf(1.f - pn.zeroed, 0.f);
     }
     // 1 - w + m = 0 (the child could not be rejected) only by rounding.
