@@ -85,7 +85,9 @@ def load_bpe_draft(folder: Path = DEFAULT_MODELS, *, dtype=torch.float32, device
 
 def decode_all(target, prompts, batch: int, on_batch=None, **kwargs):
     """``generate`` over ``prompts`` in groups of ``batch``: -> (tokens per
-    prompt, dict of tau, target_passes, tokens_per_s, seconds)."""
+    prompt, dict of tau, steps and emitted (tau's denominator and numerator:
+    (sequence, step) pairs and the tokens they emitted), target_passes,
+    tokens_per_s, seconds)."""
     from .runtime import generate
 
     tokens, passes, steps, emitted, seconds = [], 0, 0, 0, 0.0
@@ -101,7 +103,7 @@ def decode_all(target, prompts, batch: int, on_batch=None, **kwargs):
         emitted += out.stats.step_tokens
         if on_batch is not None:
             on_batch()
-    return tokens, dict(tau=emitted / steps, target_passes=passes,
+    return tokens, dict(tau=emitted / steps, steps=steps, emitted=emitted, target_passes=passes,
                         tokens_per_s=sum(len(t) for t in tokens) / seconds, seconds=seconds)
 
 
