@@ -61,11 +61,13 @@ def kernels():
             (1, False, True, "*fp32", False, False, False), (2, False, True, "*fp16", False, False, False),
             (1, True, True, "*fp32", True, True, False), (0, False, False, "*fp32", True, True, False),
             (0, False, False, "*bf16", False, False, True), (1, False, True, "*bf16", False, True, True),
-            (2, False, False, "*fp16", True, False, True)):
+            (2, False, False, "*fp16", True, False, True), (3, True, False, "*bf16", False, False, False),
+            (3, False, True, "*fp32", True, True, True)):
         yield (f"verify_tree/mode={mode}/q={has_q}/uniforms={has_uniforms}/{logits[1:]}/probs={probs}/"
                f"row_map={mapped}/row_stats={stats}", sampling._verify_kernel,
                dict(tokens_ptr="*i64", parents_ptr="*i32", indptr_ptr="*i32", logits_ptr=logits, q_ptr=logits,
-                    temp_ptr="*fp32", topk_ptr="*i32", topp_ptr="*fp32", eps_ptr="*fp32", alpha_ptr="*fp32",
+                    temp_ptr="*fp32", topk_ptr="*i32", topp_ptr="*fp32", minp_ptr="*fp32", eps_ptr="*fp32",
+                    alpha_ptr="*fp32",
                     unif_ptr="*fp32", philox_ptr="*i64", res_ptr="*fp32", num_acc_ptr="*i32", nodes_ptr="*i32",
                     out_tok_ptr="*i64", rows_ptr="*i32", bonus_ptr="*i64", logits_stride="i64", q_stride="i64",
                     **stats_pointers),
@@ -85,6 +87,10 @@ def kernels():
                     topp_ptr="*fp32", part_max_ptr="*fp32", part_idx_ptr="*i32", part_bad_ptr="*i32",
                     part_sum_ptr="*fp64", part_cnt_ptr="*i32", part_ent_ptr="*fp64", owner_ptr="*i32"),
                dict(PHASE=phase, FILTERS=filters, PROBS=probs, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))
+    yield ("verify_tree/allowed_tokens_mask/bf16", sampling._bitmask_kernel,
+           dict(src_ptr="*bf16", src_stride="i64", dst_ptr="*bf16", words_ptr="*i32", words_stride="i64",
+                fill="fp32"),
+           dict(BLOCK=1024))
     yield ("merge_splits/bf16", attention._merge_splits_kernel,
            dict(part_out="*fp32", part_lse="*fp32", out="*bf16", lse="*fp32"),
            dict(OUT_DTYPE=tl.bfloat16, BLOCK_S=16, HEAD_DIM=128))
