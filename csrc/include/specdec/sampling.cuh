@@ -373,8 +373,21 @@ __device__ int64_t radix_select(const R& row, float t, int64_t floor, double goa
   return int64_t(prefix);
 }
 
+// A request's filters of the rejection rules (modes 1 and 3).
+struct Filters {
+  float t;
+  int64_t top_k;
+  float top_p, min_p;
+};
+
+__device__ __forceinline__ Filters filters_of(const VerifyArgs& a, int64_t b) {
+  return Filters{a.temperature[b], a.top_k[b], a.top_p[b], a.min_p != nullptr ? a.min_p[b] : 0.f};
+}
+
 template <typename R>
-__device__ Stats target_stats(const R& row, float t, int64_t top_k, float top_p, float min_p, Scratch& s) {
+__device__ Stats target_stats(const R& row, const Filters& f, Scratch& s) {
+  const float t = f.t, top_p = f.top_p, min_p = f.min_p;
+  const int64_t top_k = f.top_k;
   Stats st{0, 0.f, 0.f};
   if (top_k > 0 && top_k < row.vocab) {
     // The largest key that at least k keys reach: the k-th largest z.
@@ -602,10 +615,8 @@ __device__ int64_t walk_greedy(const W& w) {
 template <typename W>
 __device__ int64_t walk_rejection(const W& w, float* residual) {
   const VerifyArgs& a = w.a;
-  const float t = a.temperature[w.b];
-  const int64_t top_k = a.top_k[w.b];
-  const float top_p = a.top_p[w.b];
-  const float min_p = a.min_p != nullptr ? a.min_p[w.b] : 0.f;
+  const Filters f = filters_of(a, w.b);
+  const float t = f.t;
   const bool with_q = a.draft_probs != nullptr;
   const int64_t vocab = a.vocab;
   int64_t node = 0, accepted = 0;
@@ -616,7 +627,7 @@ __device__ int64_t walk_rejection(const W& w, float* residual) {
     }
     const auto row = w.row(node);
     if (!scan_row(row, w.s).valid) return -1;
-    const Stats st = target_stats(row, t, top_k, top_p, min_p, w.s);
+    const Stats st = target_stats(row, f, w.s);
     bool res_active = false;  // with q: residual materialised (unnormalised) in `residual`
     float res_total = 1.f;
     float removed = 0.f;      // without q: p mass of the distinct rejected tokens
@@ -716,10 +727,8 @@ __device__ __forceinline__ bool repeats_sibling(const W& w, int64_t node, int64_
 template <typename W>
 __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
   const VerifyArgs& a = w.a;
-  const float t = a.temperature[w.b];
-  const int64_t top_k = a.top_k[w.b];
-  const float top_p = a.top_p[w.b];
-  const float min_p = a.min_p != nullptr ? a.min_p[w.b] : 0.f;
+  const Filters f = filters_of(a, w.b);
+  const float t = f.t;
   const bool with_q = a.draft_probs != nullptr;
   int64_t node = 0;
   float weight = 1.f;  // of the node being entered
@@ -730,8 +739,7 @@ __device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
     if (entering && w.has_row(node)) {
       const auto row = w.row(node);
       if (!scan_row(row, w.s).valid) return -1;
-      cur = TraversalNode{weight, 0.f, 0.f, weight, target_stats(row, t, top_k, top_p, min_p, w.s), int32_t(node + 1),
-                          depth};
+      cur = TraversalNode{weight, 0.f, 0.f, weight, target_stats(row, f, w.s), int32_t(node + 1), depth};
       store_node(nodes, node, cur);
     } else if (entering) {  // no row (row map): no candidate children
       cur = TraversalNode{weight, 0.f, 0.f, weight, Stats{0, 0.f, 1.f}, int32_t(w.size), depth};
