@@ -20,6 +20,9 @@ that raises NotImplementedError for a rule gets a row "n/a: not implemented"
 (printed), nothing else. Drafted tokens follow the target's argmax with
 probability 0.7, so paths go deep and the walk does real work.
 
+``--quick`` keeps to the token rule and the synthetic cases (pass
+``--verify-rules`` / ``--sections`` for more).
+
 Shipped models (``--sections model``, on by default; bench/train_tiny.py's
 byte-level target, draft and Medusa heads, demo.py's held-out prompts): each
 setting runs generate() at ``--model-temperature`` (1) with the token rule
@@ -82,15 +85,17 @@ FLASHINFER = "flashinfer"
 TARGET_PEAK_FRAC, TARGET_VS_FLASHINFER = 0.70, 2.0
 SHAPES = {"chain4": "chain of 4", "chain8": "chain of 8", "tree64": "medusa mc_sim_7b_63"}
 
+FULL = dict(verify_rules=list(VERIFY_RULES), sections=list(SECTIONS))
+QUICK = dict(verify_rules=["token"], sections=["kernels"])  # what gpu_check.sh and CI's dry run time: unchanged
 DEFAULTS = {
     ("cuda", False): dict(batches=[1, 8, 64], vocabs=[32000, 128256], shapes=["chain4", "chain8", "tree64"],
-                          dtypes=["bf16", "fp32"], peak_mib=1024, warmup_ms=25, rep_ms=100),
+                          dtypes=["bf16", "fp32"], peak_mib=1024, warmup_ms=25, rep_ms=100, **FULL),
     ("cuda", True): dict(batches=[1, 64], vocabs=[128256], shapes=["chain8", "tree64"], dtypes=["bf16"],
-                         peak_mib=256, warmup_ms=5, rep_ms=20),
+                         peak_mib=256, warmup_ms=5, rep_ms=20, **QUICK),
     ("cpu", False): dict(batches=[1, 8], vocabs=[4096, 32000], shapes=["chain4", "tree64"], dtypes=["bf16", "fp32"],
-                         peak_mib=128, warmup_ms=10, rep_ms=150),
+                         peak_mib=128, warmup_ms=10, rep_ms=150, **FULL),
     ("cpu", True): dict(batches=[1, 4], vocabs=[2048], shapes=["chain4", "tree64"], dtypes=["fp32"],
-                        peak_mib=32, warmup_ms=2, rep_ms=20),
+                        peak_mib=32, warmup_ms=2, rep_ms=20, **QUICK),
 }
 
 
@@ -104,10 +109,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
     p.add_argument("--rules", nargs="+", choices=["greedy", "rejection-q", "rejection"],
                    default=["greedy", "rejection-q", "rejection"])
-    p.add_argument("--verify-rules", nargs="+", choices=VERIFY_RULES, default=list(VERIFY_RULES),
-                   help="verify_rejection rules to run each rejection case under (block: chains only)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                   help="kernels: synthetic cases; model: tau and time per rule on the shipped models")
+    p.add_argument("--verify-rules", nargs="+", choices=VERIFY_RULES,
+                   help="verify_rejection rules to run each rejection case under (block: chains only); default "
+                        "all three, --quick: token")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS,
+                   help="kernels: synthetic cases; model: tau and time per rule on the shipped models; default "
+                        "both, --quick: kernels")
     p.add_argument("--backends", nargs="+", choices=OURS + (FLASHINFER,))
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--triton-rows", choices=["auto", "multi", "single"],
@@ -348,13 +355,19 @@ def run_model_section(args, device, backends_wanted) -> dict:
         rules = [r for r in VERIFY_RULES if chain or r != "block"]
         gen = torch.Generator().manual_seed(args.seed)
         accepted = {r: [] for r in rules}  # per rule: float [units] mean accepted + 1 over the draws
+        tau_backend = {r: "auto" for r in rules}  # the reference where this device's kernel lacks the rule
         for st in steps:
             n = st.draft_tokens.numel()
             totals = {r: torch.zeros(st.batch, dtype=torch.float64) for r in rules}
             for _ in range(args.model_draws):
                 uniforms = torch.rand(n, generator=gen).to(device)
                 for r in rules:
-                    totals[r] += st.run(r, uniforms).num_accepted.cpu().double() + 1
+                    try:
+                        out = st.run(r, uniforms, tau_backend[r])
+                    except NotImplementedError:
+                        tau_backend[r] = "reference"
+                        out = st.run(r, uniforms, "reference")
+                    totals[r] += out.num_accepted.cpu().double() + 1
             for r in rules:
                 accepted[r].append(totals[r] / args.model_draws)
         units = {r: torch.cat(v) for r, v in accepted.items()}
@@ -365,7 +378,8 @@ def run_model_section(args, device, backends_wanted) -> dict:
         timed = steps[:args.model_time_steps]
         for r in rules:
             diff = units[r] - token
-            row = dict(setting=name, rule=r, chain=chain, steps=len(steps), units=token.numel(),
+            row = dict(setting=name, rule=r, chain=chain, tau_backend=tau_backend[r], steps=len(steps),
+                       units=token.numel(),
                        draws=args.model_draws, rows_per_request=nodes, tau=float(units[r].mean()),
                        tau_vs_token=float(units[r].mean() / token.mean()),
                        diff_se=float(diff.std() / diff.numel() ** 0.5) if diff.numel() > 1 and r != "token" else None)
