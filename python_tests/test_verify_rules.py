@@ -338,3 +338,29 @@ def test_kernel_rule_is_lossless(backend, device, rule, shape):
     first, second = run_trials(shape, backend, TRIALS[backend], seed=1, rule=rule, device=device)
     p_first, p_pair = pvalues(first, second)
     assert p_first > ALPHA and p_pair > ALPHA, f"p-values: first token {p_first:.2e}, pair {p_pair:.2e}"
+
+
+def test_cpu_traversal_past_its_level_cache():
+    """The CPU kernel keeps each depth's rows while it walks below it, unless that would take more than
+    64 MiB; then it reloads them. A deep chain over a 1.5M vocabulary with q (6 x 1.5M x 2 floats)
+    takes the second path; it must agree with the reference as the first does."""
+    if not sk.info()["extension"] == "loaded":
+        pytest.skip("the cpu backend is not built")
+    gen = torch.Generator().manual_seed(11)
+    n, vocab = 6, 1_500_000
+    logits = torch.randn(n, vocab, generator=gen)
+    tokens = torch.randint(vocab, (n,), generator=gen)
+    # Each draft is likely under its parent's row, more so under q: rejections then leave mass to
+    # condition on, and deep nodes are often accepted.
+    logits[torch.arange(n - 1), tokens[1:]] += 16.0
+    q = torch.softmax(logits * 1.05, dim=1)
+    parents = torch.arange(-1, n - 1, dtype=torch.int32)
+    indptr = torch.tensor([0, n], dtype=torch.int32)
+    depths = []
+    for seed in range(8):
+        kwargs = dict(seed=seed, rule="traversal")
+        want = sk.verify_rejection(tokens, parents, indptr, logits, q, backend="reference", **kwargs)
+        got = sk.verify_rejection(tokens, parents, indptr, logits, q, backend="cpu", **kwargs)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), (seed, got, want)
+        depths.append(int(got.num_accepted[0]))
+    assert max(depths) >= 3, depths  # the walk went deep

@@ -310,13 +310,20 @@ class Traversal {
         temperature_(req.a.temperature[req.b]), top_k_(req.a.top_k[req.b]), top_p_(req.a.top_p[req.b]),
         min_p_(req.a.min_p != nullptr ? req.a.min_p[req.b] : 0.f),
         kids_(req.size), depth_(req.size, 0) {
+    int64_t deepest = 0;
     for (int64_t c = 1; c < req.size; ++c) {
       const int64_t par = a_.parents[req.start + c];
       if (par >= 0 && par < c) {
         kids_[par].push_back(c);
         depth_[c] = depth_[par] + 1;
+        deepest = std::max(deepest, depth_[c]);
       }
     }
+    // One level per depth unless that would take more than kLevelBytes (a
+    // deep chain over a large vocabulary): then one level, reloaded.
+    const double bytes = double(deepest + 1) * double(a_.vocab) * sizeof(float) * (with_q_ ? 2 : 1);
+    cached_ = bytes <= double(kLevelBytes);
+    levels_.resize(cached_ ? size_t(deepest + 1) : 1);  // never resized again: visit holds references into it
   }
 
   Outcome run() {
@@ -328,8 +335,9 @@ class Traversal {
       out.bonus = req_.bonus();
       return out;
     }
-    load(accepted_);
-    measure(final_, w_);
+    Level& lv = level_of(accepted_);
+    if (!cached_) load(accepted_, lv);  // else its level still holds its rows
+    measure(final_, lv, w_);
     out.bonus = sample_index(w_, req_.uniform(0));
     return out;
   }
@@ -341,24 +349,36 @@ class Traversal {
     bool is_zeroed(int64_t x) const { return std::find(zeroed.begin(), zeroed.end(), x) != zeroed.end(); }
   };
 
-  // p (and q) of `node`; false (and the request invalid) if its row cannot define a distribution.
-  bool load(int64_t node) {
+  // The rows of the node being worked on at one depth: a node's p (and q)
+  // stay loaded while its subtree is walked (the children use the next
+  // level), so returning to it reads and filters nothing again.
+  struct Level {
+    std::vector<float> p, q;
+  };
+  static constexpr int64_t kLevelBytes = int64_t(64) << 20;
+
+  Level& level_of(int64_t node) { return levels_[cached_ ? depth_[node] : 0]; }
+
+  // p (and q) of `node` into its level; false (and the request invalid) if
+  // its row cannot define a distribution.
+  bool load(int64_t node, Level& lv) {
     load_target_row(a_, req_.row(node), row_);
     if (!row_valid(row_, a_.logits_are_probs)) {
       invalid_ = true;
       return false;
     }
     as_logits(row_, a_.logits_are_probs);
-    target_probs(row_, temperature_, top_k_, top_p_, min_p_, p_);
-    if (with_q_) load_row(a_.draft_probs, a_.probs_dtype, a_.probs_stride, req_.row(node), a_.vocab, q_);
+    target_probs(row_, temperature_, top_k_, top_p_, min_p_, lv.p);
+    if (with_q_) load_row(a_.draft_probs, a_.probs_dtype, a_.probs_stride, req_.row(node), a_.vocab, lv.q);
     return true;
   }
 
-  // W of `s` over the vocabulary, from the loaded p (and q).
-  void measure(const State& s, std::vector<float>& W) const {
-    W.resize(p_.size());
-    for (size_t i = 0; i < p_.size(); ++i) W[i] = with_q_ ? std::max(s.alpha * p_[i] - s.beta * q_[i], 0.f)
-                                                          : s.alpha * p_[i];
+  // W of `s` over the vocabulary, from a level's p (and q).
+  void measure(const State& s, const Level& lv, std::vector<float>& W) const {
+    const std::vector<float>& p = lv.p;
+    W.resize(p.size());
+    for (size_t i = 0; i < p.size(); ++i) W[i] = with_q_ ? std::max(s.alpha * p[i] - s.beta * lv.q[i], 0.f)
+                                                         : s.alpha * p[i];
     if (!with_q_) {
       for (int64_t x : s.zeroed) W[x] = 0.f;
     }
@@ -371,7 +391,9 @@ class Traversal {
       accepted_ = node;
       return true;
     }
-    if (!load(node)) return true;
+    Level& lv = level_of(node);
+    if (!load(node, lv)) return true;
+    const std::vector<float>& p = lv.p;
     State s;
     s.alpha = w;
     if (depth_[node] + 1 < a_.width) {
@@ -380,26 +402,26 @@ class Traversal {
         const bool in = req_.in_vocab(x);
         float qx = 1.f, wx = 0.f;
         if (with_q_) {
-          qx = in ? q_[x] : 0.f;
-          wx = in ? std::max(s.alpha * p_[x] - s.beta * qx, 0.f) : 0.f;
+          qx = in ? lv.q[x] : 0.f;
+          wx = in ? std::max(s.alpha * p[x] - s.beta * qx, 0.f) : 0.f;
         } else if (in && !s.is_zeroed(x)) {
-          wx = s.alpha * p_[x];
+          wx = s.alpha * p[x];
         }
         const float wc = qx > 0.f ? std::min(1.f, wx / qx) : (wx > 0.f ? 1.f : 0.f);
         // A subtree of weight 0 is rejected whatever its uniforms: not visited (its rows unread).
         if (wc > 0.f) {
           if (visit(c, wc)) return true;
-          if (!load(node)) return true;  // the child's visit replaced the rows
+          if (!cached_ && !load(node, lv)) return true;  // the child's visit replaced the level
         }
         float m;
         if (with_q_) {  // R = max(alpha p - (beta + 1) q, 0)
           s.beta += 1.f;
-          measure(s, w_);
+          measure(s, lv, w_);
           m = sum_of(w_);
         } else {  // R = W with x zeroed
           if (in && !s.is_zeroed(x)) {
             s.zeroed.push_back(x);
-            s.zeroed_mass += p_[x];
+            s.zeroed_mass += p[x];
           }
           m = s.alpha * std::max(1.f - s.zeroed_mass, 0.f);
         }
@@ -431,7 +453,9 @@ class Traversal {
   const float min_p_;
   std::vector<std::vector<int64_t>> kids_;
   std::vector<int64_t> depth_;
-  std::vector<float> p_, q_, w_;
+  std::vector<Level> levels_;
+  bool cached_ = true;
+  std::vector<float> w_;
   bool invalid_ = false;
   int64_t accepted_ = 0;
   State final_;
