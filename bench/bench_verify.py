@@ -66,11 +66,12 @@ import torch
 
 import specdec_kernels as sk
 from specdec_kernels import backends
+from specdec_kernels.reference.sampling import RULES
 
 import common
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-VERIFY_RULES = ("token", "block", "traversal")  # verify_rejection's rule
+VERIFY_RULES = RULES  # verify_rejection's rule
 SECTIONS = ("kernels", "model")
 # The shipped-model settings: generate() kwargs (models filled in), and whether the drafts are chains.
 MODEL_SETTINGS = {

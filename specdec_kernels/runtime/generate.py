@@ -19,13 +19,12 @@ from .lookahead import LookaheadDrafter
 from .medusa import MedusaDrafter
 from .model import LlamaModel, PagedKVCache
 from .prompt_lookup import PromptLookupDrafter
-from .step import VerifyStep, bucket_size
+from .step import RULES as VERIFY_RULES, VerifyStep, bucket_size
 from .tokenization import as_tokenizer
 from .translation import TranslatingDrafter
 
 METHODS = ("ar", "draft", "medusa", "lookahead", "prompt_lookup")
 ACCEPTANCE = ("rejection", "typical")
-VERIFY_RULES = ("token", "block", "traversal")  # verify_rejection's rule
 TREE_METHODS = ("medusa", "lookahead")  # drafters whose drafts branch (block verification takes chains)
 SCHEDULES = ("constant", "heuristic", "dynamic")
 
@@ -230,9 +229,8 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     trees and chains, equal to ``"block"`` on a chain). All three are
     distributed as ``"ar"``'s; block and traversal accept at least as many
     tokens per step in expectation. Greedy steps ignore it; with
-    ``acceptance="typical"`` only ``"token"`` is accepted. Which backends run
-    block and traversal: see ``verify_rejection`` (a backend without them
-    raises NotImplementedError at the first sampled step).
+    ``acceptance="typical"`` only ``"token"`` is accepted. Every backend runs
+    all three.
     Sequences stop at ``eos_token_id`` or the length limit and free their cache
     blocks. ``cuda_graph`` (default: when the target is on CUDA) captures the
     verify step per (batch, tree) bucket and replays it.

@@ -20,13 +20,12 @@ import time
 import torch
 
 from ..kv_cache import compact_kv
-from ..reference.sampling import philox_uniforms_at
+from ..reference.sampling import RULES, philox_uniforms_at
 from ..sampling import MAX_TREE_LEN, verify_greedy, verify_rejection, verify_typical
 from ..trees import _pack_rows, num_words
 from .templates import DraftTemplate
 
 MODES = ("greedy", "rejection", "typical")
-RULES = ("token", "block", "traversal")  # verify_rejection's rule (rejection mode)
 
 
 @dataclass
