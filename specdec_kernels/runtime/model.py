@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from pathlib import Path
 
 import torch
@@ -120,6 +121,14 @@ class PagedKVCache:
         self.block_size = block_size
 
 
+def rope_cos_sin(inv_freq, positions, dtype):
+    """RoPE tables for ``positions [N]``: ``(cos, sin)`` ``[N, 1, head_dim]`` in
+    ``dtype`` (angles in ``inv_freq``'s dtype, Hugging Face's layout)."""
+    angles = positions.to(inv_freq.dtype)[:, None] * inv_freq[None]
+    emb = torch.cat((angles, angles), dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def rotate(x, cos, sin):
     """RoPE on [N, H, D] with [N, 1, D] cos/sin (halves rotated, Hugging Face layout)."""
     half = x.shape[-1] // 2
@@ -191,7 +200,7 @@ class LlamaModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, tokens, positions, cache: PagedKVCache, block_table, prefix_lens, qo_indptr,
-                tree_mask=None, *, prefill: bool = False, validate: bool = True):
+                tree_mask=None, *, prefill: bool = False, validate: bool = True, capture=None):
         """Run the new tokens of B sequences.
 
         Args:
@@ -201,19 +210,31 @@ class LlamaModel(nn.Module):
                 token i of sequence b is written at cache position ``prefix_lens[b] + i``.
             tree_mask: packed int32 ``[N, W]`` (tree_attention's), None = causal.
             prefill: attend with SDPA (prompts: empty prefix, causal, any length).
+            capture: None, or hidden-state indices as Hugging Face numbers
+                ``output_hidden_states`` (``i < num_layers``: the residual
+                stream entering layer ``i``, 0 = the embeddings; ``num_layers``:
+                the final norm's output, ``hidden``), e.g. the three layers an
+                EAGLE-3 head fuses.
         Returns:
             ``(logits [N, V], hidden [N, H])`` in the model's dtype; hidden is the
-            last hidden state after the final norm (what Medusa heads read).
+            last hidden state after the final norm (what Medusa and EAGLE-1
+            heads read). With ``capture``, a third item ``[N, len(capture) * H]``:
+            those states concatenated in the order given.
         """
         cfg = self.config
         x = F.embedding(tokens, self.model.embed_tokens.weight)
-        angles = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None]
-        emb = torch.cat((angles, angles), dim=-1)[:, None]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
+        if capture is not None:
+            capture = [operator.index(c) for c in capture]
+            if not capture or not all(0 <= c <= cfg.num_layers for c in capture):
+                raise ValueError(f"capture takes hidden-state indices in [0, {cfg.num_layers}], got {capture}")
+            states = {}
         n, hq, hkv, d = tokens.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         sm_scale = 1.0 / math.sqrt(d)
         append, attend = None, None  # layer 0 goes through the checked ops, the rest straight to the kernels
         for i, layer in enumerate(self.model.layers):
+            if capture is not None:
+                states[i] = x
             h = layer.input_layernorm(x)
             attn = layer.self_attn
             qkv = F.linear(h, *attn.qkv.get()).view(n, hq + 2 * hkv, d)
@@ -235,6 +256,9 @@ class LlamaModel(nn.Module):
             x = x + F.linear(o.reshape(n, -1), attn.o_proj.weight)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = self.model.norm(x)
+        if capture is not None:
+            states[cfg.num_layers] = hidden
+            return F.linear(hidden, self.lm_head.weight), hidden, torch.cat([states[c] for c in capture], dim=-1)
         return F.linear(hidden, self.lm_head.weight), hidden
 
     def _sdpa_prefill(self, q, k, v, qo_indptr):
