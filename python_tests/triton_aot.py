@@ -12,7 +12,7 @@ from triton.compiler import ASTSource
 
 import triton.language as tl
 
-from specdec_kernels.triton import attention, kv_cache, sampling, verify_rows
+from specdec_kernels.triton import attention, dynamic_tree, kv_cache, sampling, verify_rows
 
 BITS = {1: "*i8", 2: "*i16", 4: "*i32"}
 
@@ -87,6 +87,11 @@ def kernels():
                     topp_ptr="*fp32", part_max_ptr="*fp32", part_idx_ptr="*i32", part_bad_ptr="*i32",
                     part_sum_ptr="*fp64", part_cnt_ptr="*i32", part_ent_ptr="*fp64", owner_ptr="*i32"),
                dict(PHASE=phase, FILTERS=filters, PROBS=probs, LIBDEVICE=True, BLOCK_V=1024, BLOCK_C=64))
+    yield ("build_dynamic_tree", dynamic_tree._dynamic_tree_kernel,
+           dict(par_ptr="*i32", tok_ptr="*i64", score_ptr="*fp32", root_ptr="*i64", depth_ptr="*i32",
+                sel_ptr="*i32", node_ptr="*i32", tokens_out="*i64", parents_out="*i32", depths_out="*i32",
+                mask_out="*i32", source_out="*i32", num_nodes_out="*i32"),
+           dict(WORDS=2, WORDS_P2=2, WIDTH_P2=64, BLOCK=dynamic_tree.BLOCK, BLOCK_I=dynamic_tree.BLOCK_I))
     yield ("verify_tree/allowed_tokens_mask/bf16", sampling._bitmask_kernel,
            dict(src_ptr="*bf16", src_stride="i64", dst_ptr="*bf16", words_ptr="*i32", words_stride="i64",
                 fill="fp32"),

@@ -38,6 +38,13 @@ TORCH_LIBRARY(specdec, m) {
       "Tensor? posterior_threshold, Tensor? posterior_alpha, Tensor? uniforms, Tensor? philox, "
       "int mode, int width, bool target_is_probs=False, Tensor? target_indptr=None, "
       "Tensor? bonus_tokens=None, Tensor? min_p=None, Tensor? allowed_tokens=None) -> (Tensor, Tensor, Tensor)");
+  // EAGLE-2's draft tree (specdec/dynamic_tree.h): cand_parents int32 [B, M], cand_tokens int64
+  // [B, M], cand_scores float32 [B, M], root_tokens int64 [B]. Returns tokens int64 [B, K + 1],
+  // parents, depths int32 [B, K + 1], tree_mask int32 [B, K + 1, ceil((K + 1) / 32)], source
+  // int32 [B, K + 1], num_nodes int32 [B].
+  m.def(
+      "build_dynamic_tree(Tensor cand_parents, Tensor cand_tokens, Tensor cand_scores, Tensor root_tokens, "
+      "int num_keep) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, module) {
