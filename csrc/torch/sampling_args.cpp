@@ -63,8 +63,8 @@ void check_verify(const VerifyTensors& t) {
 
   const int64_t mode = t.mode;
   TORCH_CHECK(mode >= 0 && mode <= 3, kOp,
-              ": mode must be 0 (greedy), 1 (rejection, token rule), 2 (typical) or 3 (rejection, traversal rule), got ",
-              mode);
+              ": mode must be 0 (greedy), 1 (rejection, token rule), 2 (typical) or 3 (rejection, traversal rule), "
+              "got ", mode);
   const bool rejection = mode == 1 || mode == 3;
   TORCH_CHECK(t.width >= 1 && t.width <= kMaxVerifyNodes, kOp, ": width (max_depth + 1) must be in [1, ",
               kMaxVerifyNodes, "], got ", t.width);
@@ -80,12 +80,14 @@ void check_verify(const VerifyTensors& t) {
     const at::Tensor& m = *t.allowed_tokens;
     const int64_t words = (vocab + 31) / 32;
     TORCH_CHECK(m.dim() == 2 && m.size(0) == rows && m.size(1) == words, kOp, ": allowed_tokens must be [",
-                mapped ? "R" : "N", "=", rows, ", ceil(V / 32)=", words, "] (a packed bitmask per row of target_logits), got shape ",
-                shape_of(m));
-    TORCH_CHECK(m.scalar_type() == at::kInt, kOp, ": allowed_tokens must be int32, got ", dtype_name(m.scalar_type()));
-    TORCH_CHECK(m.device() == device, kOp, ": allowed_tokens is on ", m.device(), " but target_logits is on ", device);
-    TORCH_CHECK(words <= 1 || m.stride(1) == 1, kOp, ": allowed_tokens must be contiguous in its last dim, got strides ",
-                m.strides());
+                mapped ? "R" : "N", "=", rows, ", ceil(V / 32)=", words,
+                "] (a packed bitmask per row of target_logits), got shape ", shape_of(m));
+    TORCH_CHECK(m.scalar_type() == at::kInt, kOp, ": allowed_tokens must be int32, got ",
+                dtype_name(m.scalar_type()));
+    TORCH_CHECK(m.device() == device, kOp, ": allowed_tokens is on ", m.device(), " but target_logits is on ",
+                device);
+    TORCH_CHECK(words <= 1 || m.stride(1) == 1, kOp,
+                ": allowed_tokens must be contiguous in its last dim, got strides ", m.strides());
   }
   if (t.draft_probs.has_value()) {
     const at::Tensor& q = *t.draft_probs;

@@ -177,7 +177,9 @@ struct RowPartial {
   int32_t unused;
 };
 
-template <typename L>
+// MU: packs in flight per thread in a masked row's passes (the bitmask's
+// words take registers: the 64-register pre-pass spills above 1).
+template <typename L, int MU = 4>
 struct Row {
   const L* base;   // the row's first element
   int64_t vocab;
@@ -203,7 +205,7 @@ struct Row {
     if (mask == nullptr) {
       row_pass<U>(base, vocab, f);
     } else {
-      row_pass<U>(base, vocab, [&](int64_t x, float v) { f(x, value(x, v)); });
+      row_pass<(U < MU ? U : MU)>(base, vocab, [&](int64_t x, float v) { f(x, value(x, v)); });
     }
   }
 };
@@ -613,7 +615,7 @@ __device__ int64_t walk_greedy(const W& w) {
 }
 
 template <typename W>
-__device__ int64_t walk_rejection(const W& w, float* residual) {
+__device__ __forceinline__ int64_t walk_rejection(const W& w, float* residual) {
   const VerifyArgs& a = w.a;
   const Filters f = filters_of(a, w.b);
   const float t = f.t;
@@ -725,7 +727,7 @@ __device__ __forceinline__ bool repeats_sibling(const W& w, int64_t node, int64_
 }
 
 template <typename W>
-__device__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
+__device__ __forceinline__ int64_t walk_traversal(const W& w, TraversalNode* nodes) {
   const VerifyArgs& a = w.a;
   const Filters f = filters_of(a, w.b);
   const float t = f.t;
@@ -937,8 +939,9 @@ __global__ void __launch_bounds__(kThreads, 4) verify_partial_kernel(const Verif
   const int64_t r = blockIdx.x / chunks, c = blockIdx.x % chunks;
   const int64_t begin = c * chunk_len;
   const int64_t end = begin + chunk_len < a.vocab ? begin + chunk_len : a.vocab;
-  const Row<L> row{static_cast<const L*>(a.logits) + r * a.logits_stride + begin, end - begin, a.logits_are_probs,
-                   nullptr, 0, a.allowed != nullptr ? a.allowed + r * a.allowed_stride : nullptr, begin};
+  const Row<L, 1> row{static_cast<const L*>(a.logits) + r * a.logits_stride + begin, end - begin,
+                      a.logits_are_probs, nullptr, 0, a.allowed != nullptr ? a.allowed + r * a.allowed_stride : nullptr,
+                      begin};
   const RawStats raw = raw_stats(row, scratch);
   RowPartial p{raw.max, raw.bad ? 1 : 0, raw.first < row.vocab ? begin + raw.first : a.vocab, 0.f, -kInf, 0.f, 0};
   const float t = row_temperature(a, r);
