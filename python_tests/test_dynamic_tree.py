@@ -204,3 +204,16 @@ def test_reference_module_agrees_with_op_entry():
     a = ref.build(par, tok.long(), sc, root.long(), keep)
     b = build_dynamic_tree(par, tok, sc, root, keep, backend="reference")
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_opcheck_and_meta():
+    if not sk.info()["extension"] == "loaded":
+        pytest.skip("the compiled op is not built")
+    (par, tok, sc, root), keep = make("ties", "cpu")
+    args = (par, tok.long(), sc, root.long(), keep)
+    torch.library.opcheck(torch.ops.specdec.build_dynamic_tree, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    meta = torch.ops.specdec.build_dynamic_tree(*[a.to("meta") if isinstance(a, torch.Tensor) else a for a in args])
+    assert [tuple(t.shape) for t in meta] == [(4, 21), (4, 21), (4, 21), (4, 21, 1), (4, 21), (4,)]
+    with pytest.raises(RuntimeError, match="cand_parents must be int32"):
+        torch.ops.specdec.build_dynamic_tree(par.long().to("meta"), *[a.to("meta") for a in args[1:4]], keep)

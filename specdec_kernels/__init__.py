@@ -5,6 +5,7 @@ Ops (each with ``reference``, ``triton``, ``cuda`` and ``cpu`` backends):
     tree_attention                  attention of tree tokens over a paged prefix (attention.py)
     verify_greedy, verify_rejection, verify_typical
                                     accepted path + bonus token for a ragged batch (sampling.py)
+    build_dynamic_tree              EAGLE-2's draft tree from per-depth candidates (dynamic_tree.py)
 Trees (trees.py):
     Tree, MC_SIM_7B_63, batch_trees, lookahead_mask   draft trees, packed masks, RoPE offsets
 Helpers:
@@ -15,6 +16,7 @@ from . import _extension
 from ._version import __version__
 from .attention import tree_attention
 from .backends import BackendUnavailableError
+from .dynamic_tree import DynamicTree, build_dynamic_tree
 from .block_allocator import BlockAllocator, OutOfBlocksError
 from .info import info
 from .kv_cache import append_kv, compact_kv
@@ -32,6 +34,8 @@ __all__ = [
     "verify_greedy",
     "verify_rejection",
     "verify_typical",
+    "build_dynamic_tree",
+    "DynamicTree",
     "VerifyResult",
     "philox_uniforms",
     "Tree",

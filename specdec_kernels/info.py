@@ -11,7 +11,8 @@ import torch
 from . import _extension, backends
 from ._version import __version__
 
-OPS = ("append_kv", "compact_kv", "tree_attention", "verify_greedy", "verify_rejection", "verify_typical")
+OPS = ("append_kv", "compact_kv", "tree_attention", "verify_greedy", "verify_rejection", "verify_typical",
+       "build_dynamic_tree")
 
 
 def _triton_version() -> str | None:

@@ -114,6 +114,11 @@ MUTATIONS = [
     ("verify: min_p keeps tokens at half the threshold", "sampling.cuh",
      "if (expf(z - zmax) >= min_p && k < lowest)", "if (expf(z - zmax) >= 0.5f * min_p && k < lowest)", "asan",
      "sampling"),
+    ("dynamic tree: the warp counts read before every warp wrote its own", "dynamic_tree.cuh",
+     "    // is written below).\n    __syncthreads();\n", "    // is written below).\n", "tsan", "dynamic_tree"),
+    ("dynamic tree: one candidate more than num_keep selected", "dynamic_tree.cuh",
+     "node[j] = depth[j] > 0 && rank < a.num_keep;", "node[j] = depth[j] > 0 && rank <= a.num_keep;", "asan",
+     "dynamic_tree"),
 ]
 ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"]}
 # A test key -> the C++ test it builds and the environment it runs under: the
