@@ -330,3 +330,72 @@ def test_errors(target, tmp_path):
         EagleHead.load(tmp_path / "s.st", target)
     with pytest.raises(ValueError, match="at least 4 layers"):
         EagleHead(ModelConfig(**{**CFG.__dict__, "num_layers": 3}), "eagle3")
+
+
+def test_shipped_head_drafts_greedy_chains_through_step():
+    """The shipped head on the shipped target, driven as the module docstring
+    says: commit (prefill), draft a greedy chain depth by depth with
+    ``drafted=``, roll back (truncate), commit the accepted tokens plus the
+    bonus with the target's features, for two ragged sequences of a greedy
+    continuation. The drafts are mostly accepted (a trained head on its own
+    target), and after the rounds the head's last output equals a dense run
+    over all committed elements (the rollbacks left nothing behind)."""
+    from specdec_kernels import demo
+    from specdec_kernels.runtime import generate
+
+    path = demo.DEFAULT_MODELS / "eagle_head.safetensors"
+    if not path.is_file():
+        pytest.skip("no shipped eagle_head.safetensors (python bench/train_tiny.py --only eagle)")
+    target = LlamaModel.from_pretrained(demo.DEFAULT_MODELS / "target")
+    head = EagleHead.load(path, target)
+    prompts = [p for _, p in demo.held_out_prompts(2, 48)]
+    seqs = [torch.tensor(p + t) for p, t in zip(prompts, generate(target, prompts, max_new_tokens=40).tokens)]
+    # The target's features of every token (causal, so a prefix's are the same as in a running decode).
+    feats = []
+    for s in seqs:
+        cache = PagedKVCache(target.config, 8, 16)
+        cache.allocator.add(0, len(s))
+        feats.append(target(
+            s, torch.arange(len(s)), cache, cache.allocator.block_table([0]), torch.zeros(1, dtype=torch.int32),
+            ragged([len(s)]), prefill=True)[1])
+    depth, i32 = 4, torch.int32
+    hcache = head.new_cache(32, 8)
+    lengths = [len(prompts[0]) - 1, len(prompts[1]) + 5]  # committed elements P (root x[P] not in the target's cache)
+    for b, n in enumerate(lengths):
+        hcache.allocator.add(b, 0)
+        hcache.allocator.append(b, n)
+    table = lambda: hcache.allocator.block_table([0, 1])  # noqa: E731
+    _, out = head.step(torch.cat([f[:n] for f, n in zip(feats, lengths)]),
+                       torch.cat([s[1:n + 1] for s, n in zip(seqs, lengths)]),
+                       torch.cat([torch.arange(n) for n in lengths]), hcache, table(), torch.zeros(2, dtype=i32),
+                       ragged(lengths), prefill=True)
+    last = out[ragged(lengths)[1:].long() - 1]
+    accepted = []
+    while all(n + depth + 1 < len(s) for n, s in zip(lengths, seqs)):
+        plen = torch.tensor(lengths, dtype=i32)
+        for b, n in enumerate(lengths):
+            hcache.allocator.reserve(b, n + depth)
+        drafts, prev = [head.logits(last).argmax(-1)], last
+        for d in range(1, depth):  # the depth-d node's element: (its parent's out, its token) at P + d - 1
+            _, prev = head.step(prev, drafts[-1], plen.long() + d - 1, hcache, table(), plen, ragged([1, 1]),
+                                drafted=torch.full((2,), d - 1, dtype=i32))
+            drafts.append(head.logits(prev).argmax(-1))
+        drafts = torch.stack(drafts, 1)
+        truth = torch.stack([s[n + 1:n + 1 + depth] for s, n in zip(seqs, lengths)])
+        ks = (drafts == truth).long().cumprod(1).sum(1).tolist()
+        accepted += ks
+        # Roll back the drafted entries; commit (f[j], x[j + 1]) for j = P .. P + k with the target's features.
+        counts = [k + 1 for k in ks]
+        for b, (n, c) in enumerate(zip(lengths, counts)):
+            hcache.allocator.truncate(b, n)
+            hcache.allocator.append(b, c)
+        _, out = head.step(torch.cat([f[n:n + c] for f, n, c in zip(feats, lengths, counts)]),
+                           torch.cat([s[n + 1:n + 1 + c] for s, n, c in zip(seqs, lengths, counts)]),
+                           torch.cat([torch.arange(n, n + c) for n, c in zip(lengths, counts)]), hcache, table(),
+                           plen, ragged(counts))
+        last = out[ragged(counts)[1:].long() - 1]
+        lengths = [n + c for n, c in zip(lengths, counts)]
+    assert len(accepted) >= 8 and sum(accepted) / len(accepted) >= 2.0, accepted
+    for b, (f, s, n) in enumerate(zip(feats, seqs, lengths)):
+        want = dense(head, f[:n], s[1:n + 1], torch.arange(n))[-1]
+        torch.testing.assert_close(last[b], want, **TOL)

@@ -34,6 +34,15 @@ Features (which hidden state the head reads):
   the layer's attention still reads the H-wide ``fc`` output (EAGLE-3 widens
   q/k/v to 2H), and the target's full vocabulary is kept (no ``d2t`` map).
 
+Training (``bench/train_tiny.py --only eagle``, through ``forward_dense``):
+EAGLE-1's loss, ``1.0 * smooth_l1(out, next feature) + 0.1 * CE(target's
+next-token distribution, softmax(lm_head(out)))``, with uniform noise on the
+input features; the shipped ``eagle_head.safetensors`` is an eagle1 head.
+``--eagle-fusion eagle3`` trains the fused variant with the same loss (its
+``out`` still regresses onto the target's final feature); EAGLE-3 itself drops
+the regression and trains with "training-time test" (unrolled drafting),
+which is not implemented here.
+
 Element layout (the head's "sequence"): element ``j`` pairs the feature of
 token ``j`` with the embedding of token ``j + 1``, sits in cache slot ``j`` at
 RoPE position ``j``, and its ``out`` predicts the feature of token ``j + 1``,
@@ -219,8 +228,9 @@ class EagleHead(nn.Module):
     def from_target(cls, target, fusion: str = "eagle1", layers=None, *, intermediate_size=None, seed: int = 0,
                     std: float = 0.02) -> "EagleHead":
         """A freshly initialised head with the target's shapes, dtype and device
-        (linears ~ N(0, std) from ``seed``, biases 0, norm weights 1), attached."""
-        head = cls(target.config, fusion, layers, intermediate_size=intermediate_size)
+        (linears ~ N(0, std) from ``seed``, biases 0, norm weights 1), attached.
+        ``target``: a ``LlamaModel`` or a Hugging Face ``LlamaForCausalLM``."""
+        head = cls(_config_of(target), fusion, layers, intermediate_size=intermediate_size)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in head.named_parameters():
@@ -249,8 +259,9 @@ class EagleHead(nn.Module):
 
     @classmethod
     def load(cls, path, target, *, dtype=None, device=None) -> "EagleHead":
-        """Load a head file for ``target`` (its config gives the attention shapes;
-        default dtype and device: the target's LM head's) and attach it."""
+        """Load a head file for ``target`` (a ``LlamaModel`` or a Hugging Face
+        ``LlamaForCausalLM``; its config gives the attention shapes; default
+        dtype and device: the target's LM head's) and attach it."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -258,7 +269,7 @@ class EagleHead(nn.Module):
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
         state.pop("embed_tokens.weight", None)
-        cfg = target.config
+        cfg = _config_of(target)
         fusion = meta.get("fusion") or ("eagle3" if "fusion.weight" in state else "eagle1")
         if fusion not in FUSIONS:
             raise ValueError(f"{path}: unknown fusion {fusion!r} in its metadata (expected one of {FUSIONS})")
@@ -463,6 +474,12 @@ class EagleHead(nn.Module):
                 raise ValueError("prefill=True is causal: pass tree_mask=None")
             if prefix_lens.numel() and int(prefix_lens.max()) != 0:
                 raise ValueError("prefill=True needs an empty prefix (prefix_lens all 0)")
+
+
+def _config_of(target) -> ModelConfig:
+    """A ``LlamaModel``'s config, or a Hugging Face model's converted (training)."""
+    config = target.config
+    return config if isinstance(config, ModelConfig) else ModelConfig.from_hf(config.to_dict())
 
 
 def _causal_sdpa(q, k, v, qo_indptr, group):
