@@ -10,11 +10,12 @@ sorted list is held out). Byte-level: token = byte value (vocabulary 256).
 Seeds are fixed; on another interpreter version or machine the corpus or the
 float reductions differ, so weights differ slightly.
 
-    python bench/train_tiny.py                          # about half an hour on 2 CPU cores
-    python bench/train_tiny.py --target-steps 50 --draft-steps 20 --heads-steps 20 --out /tmp/tiny   # smoke run
+    python bench/train_tiny.py                          # about 35 minutes on 2 CPU cores
+    python bench/train_tiny.py --target-steps 50 --draft-steps 20 --heads-steps 20 --eagle-steps 20 \
+        --draft-bpe-steps 20 --out /tmp/tiny            # smoke run
     python bench/train_tiny.py --only draft_bpe         # just the BPE draft, a few minutes
-    python bench/train_tiny.py --only eagle             # just the EAGLE head on the shipped target, ~10 minutes
-    python bench/train_tiny.py --only eagle --eagle-steps 3000 --out /tmp/tiny   # a longer EAGLE run
+    python bench/train_tiny.py --only eagle             # just the EAGLE head on the shipped target, 8-14 minutes
+    python bench/train_tiny.py --only eagle --eagle-steps 3000 --out DIR   # longer (DIR: a copy of the models)
 
 Writes Hugging Face folders ``target/`` and ``draft/`` (``config.json`` +
 ``model.safetensors``, bf16, loadable by ``transformers.LlamaForCausalLM``),
