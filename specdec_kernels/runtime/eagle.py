@@ -29,8 +29,8 @@ Features (which hidden state the head reads):
   4-layer target, indices ``(1, 2, 3)``, the outputs of decoder layers 0, 1
   and 2 (the inputs of layers 1, 2, 3). Pass them to the target as
   ``target(..., capture=head.capture)`` (``LlamaModel.forward``'s third
-  output). Rows whose feature is the head's own ``out`` (depth >= 2 while
-  drafting) pass ``[N, H]`` and skip the fusion, as in EAGLE-3. Unlike EAGLE-3,
+  output). Draft elements, whose feature is the head's own ``out``, pass
+  ``[N, H]`` and skip the fusion, as in EAGLE-3. Unlike EAGLE-3,
   the layer's attention still reads the H-wide ``fc`` output (EAGLE-3 widens
   q/k/v to 2H), and the target's full vocabulary is kept (no ``d2t`` map).
 
@@ -93,9 +93,12 @@ accepts ``k`` tokens ``a_1..a_k`` and the bonus ``b``, cut the head's cache
 back to ``P`` (``cache.allocator.truncate(seq, P)``; no data moves) and run one
 ``step`` (``drafted=None``, ``tree_mask=None``) over the ``k + 1`` elements
 ``(f[P], a_1), ..., (f[P+k-1], a_k), (f[P+k], b)`` at positions ``P..P+k``,
-with the target's features ``f`` of the root and the accepted nodes; the
-head's cache is then ``P + k + 1`` long, as the target's, and the last row's
-logits give the new root's children. (``compact_kv`` on the head's
+with the target's features ``f`` of the root and the accepted nodes (the
+verify forward's hidden at those rows); the head's cache is then ``P + k + 1``
+long, as the target's, and the last row's logits give the new root's
+children. After a prompt, the same: the target's prefill of ``x[0..P-1]``
+gives ``f[0..P-1]``, and one ``step(prefill=True)`` commits the ``P`` elements
+``(f[j], x[j+1])``. (``compact_kv`` on the head's
 one-layer cache, ``compact_kv(cache.k, cache.v, ...)``, moves kept draft
 entries into place the way the target's step does, for a drafter that keeps
 them instead; EAGLE does not.)
