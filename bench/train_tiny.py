@@ -406,7 +406,9 @@ def main(argv=None) -> int:
     p.add_argument("--bpe-vocab", type=int, default=1024)
     p.add_argument("--eagle-steps", type=int, default=400)
     p.add_argument("--eagle-lr", type=float, default=2e-3)
-    p.add_argument("--eagle-fusion", choices=["eagle1", "eagle3"], default="eagle1")
+    p.add_argument("--eagle-fusion", choices=["eagle1", "eagle3"], default="eagle1",
+                   help="eagle3: fuse three target layers (same loss; without EAGLE-3's training-time test its "
+                        "drafts past depth 1 fail, see runtime/eagle.py)")
     p.add_argument("--only", choices=["all", "draft_bpe", "eagle"], default="all",
                    help="draft_bpe: train only the BPE draft (and write the byte tokenizers); eagle: train only the "
                         "EAGLE head on --out's target/; both keep the rest of --out and merge into its "
