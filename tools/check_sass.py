@@ -58,7 +58,7 @@ FMA = re.compile(r"tree_attention_kernel<(float|__half|__nv_bfloat16), (\d+)>")
 MERGE = re.compile(r"tree_attention_merge_kernel<(float|__half|__nv_bfloat16), (\d+)>")
 # Verification: the walk (one CTA per request, launch bounds (256, 1)) and the
 # split pass (launch bounds (256, 4)); both read rows with 16-byte loads.
-VERIFY = re.compile(r"verify_kernel<(float|__half|__nv_bfloat16)>")
+VERIFY = re.compile(r"verify_kernel<(float|__half|__nv_bfloat16), \(specdec::VerifyMode\)[0-3]>")  # one per mode
 VERIFY_PARTIAL = re.compile(r"verify_partial_kernel<(float|__half|__nv_bfloat16)>")
 SOURCES = ("tree_attention.cu", "sampling.cu")
 
@@ -170,7 +170,8 @@ def parse(obj: Path) -> dict[tuple[str, str], dict]:
     else:  # c++filt understands the same mangling
         names = subprocess.run(["c++filt"], input="\n".join(mangled), check=True, capture_output=True,
                                text=True).stdout.split("\n")
-    demangle = {m: re.sub(r"^.*?((?:tree_attention\w*|verify\w*kernel)<[^()]*>).*$", r"\1", n)
+    # Template arguments may hold casts: verify_kernel<float, (specdec::VerifyMode)1>.
+    demangle = {m: re.sub(r"^.*?((?:tree_attention\w*|verify\w*kernel)<(?:[^()<>]|\([\w:]+\))*>).*$", r"\1", n)
                 for m, n in zip(mangled, names)}
     kernels: dict[tuple[str, str], dict] = {}
     arch = None

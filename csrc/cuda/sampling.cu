@@ -61,7 +61,23 @@ cudaError_t launch(const VerifyArgs& args, const Plan& p, float* residual, vk::R
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
-  vk::verify_kernel<L><<<unsigned(args.batch), vk::kThreads, 0, stream>>>(args, residual, pre, int(p.chunks));
+  const unsigned grid = unsigned(args.batch);
+  const int c = int(p.chunks);
+  switch (args.mode) {
+    case VerifyMode::kGreedy:
+      vk::verify_kernel<L, VerifyMode::kGreedy><<<grid, vk::kThreads, 0, stream>>>(args, residual, pre, c);
+      break;
+    case VerifyMode::kRejection:
+      vk::verify_kernel<L, VerifyMode::kRejection><<<grid, vk::kThreads, 0, stream>>>(args, residual, pre, c);
+      break;
+    case VerifyMode::kTypical:
+      vk::verify_kernel<L, VerifyMode::kTypical><<<grid, vk::kThreads, 0, stream>>>(args, residual, pre, c);
+      break;
+    case VerifyMode::kTraversal:
+      vk::verify_kernel<L, VerifyMode::kTraversal><<<grid, vk::kThreads, 0, stream>>>(args, residual, pre, c);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
   return cudaGetLastError();
 }
 
@@ -74,7 +90,9 @@ cudaError_t verify_cuda(const VerifyArgs& args, void* workspace, size_t workspac
                   args.width >= 1 && args.width <= kMaxVerifyNodes && args.draft_tokens && args.parents &&
                   args.qo_indptr && args.logits && args.num_accepted && args.accepted_nodes && args.tokens &&
                   (!sampled || (args.temperature && (args.uniforms || args.philox))) &&
-                  ((args.mode != VerifyMode::kRejection && args.mode != VerifyMode::kTraversal) || (args.top_k && args.top_p)) &&
+                  int32_t(args.mode) >= 0 && int32_t(args.mode) <= int32_t(VerifyMode::kTraversal) &&
+                  ((args.mode != VerifyMode::kRejection && args.mode != VerifyMode::kTraversal) ||
+                   (args.top_k && args.top_p)) &&
                   (args.mode != VerifyMode::kTypical || (args.posterior_threshold && args.posterior_alpha)) &&
                   (args.target_indptr == nullptr) == (args.bonus_tokens == nullptr) &&
                   workspace_bytes >= verify_cuda_workspace_bytes(args) &&

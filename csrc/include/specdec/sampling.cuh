@@ -959,10 +959,13 @@ union WalkNodes {
   TraversalNode traversal[kMaxVerifyNodes];
 };
 
-// grid = batch, block = kThreads. residual: float [batch, vocab] (mode 1 with q).
+// grid = batch, block = kThreads. M: the mode, so each kernel holds one walk
+// besides greedy's (temperature-0 requests): the greedy and token-rule kernels
+// keep fewer registers and shared memory, and ptxas compiles four smaller
+// kernels faster than one with every walk. residual: float [batch, vocab] (mode 1 with q).
 // pre: [rows, chunks] from verify_partial_kernel, or null. L: the element
 // type of a.logits (a.logits_dtype).
-template <typename L>
+template <typename L, VerifyMode M>
 __global__ void __launch_bounds__(kThreads, 1) verify_kernel(const VerifyArgs a, float* residual,
                                                              const RowPartial* pre, int chunks) {
   __shared__ Scratch scratch;
@@ -980,14 +983,14 @@ __global__ void __launch_bounds__(kThreads, 1) verify_kernel(const VerifyArgs a,
   if (size > 0) {
     if (threadIdx.x == 0) a.accepted_nodes[b * a.width] = 0;
     const Walk<L> w{a, b, start, size, row_span(a, b, start, size), scratch, pre, chunks};
-    const bool greedy = a.mode == VerifyMode::kGreedy || !(a.temperature[b] > 0.f);
+    const bool greedy = M == VerifyMode::kGreedy || !(a.temperature[b] > 0.f);
     if (greedy) {
       accepted = walk_greedy(w);
-    } else if (a.mode == VerifyMode::kRejection) {
+    } else if constexpr (M == VerifyMode::kRejection) {
       accepted = walk_rejection(w, residual + b * a.vocab);
-    } else if (a.mode == VerifyMode::kTraversal) {
+    } else if constexpr (M == VerifyMode::kTraversal) {
       accepted = walk_traversal(w, walk_nodes.traversal);
-    } else {
+    } else if constexpr (M == VerifyMode::kTypical) {
       accepted = walk_typical(w, walk_nodes.typical);
     }
   }
