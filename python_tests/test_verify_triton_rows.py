@@ -222,7 +222,7 @@ def _thresholds_kernel(x_ptr, stride, temp_ptr, k_ptr, p_ptr, out_thr, out_total
         thr, total, count = _bisect_stats(row_ptr, V, temperature, m, tl.load(k_ptr + i), tl.load(p_ptr + i), BLOCK_V)
     else:
         thr, total, count = tsampling._target_stats(row_ptr, V, temperature, m, tl.load(k_ptr + i),
-                                                    tl.load(p_ptr + i), tl.full([], 0.0, tl.float64),
+                                                    tl.load(p_ptr + i), 0.0, tl.full([], 0.0, tl.float64),
                                                     tl.full([], 0, tl.int32), 0, False, False, BLOCK_V, BLOCK_V)
     tl.store(out_thr + i, thr)
     tl.store(out_total + i, total)
