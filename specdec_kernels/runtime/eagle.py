@@ -145,7 +145,7 @@ from torch import nn
 from ..attention import tree_attention
 from ..kv_cache import append_kv
 from .config import ModelConfig
-from .model import DecoderLayer, PagedKVCache, rope_cos_sin, rotate
+from .model import DecoderLayer, PagedKVCache, causal_sdpa, rope_cos_sin, rotate
 
 FUSIONS = ("eagle1", "eagle3")
 FORMAT = "specdec_kernels.eagle"
@@ -392,7 +392,7 @@ class EagleHead(nn.Module):
         append_kv(k, v, k_cache, v_cache, block_table, start, qo_indptr, validate=validate)
         scale = 1.0 / math.sqrt(d)
         if prefill:
-            o = _causal_sdpa(q, k, v, qo_indptr, hq // hkv)
+            o = causal_sdpa(q, k, v, qo_indptr, hq // hkv)
         elif drafted is None or tree_mask is None:
             # No earlier draft rows, or a chain: they are all visible, so they join the prefix.
             o = tree_attention(q, k_cache, v_cache, block_table, start, qo_indptr, tree_mask, sm_scale=scale,
@@ -489,15 +489,3 @@ def _config_of(target) -> ModelConfig:
     return config if isinstance(config, ModelConfig) else ModelConfig.from_hf(config.to_dict())
 
 
-def _causal_sdpa(q, k, v, qo_indptr, group):
-    """Causal attention of each sequence's rows among themselves (a prompt)."""
-    out = torch.empty_like(q)
-    bounds = qo_indptr.tolist()
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        if e == s:
-            continue
-        qs = q[s:e].transpose(0, 1)
-        ks = k[s:e].repeat_interleave(group, dim=1).transpose(0, 1)
-        vs = v[s:e].repeat_interleave(group, dim=1).transpose(0, 1)
-        out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1)
-    return out

@@ -136,6 +136,22 @@ def rotate(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def causal_sdpa(q, k, v, qo_indptr, group: int):
+    """Causal attention of each sequence's rows among themselves (a prompt,
+    empty prefix): q [N, Hq, D], k and v [N, Hkv, D] with Hq = group * Hkv,
+    ragged by qo_indptr int32 [B + 1] (read on the host)."""
+    out = torch.empty_like(q)
+    bounds = qo_indptr.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e == s:
+            continue
+        qs = q[s:e].transpose(0, 1)
+        ks = k[s:e].repeat_interleave(group, dim=1).transpose(0, 1)
+        vs = v[s:e].repeat_interleave(group, dim=1).transpose(0, 1)
+        out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1)
+    return out
+
+
 class LlamaModel(nn.Module):
     """``forward`` takes the ragged batch of new tokens and the cache layout
     (see its docstring); ``from_pretrained`` loads a checkpoint folder and
@@ -262,14 +278,4 @@ class LlamaModel(nn.Module):
         return F.linear(hidden, self.lm_head.weight), hidden
 
     def _sdpa_prefill(self, q, k, v, qo_indptr):
-        group = self.config.num_heads // self.config.num_kv_heads
-        out = torch.empty_like(q)
-        bounds = qo_indptr.tolist()
-        for s, e in zip(bounds[:-1], bounds[1:]):
-            if e == s:
-                continue
-            qs = q[s:e].transpose(0, 1)
-            ks = k[s:e].repeat_interleave(group, dim=1).transpose(0, 1)
-            vs = v[s:e].repeat_interleave(group, dim=1).transpose(0, 1)
-            out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1)
-        return out
+        return causal_sdpa(q, k, v, qo_indptr, self.config.num_heads // self.config.num_kv_heads)
