@@ -32,3 +32,14 @@ std::vector<T> to_host(const T* p, size_t n) {
   if (n) CHECK_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
   return v;
 }
+
+// True (after saying so) when there is no CUDA device: the test then exits 77,
+// ctest's "skipped".
+inline bool no_cuda_device() {
+  int devices = 0;
+  const cudaError_t err = cudaGetDeviceCount(&devices);
+  if (err == cudaSuccess && devices > 0) return false;
+  std::printf("no CUDA device: skipped\n");
+  if (err != cudaSuccess) std::printf("(cudaGetDeviceCount: %s)\n", cudaGetErrorString(err));
+  return true;
+}

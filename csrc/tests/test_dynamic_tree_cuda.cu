@@ -121,11 +121,7 @@ int compare(const Case& c) {
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("no CUDA device: skipped\n");
-    return 77;
-  }
+  if (no_cuda_device()) return 77;
   std::mt19937 rng(19);
   int differ = 0, requests = 0;
   struct Shape {

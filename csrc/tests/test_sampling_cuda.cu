@@ -330,11 +330,7 @@ int compare(const Case& c, specdec::VerifyMode mode, bool with_q, bool philox, i
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("no CUDA device: skipped\n");
-    return 77;
-  }
+  if (no_cuda_device()) return 77;
   std::mt19937 rng(7);
   int differ = 0, requests = 0;
   for (int64_t vocab : {1, 7, 50, 3000}) {
