@@ -8,7 +8,8 @@ import torch
 from conftest import HAS_CUDA
 from specdec_kernels.runtime.generate import generate
 from specdec_kernels.runtime.model import PagedKVCache
-from specdec_kernels.runtime.step import Draft, VerifyStep
+from specdec_kernels.runtime.step import Draft, TreeDrafts, VerifyStep
+from specdec_kernels.trees import _pack_rows, num_words
 from test_runtime_generate import PROMPTS, tiny
 
 
@@ -32,7 +33,7 @@ def random_draft(gen, vocab, size, inert):
     return Draft(tokens=tokens, parents=parents, visible=vis)
 
 
-def run_step(model, prompts, drafts, mode, bucketed, device="cpu"):
+def run_step(model, prompts, drafts, mode, bucketed, device="cpu", features=None):
     """Prefill each prompt but its last token, then one step with ``drafts``
     (the last tokens as roots); -> (result, cache lengths, cached K per sequence)."""
     cfg = model.config
@@ -40,7 +41,7 @@ def run_step(model, prompts, drafts, mode, bucketed, device="cpu"):
     step = VerifyStep(model, cache, mode=mode, max_blocks=16, bucketed=bucketed,
                       generator=torch.Generator().manual_seed(3),
                       sampling=dict(temperature=0.8) if mode != "greedy" else None,
-                      cuda_graph=device == "cuda" and bucketed)
+                      cuda_graph=device == "cuda" and bucketed, features=features)
     seqs = list(range(len(prompts)))
     for s, p in zip(seqs, prompts):
         cache.allocator.add(s, len(p) - 1)
@@ -80,6 +81,88 @@ def test_padded_step_equals_unpadded(mode):
             got = r_pad.argmax[r_pad.row_start[b]:r_pad.row_start[b] + 1 + len(drafts[b].tokens)]
             want = r_exact.argmax[start:start + 1 + len(drafts[b].tokens)]
             assert torch.equal(got, want)
+
+
+def tree_drafts(drafts, rows, vocab, with_q, gen):
+    """``drafts`` (trees whose inert rows come last) as one TreeDrafts of
+    ``rows`` rows per tree (padded with inert rows), and the equivalent list
+    of Drafts (the general path) with the same padding and q."""
+    b = len(drafts)
+    tokens = torch.zeros(b, rows, dtype=torch.int64)
+    parents = torch.full((b, rows), -1, dtype=torch.int32)
+    depths = torch.zeros(b, rows, dtype=torch.int32)
+    masks, plain = [], []
+    q = torch.rand(b, rows, vocab, generator=gen) if with_q else None
+    if q is not None:
+        q /= q.sum(-1, keepdim=True)
+    for i, d in enumerate(drafts):
+        par, pos, vis, dep = d.layout()
+        n = len(par)
+        tokens[i, 1:n] = torch.tensor(d.tokens, dtype=torch.int64)
+        parents[i, :n] = torch.tensor(par, dtype=torch.int32)
+        depths[i, :n] = torch.tensor(pos, dtype=torch.int32)
+        masks += vis + [1 << j for j in range(n, rows)]
+        pad = rows - n
+        plain.append(Draft(tokens=tokens[i, 1:].tolist(), parents=par[1:] + [-1] * pad,
+                           visible=vis[1:] + [1 << j for j in range(n, rows)],
+                           positions=pos[1:] + [0] * pad, q=None if q is None else q[i]))
+    mask = _pack_rows(masks, num_words(rows)).reshape(b, rows, -1)
+    max_depth = max(max(d.layout()[3]) for d in drafts)
+    return TreeDrafts(tokens, parents, depths, mask, max_depth, q), plain
+
+
+@pytest.mark.parametrize("mode,with_q", [("greedy", False), ("rejection", False), ("rejection", True)])
+def test_tree_drafts_equal_drafts(mode, with_q):
+    """A batch of device trees (TreeDrafts, what the EAGLE drafter hands over)
+    gives exactly what the same trees as a list of Drafts give: results, draws,
+    cache, padded or not; path_features are the target's hidden states at the
+    root and the accepted nodes (checked against a causal forward over the
+    accepted chain, and under capture against the captured layers)."""
+    model = tiny(vocab=16, seed=4, std=0.3)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [[1, 2, 3], [4, 5], [5, 6, 7, 8, 9, 10]]
+    for trial in range(3):
+        drafts = [random_draft(gen, 16, size, inert=False) for size in (4, 1, 7)]
+        trees, plain = tree_drafts(drafts, 11, 16, with_q, gen)
+        for bucketed in (False, True):
+            r_tree, len_tree, kv_tree = run_step(model, prompts, trees, mode, bucketed, features="hidden")
+            r_plain, len_plain, kv_plain = run_step(model, prompts, plain, mode, bucketed)
+            assert r_tree.num_accepted == r_plain.num_accepted and r_tree.paths == r_plain.paths
+            assert r_tree.tokens == r_plain.tokens and len_tree == len_plain
+            assert r_plain.path_features is None
+            for a, b in zip(kv_tree, kv_plain):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            for b, (prompt, toks, c) in enumerate(zip(prompts, r_tree.tokens, r_tree.num_accepted)):
+                chain = prompt + toks[:c]  # the root's context plus the accepted drafts
+                n = len(chain)
+                _, hidden, captured = model(torch.tensor(chain), torch.arange(n), PagedKVCache(model.config, 8, 4),
+                                            torch.arange(8, dtype=torch.int32)[None], torch.zeros(1, dtype=torch.int32),
+                                            torch.tensor([0, n], dtype=torch.int32), prefill=True, capture=(1, 2))
+                torch.testing.assert_close(r_tree.path_features[b, :c + 1], hidden[len(prompt) - 1:],
+                                           rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(r_tree.path_features[b, c], r_tree.last_hidden[b])
+                if trial == 0 and not bucketed:
+                    r_cap, _, _ = run_step(model, prompts, trees, mode, bucketed, features=(1, 2))
+                    torch.testing.assert_close(r_cap.path_features[b, :c + 1], captured[len(prompt) - 1:],
+                                               rtol=1e-4, atol=1e-4)
+
+
+def test_bad_tree_drafts_raise():
+    model = tiny(vocab=16)
+    cache = PagedKVCache(model.config, 8, 4)
+    step = VerifyStep(model, cache, max_blocks=4)
+    cache.allocator.add(0, 0)
+    z32 = torch.zeros(1, 3, dtype=torch.int32)
+    good = dict(tokens=torch.zeros(1, 3, dtype=torch.int64), parents=z32, depths=z32,
+                mask=torch.zeros(1, 3, 1, dtype=torch.int32), max_depth=1)
+    for field, value, match in (("tokens", z32, "tokens must be int64"), ("parents", z32[:, :2], "parents must be"),
+                                ("mask", torch.zeros(1, 3, dtype=torch.int32), "mask must be"),
+                                ("max_depth", 3, "max_depth must be"),
+                                ("q", torch.zeros(1, 3, 5), r"q must be float32 \[1, 3, V=16\]")):
+        with pytest.raises(ValueError, match=match):
+            step([0], [1], TreeDrafts(**{**good, field: value}))
+    with pytest.raises(ValueError, match="features takes hidden-state indices"):
+        VerifyStep(model, cache, max_blocks=4, features=(9,))
 
 
 def test_accepting_draft_moves_its_kv():

@@ -77,6 +77,75 @@ class Draft:
 
 
 @dataclass
+class TreeDrafts:
+    """The drafts of a whole step as device trees, one per sequence (in the
+    step's ``seqs`` order), all ``R`` rows wide: what a drafter that builds
+    its tree on the device each step hands over (``build_dynamic_tree``'s
+    output, via ``from_dynamic_tree``). The step pads and broadcasts them
+    with tensor ops and never reads them back: O(batch) host work.
+
+    Attributes:
+        tokens: int64 ``[B, R]``: row 0 is ignored (the step's root), rows
+            ``1..`` the drafted tokens (not range-checked: a token outside the
+            vocabulary is never accepted).
+        parents: int32 ``[B, R]``: local parent indices, parents before
+            children; -1 at row 0 and on inert rows (never verified).
+        depths: int32 ``[B, R]``: RoPE offsets after the root (0 at row 0).
+        mask: int32 ``[B, R, W]``, ``W >= ceil(R / 32)``: packed visibility
+            rows (bit ``j`` of row ``i``: node ``j`` is ``i`` or its ancestor;
+            an inert row: only its own bit).
+        max_depth: a host int bounding every depth (no read-back of ``depths``).
+        q: float32 ``[B, R, V]`` or None: row ``n`` is the distribution node
+            ``n``'s children were sampled from (exact rejection); None:
+            point-mass proposals.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    depths: torch.Tensor
+    mask: torch.Tensor
+    max_depth: int
+    q: torch.Tensor | None = None
+
+    @classmethod
+    def from_dynamic_tree(cls, tree, max_depth: int, q=None) -> "TreeDrafts":
+        """From a ``build_dynamic_tree`` result (``max_depth``: the drafter's
+        number of expanded depths)."""
+        return cls(tree.draft_tokens, tree.parents, tree.depths, tree.tree_mask, max_depth, q)
+
+    def __len__(self):
+        return self.tokens.shape[0]
+
+    @property
+    def rows(self) -> int:
+        return self.tokens.shape[1]
+
+    def check(self, vocab: int):
+        """Shapes and dtypes (no value read: no host sync)."""
+        b, r = self.tokens.shape if self.tokens.dim() == 2 else (None, None)
+        if r is None or self.tokens.dtype != torch.int64:
+            raise ValueError(f"TreeDrafts.tokens must be int64 [B, R], got {self.tokens.dtype} "
+                             f"{tuple(self.tokens.shape)}")
+        if not 1 <= r <= MAX_TREE_LEN:
+            raise ValueError(f"TreeDrafts have {r} rows per tree; the verify ops take 1 to {MAX_TREE_LEN}")
+        for name in ("parents", "depths"):
+            t = getattr(self, name)
+            if t.shape != (b, r) or t.dtype != torch.int32:
+                raise ValueError(f"TreeDrafts.{name} must be int32 [{b}, {r}] like tokens, got {t.dtype} "
+                                 f"{tuple(t.shape)}")
+        if self.mask.dim() != 3 or self.mask.shape[:2] != (b, r) or self.mask.shape[2] < num_words(r) or \
+                self.mask.dtype != torch.int32:
+            raise ValueError(f"TreeDrafts.mask must be int32 [{b}, {r}, W >= {num_words(r)}], got "
+                             f"{self.mask.dtype} {tuple(self.mask.shape)}")
+        if isinstance(self.max_depth, bool) or not isinstance(self.max_depth, int) or \
+                not 0 <= self.max_depth < r:
+            raise ValueError(f"TreeDrafts.max_depth must be an int in [0, {r - 1}], got {self.max_depth!r}")
+        if self.q is not None and (self.q.shape != (b, r, vocab) or self.q.dtype != torch.float32):
+            raise ValueError(f"TreeDrafts.q must be float32 [{b}, {r}, V={vocab}], got {self.q.dtype} "
+                             f"{tuple(self.q.shape)}")
+
+
+@dataclass
 class StepResult:
     """Host copies of the verify outcome plus device tensors for drafters.
 
@@ -85,6 +154,10 @@ class StepResult:
     the target's final hidden state at each last accepted node (Medusa heads
     read it). ``argmax`` int64 ``[N]`` and ``row_start`` (list): every row's
     argmax and where each sequence's rows start (lookahead reads its window's).
+    ``path_features`` ``[B, width, F]`` or None: with ``VerifyStep(features=)``,
+    the target's features at the root and each accepted node (entry ``j`` of
+    sequence ``b`` for ``j <= num_accepted[b]``; later entries are
+    unspecified): what an EAGLE head commits.
     """
 
     num_accepted: list
@@ -93,6 +166,7 @@ class StepResult:
     last_hidden: torch.Tensor
     argmax: torch.Tensor
     row_start: list
+    path_features: torch.Tensor | None = None
 
 
 def bucket_size(n: int) -> int:
@@ -189,10 +263,17 @@ class VerifyStep:
         max_blocks: block-table width (the most blocks a sequence may hold).
         cuda_graph: capture and replay (CUDA only).
         bucketed: pad to (batch, tree) buckets even without capture.
+        features: None, ``"hidden"`` (the final hidden state) or a tuple of
+            hidden-state indices (``LlamaModel.forward``'s ``capture``): the
+            target features ``StepResult.path_features`` gathers at each
+            accepted path (on the device, inside the graph).
+
+    ``drafts`` is a list of ``Draft`` (one per sequence) or a ``TreeDrafts``
+    (the whole batch's device trees).
     """
 
     def __init__(self, model, cache, *, mode="greedy", sampling=None, generator=None, max_blocks,
-                 cuda_graph=False, bucketed=None, rule="token"):
+                 cuda_graph=False, bucketed=None, rule="token", features=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if rule not in RULES:
@@ -203,6 +284,16 @@ class VerifyStep:
         self.device = param.device
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on CUDA, it is on {self.device}")
+        if features is not None and features != "hidden":
+            try:
+                features = tuple(int(i) for i in features)
+            except TypeError:
+                raise ValueError(f"features must be None, 'hidden' or a tuple of hidden-state indices, got "
+                                 f"{features!r}") from None
+            if not features or not all(0 <= i <= model.config.num_layers for i in features):
+                raise ValueError(f"features takes hidden-state indices in [0, {model.config.num_layers}], got "
+                                 f"{features}")
+        self.features = features
         self.model, self.cache, self.mode, self.rule = model, cache, mode, rule
         self.sampling = dict(sampling or {})
         self.max_blocks = max_blocks
@@ -227,6 +318,8 @@ class VerifyStep:
     # -- host side ---------------------------------------------------------------------------
     def _host_inputs(self, seqs, roots, prefix_lens, drafts, rows_per_seq=None, batch=None):
         """Flatten the drafts; with ``rows_per_seq``/``batch``, pad to them."""
+        if isinstance(drafts, TreeDrafts):
+            return self._tree_inputs(drafts, seqs, roots, prefix_lens, rows_per_seq, batch)
         tmpl = self._shared_template(drafts)
         if tmpl is not None:
             return self._template_inputs(tmpl, seqs, roots, prefix_lens, drafts, rows_per_seq, batch)
@@ -366,6 +459,54 @@ class VerifyStep:
             host["q"] = q.reshape(batch * rows, vocab)
         return host, num_words(rows), tmpl.max_depth
 
+    def _tree_inputs(self, trees: TreeDrafts, seqs, roots, prefix_lens, rows_per_seq, batch):
+        """The step's inputs for device trees, laid out as the template path's
+        (per-sequence rows, expanded inside the step) with tensor ops only."""
+        vocab, dev = self.model.config.vocab_size, self.device
+        trees.check(vocab)
+        real, size = len(trees), trees.rows
+        batch = batch or real
+        rows = rows_per_seq or size
+        words = num_words(rows)
+        static = self._padding(rows, batch)
+        tok = torch.zeros(batch, rows, dtype=torch.int64, device=dev)
+        tok[:real, :size] = trees.tokens
+        tok[:real, 0] = torch.tensor(roots, dtype=torch.int64).to(dev)
+        parents = static["parents"].clone()
+        parents[:real, :size] = trees.parents
+        offsets = static["offsets"].clone()
+        offsets[:real, :size] = trees.depths
+        mask = static["mask"].clone()
+        w = min(words, trees.mask.shape[2])  # words past num_words(R) hold no bits
+        mask[:real, :size, :w] = trees.mask[:, :, :w]
+        verified = parents != -1
+        verified[:, 0] = True
+        host = dict(tree_tokens=tok, verified=verified, offsets=offsets, parents=parents.reshape(-1),
+                    mask=mask.reshape(batch * rows, words), qo_indptr=static["qo_indptr"],
+                    **self._batch_inputs(seqs, prefix_lens, [rows] * batch, real, batch))
+        if self.mode != "greedy":
+            host["draw_key"], host["step"] = static["draw_key"], torch.tensor([self._step])
+        if trees.q is not None:
+            q = torch.zeros(batch, rows, vocab, dtype=torch.float32, device=dev)
+            q[:real, :size] = trees.q
+            host["q"] = q.reshape(batch * rows, vocab)
+        return host, words, trees.max_depth
+
+    def _padding(self, rows, batch) -> dict:
+        """What a ``batch`` x ``rows`` step of device trees starts from before
+        the trees are copied in, built once per shape: every row inert (parent
+        -1, offset 0, its own mask bit), qo_indptr, draw keys."""
+        key = ("trees", rows, batch)
+        hit = self._broadcasts.get(key)
+        if hit is None:
+            own = _pack_rows([1 << i for i in range(rows)], num_words(rows)).to(self.device)
+            hit = self._broadcasts[key] = dict(
+                parents=torch.full((batch, rows), -1, dtype=torch.int32, device=self.device),
+                offsets=torch.zeros(batch, rows, dtype=torch.int64, device=self.device),
+                mask=own.expand(batch, -1, -1), qo_indptr=torch.arange(0, (batch + 1) * rows, rows, dtype=torch.int32),
+                draw_key=self._draw_key([rows] * batch))
+        return hit
+
     def _draw_key(self, rows_per) -> torch.Tensor:
         """int64 [sum(rows_per)] on the device: row i of sequence b draws
         Philox(seed, step << 32 | b * 256 + i) (``_uniforms``), a key that
@@ -437,8 +578,9 @@ class VerifyStep:
     def _body(self, buf: _Buffers, width: int):
         self._lap("host")
         tokens, draft_tokens, positions = buf.expand(self.model.config.vocab_size)
-        logits, hidden = self.model(tokens, positions, self.cache, buf.block_table, buf.prefix_lens,
-                                    buf.qo_indptr, buf.mask, validate=False)
+        capture = self.features if isinstance(self.features, tuple) else None
+        logits, hidden, *captured = self.model(tokens, positions, self.cache, buf.block_table, buf.prefix_lens,
+                                               buf.qo_indptr, buf.mask, validate=False, capture=capture)
         self._lap("verify_forward")
         common = dict(max_depth=width - 1, validate=False)
         args = (draft_tokens, buf.parents, buf.qo_indptr, logits)
@@ -456,7 +598,11 @@ class VerifyStep:
         last = res.accepted_nodes.gather(1, res.num_accepted.clamp(min=0).long()[:, None]).squeeze(1).long()
         last_rows = buf.qo_indptr[:-1].long() + last.clamp(min=0)
         packed = torch.cat([res.num_accepted[:, None].long(), res.accepted_nodes.long(), res.tokens], dim=1)
-        out = packed, hidden[last_rows], logits.argmax(-1)
+        path = None
+        if self.features is not None:  # the features at the root and every accepted node (EAGLE commits them)
+            rows = buf.qo_indptr[:-1].long()[:, None] + res.accepted_nodes.clamp(min=0).long()
+            path = (captured[0] if captured else hidden)[rows]
+        out = packed, hidden[last_rows], logits.argmax(-1), path
         self._lap("kv_compaction")
         return out
 
@@ -468,7 +614,7 @@ class VerifyStep:
         alloc = self.cache.allocator
         self._last_lap = time.perf_counter()
         real = len(drafts)
-        sizes = [1 + len(d.tokens) for d in drafts]
+        sizes = [drafts.rows] * real if isinstance(drafts, TreeDrafts) else [1 + len(d.tokens) for d in drafts]
         rows, batch = (bucket_size(max(sizes)), bucket_size(real)) if self.bucketed else (None, real)
         prefix_lens = [alloc.length(s) for s in seqs]
         for s, p, size in zip(seqs, prefix_lens, sizes):
@@ -479,12 +625,12 @@ class VerifyStep:
         if self.cuda_graph:
             began = time.perf_counter()
             key = (batch, rows, "q" in host, "tree_tokens" in host)
-            packed, hidden, argmax = self._replay(key, host, words, width)
+            packed, hidden, argmax, path = self._replay(key, host, words, width)
             packed = packed[:real].cpu()
             self.graph_seconds += time.perf_counter() - began
         else:
             buf = _Buffers.wrap(host, self.model.config.vocab_size, self.device)
-            packed, hidden, argmax = self._body(buf, width)
+            packed, hidden, argmax, path = self._body(buf, width)
         packed = packed[:real].cpu().tolist()  # the step's one host sync (done above under a graph)
         counts = [p[0] for p in packed]
         for s, p, c in zip(seqs, prefix_lens, counts):
@@ -495,7 +641,8 @@ class VerifyStep:
         return StepResult(num_accepted=counts,
                           paths=[p[1:2 + max(c, 0)] for p, c in zip(packed, counts)],
                           tokens=[p[1 + width:2 + width + max(c, 0)] for p, c in zip(packed, counts)],
-                          last_hidden=hidden[:real], argmax=argmax, row_start=indptr[:real])
+                          last_hidden=hidden[:real], argmax=argmax, row_start=indptr[:real],
+                          path_features=None if path is None else path[:real])
 
     def _replay(self, key, host, words, width):
         entry = self._graphs.get(key)
