@@ -74,8 +74,9 @@ Drafting API::
 * ``cache``: the head's one-layer ``PagedKVCache`` (``head.new_cache(...)``),
   with its own allocator; ``block_table`` int32 ``[B, max_blocks]`` from it;
   ``prefix_lens`` int32 ``[B]``: committed elements (the tree starts there).
-* ``drafted``: int32 ``[B]`` or None (0): draft elements already in the cache
-  after the prefix (earlier depths). Row ``i`` of sequence ``b`` is written at
+* ``drafted``: int32 ``[B]``, an int (the same for every sequence: no host
+  sync) or None (0): draft elements already in the cache after the prefix
+  (earlier depths). Row ``i`` of sequence ``b`` is written at
   ``prefix_lens[b] + drafted[b] + i``.
 * ``tree_mask``: packed int32 rows (``specdec_kernels.trees`` format) over the
   tree region, bit ``j`` = the element at ``prefix_lens[b] + j``, for
@@ -411,11 +412,18 @@ class EagleHead(nn.Module):
         rows get ``drafted[b]`` inert rows in front (zero queries, empty mask
         rows), whose outputs are dropped. All on the device."""
         n = q.shape[0]
+        if isinstance(drafted, int):  # the same count for every sequence: the padded size needs no sync
+            if drafted == 0:
+                return tree_attention(q, k_cache, v_cache, block_table, prefix_lens, qo_indptr, tree_mask,
+                                      sm_scale=scale, validate=validate)
+            total = n + drafted * prefix_lens.shape[0]
+            drafted = torch.full_like(prefix_lens, drafted)
+        else:
+            total = n + int(drafted.sum())  # a host sync on CUDA (the padded row count)
         counts = qo_indptr[1:] - qo_indptr[:-1]
         before = torch.cumsum(drafted, 0) - drafted  # inert rows of the earlier sequences
         seq = torch.repeat_interleave(torch.arange(counts.shape[0], device=q.device), counts.long(), output_size=n)
         rows = torch.arange(n, device=q.device) + (before + drafted).long()[seq]
-        total = n + int(drafted.sum())  # a host sync on CUDA (the padded row count)
         padded_q = q.new_zeros(total, *q.shape[1:])
         padded_q[rows] = q
         padded_mask = tree_mask.new_zeros(total, tree_mask.shape[1])
@@ -465,10 +473,15 @@ class EagleHead(nn.Module):
         if drafted is not None:
             if prefill:
                 raise ValueError("prefill=True takes no drafted rows (a prompt has an empty prefix)")
-            if drafted.shape != prefix_lens.shape or drafted.dtype != torch.int32:
+            if isinstance(drafted, bool) or not isinstance(drafted, (int, torch.Tensor)):
+                raise ValueError(f"drafted must be an int or an int32 tensor [B], got {type(drafted).__name__}")
+            if isinstance(drafted, int):
+                if drafted < 0:
+                    raise ValueError(f"drafted must be >= 0, got {drafted}")
+            elif drafted.shape != prefix_lens.shape or drafted.dtype != torch.int32:
                 raise ValueError(f"drafted must be int32 [{prefix_lens.shape[0]}], got {drafted.dtype} "
                                  f"{tuple(drafted.shape)}")
-            if drafted.numel() and int(drafted.min()) < 0:
+            elif drafted.numel() and int(drafted.min()) < 0:
                 raise ValueError("drafted counts must be >= 0")
             if tree_mask is not None:
                 counts = qo_indptr[1:] - qo_indptr[:-1] + drafted

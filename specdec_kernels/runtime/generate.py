@@ -15,6 +15,7 @@ import torch
 
 from ..trees import MC_SIM_7B_63
 from .drafters import DraftModelDrafter, NoDrafter, filtered_probs
+from .eagle_drafter import EagleDrafter
 from .lookahead import LookaheadDrafter
 from .medusa import MedusaDrafter
 from .model import LlamaModel, PagedKVCache
@@ -23,9 +24,9 @@ from .step import RULES as VERIFY_RULES, VerifyStep, bucket_size
 from .tokenization import as_tokenizer
 from .translation import TranslatingDrafter
 
-METHODS = ("ar", "draft", "medusa", "lookahead", "prompt_lookup")
+METHODS = ("ar", "draft", "medusa", "eagle", "lookahead", "prompt_lookup")
 ACCEPTANCE = ("rejection", "typical")
-TREE_METHODS = ("medusa", "lookahead")  # drafters whose drafts branch (block verification takes chains)
+TREE_METHODS = ("medusa", "eagle", "lookahead")  # drafters whose drafts branch (block verification takes chains)
 SCHEDULES = ("constant", "heuristic", "dynamic")
 
 
@@ -90,20 +91,21 @@ class CachedModel:
     def free(self, seq):
         self.cache.allocator.free(seq)
 
-    def run(self, seqs, chains, *, prefill=False):
+    def run(self, seqs, chains, *, prefill=False, capture=None):
         """Feed chains[i] (a list of ids) to sequence seqs[i] after the tokens
         its cache holds; commits them and returns (logits [N, V], hidden,
-        qo_indptr)."""
+        qo_indptr), and with ``capture`` (``LlamaModel.forward``'s) the
+        captured states ``[N, len(capture) * H]`` after them."""
         counts = [len(ch) for ch in chains]
         tokens = torch.tensor([t for ch in chains for t in ch], dtype=torch.int64)
-        return self._forward(seqs, counts, tokens.to(self.device), prefill)
+        return self._forward(seqs, counts, tokens.to(self.device), prefill, capture)
 
     def run_tokens(self, seqs, tokens: torch.Tensor):
         """Feed one token per sequence, int64 ``[len(seqs)]`` already on the
         device (e.g. just drafted): nothing is read back."""
         return self._forward(seqs, [1] * len(seqs), tokens.clamp(0, self.model.config.vocab_size - 1), False)
 
-    def _forward(self, seqs, counts, tokens, prefill):
+    def _forward(self, seqs, counts, tokens, prefill, capture=None):
         alloc, dev = self.cache.allocator, self.device
         starts = [alloc.length(s) for s in seqs]
         for s, st, n in zip(seqs, starts, counts):
@@ -112,15 +114,15 @@ class CachedModel:
         indptr = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0).to(torch.int32)
         table = alloc.device_rows(seqs, self.max_blocks, dev)
         prefix = torch.tensor(starts, dtype=torch.int32)
-        logits, hidden = self.model(tokens, positions.to(dev), self.cache, table, prefix.to(dev), indptr.to(dev),
-                                    prefill=prefill, validate=False)
+        logits, hidden, *captured = self.model(tokens, positions.to(dev), self.cache, table, prefix.to(dev),
+                                               indptr.to(dev), prefill=prefill, validate=False, capture=capture)
         for s, st, n in zip(seqs, starts, counts):
             self.set_length(s, st + n)
-        return logits, hidden, indptr.to(dev)
+        return (logits, hidden, indptr.to(dev), *captured)
 
 
 def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
-                  acceptance, tokenizers=None, verify_rule="token"):
+                  acceptance, tokenizers=None, verify_rule="token", eagle_head=None):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if schedule not in SCHEDULES:
@@ -167,6 +169,17 @@ def _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedu
         raise ValueError(f"verify_rule='block' verifies chains, but method={method!r} drafts trees; use "
                          "verify_rule='traversal' (block verification generalised to trees; the same rule on "
                          "a chain)")
+    if method == "eagle":
+        if eagle_head is None:
+            raise ValueError("method='eagle' needs eagle_head (a runtime.eagle.EagleHead, e.g. EagleHead.load(path, "
+                             "target))")
+        cfg = eagle_head.target_config
+        if (cfg.hidden_size, cfg.vocab_size) != (target.config.hidden_size, vocab):
+            raise ValueError(f"eagle_head is for hidden size {cfg.hidden_size} and vocabulary {cfg.vocab_size}; the "
+                             f"target has {target.config.hidden_size} and {vocab}")
+        if eagle_head._embed is None or eagle_head._embed.data_ptr() != target.model.embed_tokens.weight.data_ptr():
+            raise ValueError("eagle_head is not attached to this target: eagle_head.attach(target) (load and "
+                             "from_target attach)")
     if method == "medusa":
         if medusa_heads is None:
             raise ValueError("method='medusa' needs medusa_heads (a runtime.medusa.MedusaHeads)")
@@ -185,7 +198,9 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
              seed: int | None = None, eos_token_id: int | None = None, block_size: int = 16,
              cuda_graph: bool | None = None, draft_tokenizer=None, target_tokenizer=None,
              lookbehind: int = 8, max_target_tokens: int | None = None,
-             token_intersection: bool = False, verify_rule: str = "token") -> GenerationOutput:
+             token_intersection: bool = False, verify_rule: str = "token", eagle_head=None, eagle_topk: int = 8,
+             eagle_depth: int = 6, eagle_nodes: int = 48, eagle_min_mass: float | None = None,
+             eagle_sample: bool = False) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens for each prompt (lists of ids).
 
     Methods (each a drafter feeding the same verify step):
@@ -208,6 +223,14 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
       tree of ``medusa_choices`` (default ``MC_SIM_7B_63``, without the paths
       deeper than the heads) from the target's hidden state at the last
       accepted node.
+    * ``"eagle"``: ``eagle_head`` (``runtime.eagle.EagleHead``) grows an
+      EAGLE-2 dynamic tree from the target's features
+      (``runtime.eagle_drafter``): ``eagle_topk`` children per expanded node
+      and frontier width, at most ``eagle_depth`` depths, the best
+      ``eagle_nodes`` nodes kept; ``eagle_min_mass``: Dynamic Depth
+      Decoding's stop (frontier probability mass), None: off;
+      ``eagle_sample``: sampled drafts verified with their q (sampled
+      verification only), else the top-k (point-mass proposals).
     * ``"lookahead"``: Jacobi window ``lookahead_window`` (W) x
       ``lookahead_ngram - 1`` (N - 1) levels, up to ``lookahead_guesses`` (G)
       pool n-grams verified per step.
@@ -243,7 +266,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
             raise ValueError(f"draft_tokenizer/target_tokenizer apply to method='draft', not {method!r}")
         tokenizers = (as_tokenizer(draft_tokenizer), as_tokenizer(target_tokenizer))
     _check_inputs(target, prompts, method, draft_model, num_draft_tokens, schedule, max_new_tokens, medusa_heads,
-                  acceptance, tokenizers, verify_rule)
+                  acceptance, tokenizers, verify_rule, eagle_head)
     prompts = [[int(t) for t in p] for p in prompts]
     device = next(target.parameters()).device
     if cuda_graph is None:
@@ -273,6 +296,9 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
         if medusa_choices is None:  # the default tree, cut to the heads there are
             medusa_choices = [c for c in MC_SIM_7B_63 if len(c) <= medusa_heads.num_heads]
         drafter = MedusaDrafter(medusa_heads, medusa_choices)
+    elif method == "eagle":
+        drafter = EagleDrafter(eagle_head, topk=eagle_topk, depth=eagle_depth, num_nodes=eagle_nodes,
+                               min_mass=eagle_min_mass, sampling=sampling, sample=eagle_sample, generator=gen)
     elif method == "lookahead":
         drafter = LookaheadDrafter(lookahead_window, lookahead_ngram, lookahead_guesses, generator=gen,
                                    device=device)
@@ -290,9 +316,14 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
         draft_seq = [-(-(len(tokenizers[1].token_bytes(p)) + per_byte * max_new_tokens + rows + 1) // block_size)
                      for p in prompts]
         drafter.core.model = CachedModel(draft_model, sum(draft_seq) + 1, block_size, max(draft_seq))
+    elif method == "eagle":  # the head's cache: the committed history plus one step's drafted elements
+        head_seq = [-(-(len(p) + max_new_tokens + rows + drafter.elements_per_step() + 1) // block_size)
+                    for p in prompts]
+        drafter.allocate(sum(head_seq) + 1, block_size, max(head_seq))
+    features = getattr(drafter, "features", None)  # what the drafter reads from the target (EAGLE)
     step = VerifyStep(target, tgt.cache, mode=mode, sampling=verify_params, rule=verify_rule,
                       generator=torch.Generator().manual_seed(verify_seed), max_blocks=max(per_seq),
-                      cuda_graph=cuda_graph)
+                      cuda_graph=cuda_graph, features=features)
     seqs = list(range(len(prompts)))
     history = {s: list(p) for s, p in zip(seqs, prompts)}
     produced = {s: [] for s in seqs}
@@ -301,10 +332,13 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
         tgt.start(s)
     # Prefill all but each prompt's last token (the first root).
     pre = [s for s in seqs if len(history[s]) > 1]
-    if pre:
-        tgt.run(pre, [history[s][:-1] for s in pre], prefill=True)
-        stats.target_passes += 1
     drafter.start(seqs, history)
+    if pre:
+        capture = features if isinstance(features, tuple) else None
+        out = tgt.run(pre, [history[s][:-1] for s in pre], prefill=True, capture=capture)
+        stats.target_passes += 1
+        if features is not None:
+            drafter.prefilled(pre, out[3] if capture else out[1], history)
     active = list(seqs)
     ph = stats.phase_seconds
     while active:
