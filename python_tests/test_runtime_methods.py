@@ -1,4 +1,4 @@
-"""Medusa, lookahead and prompt-lookup decoding in generate(): greedy output
+"""Medusa, EAGLE, lookahead and prompt-lookup decoding in generate(): greedy output
 equals method="ar" token for token; sampled output is distributed as "ar"'s
 (chi-square, alpha 1e-3 per check, fixed seed); their data structures
 (Medusa heads, n-gram pool, prompt lookup) against plain Python models."""
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from specdec_kernels.runtime import generate
+from specdec_kernels.runtime.eagle import EagleHead
 from specdec_kernels.runtime.lookahead import NgramPool
 from specdec_kernels.runtime.medusa import MedusaDrafter, MedusaHeads
 from specdec_kernels.runtime.prompt_lookup import lookup
@@ -45,6 +46,11 @@ GREEDY_CASES = {
     "medusa_traversal": ("medusa", dict(verify_rule="traversal")),
     "lookahead_traversal": ("lookahead", dict(verify_rule="traversal")),
     "prompt_lookup_block": ("prompt_lookup", dict(verify_rule="block")),
+    # EAGLE heads with random weights: the trees are still drafted, grown and verified.
+    "eagle_default": ("eagle", {}),
+    "eagle_eagle3": ("eagle", dict(fusion="eagle3", layers=(0, 1, 2))),  # a 2-layer target: any three states
+    "eagle_small_dynamic_depth": ("eagle", dict(eagle_topk=2, eagle_depth=4, eagle_nodes=5, eagle_min_mass=0.3)),
+    "eagle_wide": ("eagle", dict(eagle_topk=6, eagle_depth=3, eagle_nodes=40, verify_rule="traversal")),
 }
 
 
@@ -52,6 +58,9 @@ def method_kwargs(model, method, params):
     params = dict(params)
     if method == "medusa":
         params["medusa_heads"] = heads_for(model, params.pop("heads", 4))
+    if method == "eagle":
+        params["eagle_head"] = EagleHead.from_target(model, params.pop("fusion", "eagle1"), params.pop("layers", None),
+                                                     seed=1, std=0.2)
     return params
 
 
@@ -125,6 +134,13 @@ SAMPLED_CASES = {
                                               verify_rule="traversal"), [3, 5, 3, 5, 3]),
     "prompt_lookup_block": ("prompt_lookup", dict(num_draft_tokens=3, max_ngram=2, verify_rule="block"),
                             [3, 5, 3, 5, 3]),
+    # EAGLE: top-k trees (point-mass proposals), with the traversal rule, and sampled trees verified with q.
+    "eagle": ("eagle", dict(eagle_topk=3, eagle_depth=3, eagle_nodes=6), [1, 2, 3]),
+    "eagle_traversal": ("eagle", dict(eagle_topk=3, eagle_depth=3, eagle_nodes=6, verify_rule="traversal"),
+                        [3, 5, 3, 5, 3]),
+    "eagle_sampled": ("eagle", dict(eagle_topk=3, eagle_depth=3, eagle_nodes=6, eagle_sample=True), [1, 2, 3]),
+    "eagle_sampled_traversal": ("eagle", dict(eagle_topk=3, eagle_depth=3, eagle_nodes=6, eagle_sample=True,
+                                              verify_rule="traversal"), [3, 5, 3, 5, 3]),
     # Control: Medusa's typical acceptance is lossy; the same test must catch it.
     "medusa_typical_control": ("medusa", dict(medusa_choices=SMALL_CHOICES, heads=3, acceptance="typical"),
                                [1, 2, 3]),
