@@ -7,6 +7,7 @@ import torch
 
 from specdec_kernels.runtime import generate
 from specdec_kernels.runtime.eagle import EagleHead
+from specdec_kernels.runtime.eagle_drafter import EagleDrafter
 from specdec_kernels.runtime.lookahead import NgramPool
 from specdec_kernels.runtime.medusa import MedusaDrafter, MedusaHeads
 from specdec_kernels.runtime.prompt_lookup import lookup
@@ -141,6 +142,11 @@ SAMPLED_CASES = {
     "eagle_sampled": ("eagle", dict(eagle_topk=3, eagle_depth=3, eagle_nodes=6, eagle_sample=True), [1, 2, 3]),
     "eagle_sampled_traversal": ("eagle", dict(eagle_topk=3, eagle_depth=3, eagle_nodes=6, eagle_sample=True,
                                               verify_rule="traversal"), [3, 5, 3, 5, 3]),
+    # Control: sampled EAGLE drafts ranked by their own scores keep a value-dependent subset of each
+    # node's i.i.d. children: lossy (EagleDrafter._rank), and the test must catch it.
+    # (Under the traversal rule, which leans on q the most; the token rule's output drifts less here.)
+    "eagle_sampled_own_rank_control": ("eagle", dict(eagle_topk=3, eagle_depth=3, eagle_nodes=6, eagle_sample=True,
+                                                     verify_rule="traversal", own_rank=True), [3, 5, 3, 5, 3]),
     # Control: Medusa's typical acceptance is lossy; the same test must catch it.
     "medusa_typical_control": ("medusa", dict(medusa_choices=SMALL_CHOICES, heads=3, acceptance="typical"),
                                [1, 2, 3]),
@@ -148,12 +154,15 @@ SAMPLED_CASES = {
 
 
 @pytest.mark.parametrize("case", list(SAMPLED_CASES))
-def test_sampled_is_distributed_as_the_target(case):
+def test_sampled_is_distributed_as_the_target(case, monkeypatch):
     """First token and first two tokens of 1500 copies of one prompt against
     the exact distribution from the target's logits (chi-square, alpha 1e-3
     each, fixed seed); tau > 1 shows the drafts were accepted sometimes. The
     lossy control must fail it (it does, p < 1e-8)."""
     method, params, prompt = SAMPLED_CASES[case]
+    params = dict(params)
+    if params.pop("own_rank", False):
+        monkeypatch.setattr(EagleDrafter, "_rank", lambda self, parent_score, own_score: own_score)
     vocab, temperature = 6, 1.0
     model = tiny(vocab=vocab, seed=5, std=0.4)
     out = generate(model, [prompt] * 1500, method=method, max_new_tokens=3, temperature=temperature, seed=13,

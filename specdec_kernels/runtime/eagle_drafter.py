@@ -195,6 +195,15 @@ class EagleDrafter:
             self._last[s] = (lg, o)
         self._commits += 1
 
+    def _rank(self, parent_score, own_score):
+        """The score ``build_dynamic_tree`` ranks a candidate by: its own path
+        score for top-k drafts; for sampled drafts its parent's (module
+        docstring): ranking sampled siblings by their own values keeps a
+        value-dependent subset, no longer i.i.d. draws from q, and the output
+        drifts from the target's distribution (the chi-square test's control
+        does that and fails, p ~ 1e-9)."""
+        return parent_score if self.sample else own_score
+
     def _logp(self, logits):
         """float32 log-probabilities the drafts are ranked (and drawn) by."""
         if self.sampling["temperature"] == 0:
@@ -242,8 +251,7 @@ class EagleDrafter:
         tok, lp, probs = self._children(self._logp(logits0))
         score = torch.where(ok[:, None], lp, neg)  # [B, k]: the frontier's path scores
         cand_tok, cand_par = [tok], [torch.full((b, k), -1, dtype=torch.int32, device=dev)]
-        # Sampled drafts are ranked by their parent's score (module docstring): 0 at the root.
-        cand_score = [torch.where(ok[:, None], torch.zeros_like(lp), neg) if self.sample else score]
+        cand_score = [torch.where(ok[:, None], self._rank(torch.zeros_like(lp), lp), neg)]
         q_rows = [probs] if self.sample else None  # the distributions expanded nodes' children came from
         cand_q = torch.zeros(b, k + (self.depth - 1) * k * k, dtype=torch.int64, device=dev) if self.sample else None
         front_cand = torch.arange(k, dtype=torch.int32, device=dev).expand(b, k)  # candidate index per slot
@@ -268,8 +276,7 @@ class EagleDrafter:
             base = k + (j - 1) * k * k
             cand_tok.append(ctok.view(b, k * k))
             cand_par.append(front_cand.repeat_interleave(k, 1))
-            cand_score.append(torch.where(alive[:, None], score.repeat_interleave(k, 1), neg) if self.sample
-                              else cscore)
+            cand_score.append(torch.where(alive[:, None], self._rank(score.repeat_interleave(k, 1), cscore), neg))
             if self.sample:
                 q_rows.append(cprobs.view(b, k, -1))
                 cand_q.scatter_(1, front_cand.long(), torch.arange(1 + e0, 1 + e0 + k, device=dev).expand(b, k))
