@@ -5,8 +5,11 @@ in every layer, one verify_greedy launch, compact_kv; a replayed CUDA graph on
 CUDA, including the inputs' host-to-device copies and the read-back), on
 random models shaped like Llama 3.2 1B and Llama 3 8B on GPU (a tiny one on
 CPU). Also one generate() run per method (ar,
-draft, medusa, lookahead, prompt_lookup) for tau, per-step cost and the share
-of each phase. And our AR tokens/s against transformers' greedy ``generate``
+draft, medusa, eagle, lookahead, prompt_lookup) for tau, per-step cost and the share
+of each phase. The shipped models (``--shipped-prompts`` held-out prompts):
+tau, tokens/s and draft passes of the draft model, Medusa and EAGLE (dynamic
+depth off and on), greedy (identical to ar) and sampled (``--shipped-temperature``).
+And our AR tokens/s against transformers' greedy ``generate``
 on the shipped models at batch 1, same prompts, same run (aim: >= 2x).
 
     python bench/bench_runtime.py                 # CUDA if present, else CPU (tiny model)
@@ -27,6 +30,7 @@ import torch
 
 import specdec_kernels as sk
 from specdec_kernels.runtime import LlamaModel, ModelConfig, PagedKVCache, generate
+from specdec_kernels.runtime.eagle import EagleHead
 from specdec_kernels.runtime.medusa import MedusaHeads
 from specdec_kernels.runtime.step import Draft, VerifyStep, bucket_size
 from specdec_kernels.runtime.templates import DraftTemplate
@@ -67,9 +71,18 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int)
     p.add_argument("--ar-prompts", type=int, default=4, help="prompts of the AR-vs-transformers row (0: skip it)")
     p.add_argument("--ar-new-tokens", type=int, default=128)
+    p.add_argument("--shipped-prompts", type=int, help="prompts of the shipped-models section (0: skip; default 8, "
+                   "--quick 2)")
+    p.add_argument("--shipped-new-tokens", type=int, help="default 128, --quick 32")
+    p.add_argument("--shipped-batch", type=int, default=1)
+    p.add_argument("--shipped-temperature", type=float, default=1.0, help="the sampled rows' temperature")
     p.add_argument("--out", type=Path)
     p.add_argument("--no-json", action="store_true")
     args = p.parse_args(argv)
+    if args.shipped_prompts is None:
+        args.shipped_prompts = 2 if args.quick else 8
+    if args.shipped_new_tokens is None:
+        args.shipped_new_tokens = 32 if args.quick else 128
     return common.resolve_device_defaults(p, args, DEFAULTS)
 
 
@@ -114,8 +127,9 @@ def method_rows(name, model, cfg, batch, dtype, device):
     # Half random, half repetitive prompts, so prompt lookup and lookahead find n-grams.
     prompts = [torch.randint(0, cfg.vocab_size, (32,), generator=gen).tolist() if b % 2 == 0
                else torch.randint(0, cfg.vocab_size, (4,), generator=gen).tolist() * 8 for b in range(batch)]
+    eagle = EagleHead.from_target(model, seed=3, std=0.02)
     methods = {"ar": {}, "draft": dict(draft_model=drafter, num_draft_tokens=4), "medusa": dict(medusa_heads=heads),
-               "lookahead": {}, "prompt_lookup": dict(num_draft_tokens=4)}
+               "eagle": dict(eagle_head=eagle), "lookahead": {}, "prompt_lookup": dict(num_draft_tokens=4)}
     rows = []
     for method, kwargs in methods.items():
         out = generate(model, prompts, method=method, max_new_tokens=16, **kwargs)
@@ -126,6 +140,44 @@ def method_rows(name, model, cfg, batch, dtype, device):
                          tokens_per_s=st.tokens_per_s,
                          phase_share={k: v / total for k, v in st.phase_seconds.items()}))
         print(f"  generate {name} {method}: tau {st.tau:.2f}, {rows[-1]['step_ms']:.1f} ms/step", flush=True)
+    return rows
+
+
+SHIPPED = {  # name -> generate kwargs (models filled in by shipped_rows)
+    "ar": dict(method="ar"),
+    "draft (K=5)": dict(method="draft", num_draft_tokens=5),
+    "medusa": dict(method="medusa"),
+    "eagle": dict(method="eagle"),
+    "eagle (dynamic depth)": dict(method="eagle", eagle_min_mass=0.2),
+}
+
+
+def shipped_rows(device, prompts: int, max_new: int, batch: int, temperature: float) -> list[dict]:
+    """The shipped models on held-out prompts: each drafter's tau, tokens/s,
+    draft passes per step, greedy (must equal ar) and sampled."""
+    from specdec_kernels.demo import DEFAULT_MODELS, decode_all, held_out_prompts, load_eagle_head, load_models
+
+    target, draft, heads = load_models(DEFAULT_MODELS, device=device)
+    models = dict(draft=dict(draft_model=draft), medusa=dict(medusa_heads=heads),
+                  eagle=dict(eagle_head=load_eagle_head(target)))
+    texts = [p for _, p in held_out_prompts(prompts, 256)]
+    rows, reference = [], None
+    for temp in (0.0, temperature):
+        for name, kwargs in SHIPPED.items():
+            extra = models.get(kwargs["method"], {})
+            tokens, stats = decode_all(target, texts, batch, max_new_tokens=max_new, temperature=temp, seed=0,
+                                       **kwargs, **extra)
+            if temp == 0 and name == "ar":
+                reference = tokens
+            row = dict(name=name, temperature=temp, batch=batch, tau=stats["tau"], tokens_per_s=stats["tokens_per_s"],
+                       target_passes=stats["target_passes"], identical=tokens == reference if temp == 0 else None)
+            rows.append(row)
+            print(f"  shipped {name} T={temp}: tau {row['tau']:.2f}, {row['tokens_per_s']:.1f} tok/s", flush=True)
+    for temp in (0.0, temperature):
+        base = next(r["tokens_per_s"] for r in rows if r["temperature"] == temp and r["name"] == "ar")
+        for r in rows:
+            if r["temperature"] == temp:
+                r["speedup"] = r["tokens_per_s"] / base
     return rows
 
 
@@ -193,6 +245,15 @@ def main(argv=None) -> int:
           "ms/step is the per-step cost of each method")
     if device.type == "cpu":
         print("CPU: a tiny model, not representative of a GPU")
+    shipped = (shipped_rows(device, args.shipped_prompts, args.shipped_new_tokens, args.shipped_batch,
+                            args.shipped_temperature) if args.shipped_prompts else [])
+    if shipped:
+        print()
+        print(common.format_table(shipped, [
+            ("name", "shipped models", str), ("temperature", "temp", lambda x: f"{x:g}"), ("batch", "B", str),
+            ("tau", "tau", lambda x: f"{x:.2f}"), ("target_passes", "passes", str),
+            ("tokens_per_s", "tok/s", lambda x: f"{x:.1f}"), ("speedup", "vs ar", lambda x: f"{x:.2f}x"),
+            ("identical", "= ar", lambda x: "n/a" if x is None else ("yes" if x else "NO"))]))
     ar = (ar_vs_transformers(device, args.ar_prompts, args.ar_new_tokens) if args.ar_prompts
           else dict(skipped="--ar-prompts 0"))
     if "skipped" in ar:
@@ -204,7 +265,7 @@ def main(argv=None) -> int:
               f"identical output: {ar['identical']}")
     at64 = [r for r in rows if r["tree"] == 64 and r["batch"] == 1]
     payload = {"benchmark": "runtime", "command": " ".join(shlex.quote(a) for a in sys.argv), "environment": env,
-               "rows": rows, "generate": generate_rows, "ar_vs_transformers": ar,
+               "rows": rows, "generate": generate_rows, "shipped": shipped, "ar_vs_transformers": ar,
                "target": {"verify_over_ar_at_T64_B1": TARGET_RATIO,
                           "measured": {r["model"]: r["ratio_vs_ar"] for r in at64}},
                "runtime_s": time.perf_counter() - started}

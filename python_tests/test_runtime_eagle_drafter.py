@@ -142,11 +142,11 @@ def test_shipped_head_drafts_deep_trees():
     """The shipped EAGLE head on the shipped target: greedy equals ar and most
     steps accept several tokens (a commit of the wrong features, a wrong
     mask or position would leave the trees unaccepted)."""
-    from specdec_kernels.demo import DEFAULT_MODELS, held_out_prompts, load_models
+    from specdec_kernels.demo import held_out_prompts, load_eagle_head, load_models
     from specdec_kernels.runtime import generate
 
     target, _, _ = load_models()
-    head = EagleHead.load(DEFAULT_MODELS / "eagle_head.safetensors", target)
+    head = load_eagle_head(target)
     prompts = [p for _, p in held_out_prompts(2, 128)]
     ar = generate(target, prompts, max_new_tokens=32)
     out = generate(target, prompts, method="eagle", eagle_head=head, max_new_tokens=32, eagle_topk=4,
@@ -173,3 +173,20 @@ def test_bad_arguments():
         generate(other, [[1, 2]], method="eagle", eagle_head=head, max_new_tokens=2)
     with pytest.raises(ValueError, match="verify_rule='block' verifies chains"):
         generate(target, [[1, 2]], method="eagle", eagle_head=head, max_new_tokens=2, verify_rule="block")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_eagle_cuda_graph_equals_eager():
+    """Device trees through the captured verify step (TreeDrafts fill the
+    template-path buffers) give the eager step's tokens, greedy and sampled."""
+    target = tiny(vocab=VOCAB, seed=3, std=0.3).cuda()
+    head = EagleHead.from_target(target, seed=2, std=0.3)
+    from specdec_kernels.runtime import generate
+
+    prompts = [[1, 5, 9, 2, 7], [3, 3], [4, 8, 15, 16, 23, 4, 2]]
+    for kwargs in (dict(), dict(temperature=1.0, seed=3), dict(temperature=1.0, seed=3, eagle_sample=True)):
+        eager = generate(target, prompts, method="eagle", eagle_head=head, max_new_tokens=16, cuda_graph=False,
+                         eagle_topk=3, eagle_depth=3, eagle_nodes=8, **kwargs)
+        graph = generate(target, prompts, method="eagle", eagle_head=head, max_new_tokens=16, cuda_graph=True,
+                         eagle_topk=3, eagle_depth=3, eagle_nodes=8, **kwargs)
+        assert graph.tokens == eager.tokens, kwargs

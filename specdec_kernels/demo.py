@@ -1,6 +1,6 @@
 """``python -m specdec_kernels demo``: the shipped byte-level models (a target,
-a draft and Medusa heads trained on the Python standard library by
-``bench/train_tiny.py``, and a draft of another vocabulary, a byte-level BPE)
+a draft, Medusa heads and an EAGLE head trained on the Python standard library
+by ``bench/train_tiny.py``, and a draft of another vocabulary, a byte-level BPE)
 decode held-out standard-library files with every
 method of the runtime; a table compares them with plain autoregressive
 decoding.
@@ -24,6 +24,9 @@ METHODS = {  # name: generate() keyword arguments (models are filled in later)
     # The draft of another vocabulary (a byte-level BPE): proposals translated through text.
     "draft (BPE vocab)": dict(method="draft", num_draft_tokens=4, schedule="constant", other_vocab=True),
     "medusa": dict(method="medusa"),
+    "eagle": dict(method="eagle"),
+    # Dynamic Depth Decoding: stop growing once the frontier's path probability mass falls below 0.2.
+    "eagle (dynamic depth)": dict(method="eagle", eagle_min_mass=0.2),
     "lookahead": dict(method="lookahead"),
     "prompt_lookup": dict(method="prompt_lookup", num_draft_tokens=10, max_ngram=3),
 }
@@ -69,6 +72,17 @@ def load_models(folder: Path = DEFAULT_MODELS, *, dtype=torch.float32, device="c
     return target, draft, heads
 
 
+def load_eagle_head(target, folder: Path = DEFAULT_MODELS):
+    """The EAGLE head of ``eagle_head.safetensors``, attached to ``target``
+    (in its dtype and device)."""
+    from .runtime.eagle import EagleHead
+
+    path = Path(folder) / "eagle_head.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run python bench/train_tiny.py --only eagle")
+    return EagleHead.load(path, target)
+
+
 def load_bpe_draft(folder: Path = DEFAULT_MODELS, *, dtype=torch.float32, device="cpu"):
     """(draft model, its ``tokenizers.Tokenizer``) of ``draft_bpe/``: the draft
     of another vocabulary ``bench/train_tiny.py`` trains."""
@@ -110,19 +124,23 @@ def decode_all(target, prompts, batch: int, on_batch=None, **kwargs):
 def run(args) -> list[dict]:
     from tqdm import tqdm
 
+    from .runtime.generate import TREE_METHODS
+
     target, draft, heads = load_models(args.models, device=args.device)
+    eagle_head = load_eagle_head(target, args.models)
     bpe_draft, bpe_tokenizer = load_bpe_draft(args.models, device=args.device)
     prompts = [p for _, p in held_out_prompts(args.prompts, args.prompt_bytes)]
     rows, reference = [], None
     with tqdm(total=len(METHODS) * -(-len(prompts) // args.batch), desc="demo", unit="batch") as bar:
         for name, kwargs in METHODS.items():
             kwargs = dict(kwargs)
-            extra = {"draft": dict(draft_model=draft), "medusa": dict(medusa_heads=heads)}.get(kwargs["method"], {})
+            extra = {"draft": dict(draft_model=draft), "medusa": dict(medusa_heads=heads),
+                     "eagle": dict(eagle_head=eagle_head)}.get(kwargs["method"], {})
             if kwargs.pop("other_vocab", False):
                 extra = dict(draft_model=bpe_draft, draft_tokenizer=bpe_tokenizer, target_tokenizer="bytes")
             bar.set_postfix_str(name)
             rule = getattr(args, "verify_rule", "token")
-            if rule == "block" and kwargs["method"] in ("medusa", "lookahead"):
+            if rule == "block" and kwargs["method"] in TREE_METHODS:
                 rule = "traversal"  # block verification takes chains; traversal is its tree form
             tokens, stats = decode_all(target, prompts, args.batch, bar.update, max_new_tokens=args.max_new_tokens,
                                        temperature=args.temperature, seed=args.seed, verify_rule=rule, **kwargs,
@@ -179,7 +197,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verify-rule", choices=["token", "block", "traversal"], default="token",
                    help="lossless rule of sampled steps (generate's verify_rule); block is for chains, so the tree "
-                        "methods (medusa, lookahead) use traversal with it; greedy ignores it")
+                        "methods (medusa, eagle, lookahead) use traversal with it; greedy ignores it")
     p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="folder written by bench/train_tiny.py")
     p.add_argument("--plot", type=Path, help="write a PNG of speed-up and tau per method (matplotlib)")
 
