@@ -149,6 +149,7 @@ SHIPPED = {  # name -> generate kwargs (models filled in by shipped_rows)
     "medusa": dict(method="medusa"),
     "eagle": dict(method="eagle"),
     "eagle (dynamic depth)": dict(method="eagle", eagle_min_mass=0.2),
+    "eagle (16 nodes, dynamic depth)": dict(method="eagle", eagle_topk=4, eagle_nodes=16, eagle_min_mass=0.2),
 }
 
 

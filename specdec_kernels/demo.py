@@ -24,9 +24,11 @@ METHODS = {  # name: generate() keyword arguments (models are filled in later)
     # The draft of another vocabulary (a byte-level BPE): proposals translated through text.
     "draft (BPE vocab)": dict(method="draft", num_draft_tokens=4, schedule="constant", other_vocab=True),
     "medusa": dict(method="medusa"),
-    "eagle": dict(method="eagle"),
+    "eagle": dict(method="eagle"),  # EAGLE-2's defaults: top-k 10, depth 6, 60 nodes
     # Dynamic Depth Decoding: stop growing once the frontier's path probability mass falls below 0.2.
     "eagle (dynamic depth)": dict(method="eagle", eagle_min_mass=0.2),
+    # What suits the tiny models on a CPU, where a verify step costs about its row count in decode steps.
+    "eagle (16 nodes)": dict(method="eagle", eagle_topk=4, eagle_nodes=16, eagle_min_mass=0.2),
     "lookahead": dict(method="lookahead"),
     "prompt_lookup": dict(method="prompt_lookup", num_draft_tokens=10, max_ngram=3),
 }

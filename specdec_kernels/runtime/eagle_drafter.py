@@ -76,7 +76,7 @@ class EagleDrafter:
     ``LlamaModel.forward(capture=)``): ``"hidden"`` or the fused layers.
     """
 
-    def __init__(self, head: EagleHead, *, topk: int = 8, depth: int = 6, num_nodes: int = 48,
+    def __init__(self, head: EagleHead, *, topk: int = 10, depth: int = 6, num_nodes: int = 60,
                  min_mass: float | None = None, sampling: dict | None = None, sample: bool = False,
                  generator: torch.Generator | None = None):
         for name, value, low in (("topk", topk, 1), ("depth", depth, 1), ("num_nodes", num_nodes, 1)):
