@@ -24,7 +24,7 @@ probability 0.7, so paths go deep and the walk does real work.
 ``--verify-rules`` / ``--sections`` for more).
 
 Shipped models (``--sections model``, on by default; bench/train_tiny.py's
-byte-level target, draft and Medusa heads, demo.py's held-out prompts): each
+byte-level target, draft, Medusa and EAGLE heads, demo.py's held-out prompts): each
 setting runs generate() at ``--model-temperature`` (1) with the token rule
 and every verify_rejection call is recorded (its logits, drafts, q). On those
 recorded steps each rule then verifies the same drafts under
@@ -79,6 +79,8 @@ MODEL_SETTINGS = {
     "draft BPE vocab": (dict(method="draft", num_draft_tokens=4, schedule="constant", other_vocab=True), True),
     "prompt lookup": (dict(method="prompt_lookup", num_draft_tokens=10, max_ngram=3), True),
     "medusa": (dict(method="medusa"), False),
+    "eagle": (dict(method="eagle"), False),  # EAGLE-2's top-k tree (point-mass)
+    "eagle sampled": (dict(method="eagle", eagle_sample=True), False),  # sampled children, with q
     "lookahead": (dict(method="lookahead"), False),
 }
 OURS = ("cuda", "triton", "cpu", "reference")
@@ -335,7 +337,7 @@ def record_steps(target, prompts, setting, extra, args, device) -> list:
 
 def run_model_section(args, device, backends_wanted) -> dict:
     """tau per rule on recorded steps of the shipped models (paired draws), and each rule's verify time."""
-    from specdec_kernels.demo import DEFAULT_MODELS, held_out_prompts, load_bpe_draft, load_models
+    from specdec_kernels.demo import DEFAULT_MODELS, held_out_prompts, load_bpe_draft, load_eagle_head, load_models
 
     folder = args.models or DEFAULT_MODELS
     torch.set_grad_enabled(False)
@@ -349,6 +351,8 @@ def run_model_section(args, device, backends_wanted) -> dict:
         extra = dict(draft_model=draft) if setting["method"] == "draft" else {}
         if setting["method"] == "medusa":
             extra = dict(medusa_heads=heads)
+        if setting["method"] == "eagle":
+            extra = dict(eagle_head=load_eagle_head(target, folder))
         if setting.pop("other_vocab", False):
             extra = dict(draft_model=bpe_model, draft_tokenizer=bpe_tok, target_tokenizer="bytes")
         began = time.perf_counter()
