@@ -389,6 +389,11 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     tgt.cache.allocator.check_invariants()
     if tgt.cache.allocator.num_free_blocks != num_blocks:
         raise AssertionError("generate leaked target cache blocks")
+    if method == "eagle":
+        head_alloc = drafter.cache.allocator
+        head_alloc.check_invariants()
+        if head_alloc.num_free_blocks != head_alloc.num_blocks:
+            raise AssertionError("generate leaked EAGLE head cache blocks")
     return GenerationOutput([produced[s] for s in seqs], stats)
 
 
