@@ -6,8 +6,8 @@ harness that fails everything proves nothing).
     python csrc/tests/emu/mutation_test.py [--only NAME]
 
 Run by CI after the CMake stage. A mutation names a kernel header
-(csrc/include/specdec) or a launcher (csrc/cuda/*.cu); the tree-attention test
-runs its --subset.
+(csrc/include/specdec) or a launcher (csrc/cuda/*.cu); the tree-attention and
+sampling tests run their --subset.
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ MUTATIONS = [
      "node[j] = depth[j] > 0 && rank < a.num_keep;", "node[j] = depth[j] > 0 && rank <= a.num_keep;", "asan",
      "dynamic_tree"),
 ]
-ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"]}
+ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"], "sampling": ["--subset"]}
 # A test key -> the C++ test it builds and the environment it runs under: the
 # harness is an sm_90 device, where tree attention takes the wgmma kernel;
 # "tree_attention_mma" asks for the mma.sync kernel.
