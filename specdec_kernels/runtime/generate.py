@@ -249,7 +249,7 @@ def generate(target: LlamaModel, prompts, *, method: str = "ar", draft_model: Ll
     chains, SpecInfer's multi-step rule on trees), ``"block"`` (Sun et al.'s
     block verification, for chains: ``"draft"`` (translated drafts
     included), ``"prompt_lookup"``, ``"ar"``; with the tree drafters
-    ``"medusa"`` and ``"lookahead"`` it is a ValueError, whatever the
+    ``"medusa"``, ``"eagle"`` and ``"lookahead"`` it is a ValueError, whatever the
     temperature) or ``"traversal"`` (Weng et al.'s traversal verification,
     trees and chains, equal to ``"block"`` on a chain). All three are
     distributed as ``"ar"``'s; block and traversal accept at least as many
