@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,6 +122,12 @@ MUTATIONS = [
      "dynamic_tree"),
 ]
 ARGS = {"tree_attention": ["--subset"], "tree_attention_mma": ["--subset"], "sampling": ["--subset"]}
+# ctest's emulated TSan runs (CMakeLists.txt): the same tests and arguments as the TSan baselines here
+# (tree attention's --subset on every head dim; the mutation builds instantiate 128 only, whose ASan
+# baseline still runs here).
+CTEST_TSAN = {"kv_cache", "tree_attention", "sampling", "dynamic_tree"}
+# The tree-attention --subset runs at head dim 128 only, so its launcher instantiates only that.
+LAUNCHER_FLAGS = {"tree_attention": ["-DSPECDEC_ONLY_HEAD_DIM=128"]}
 # A test key -> the C++ test it builds and the environment it runs under: the
 # harness is an sm_90 device, where tree attention takes the wgmma kernel;
 # "tree_attention_mma" asks for the mma.sync kernel.
@@ -179,26 +186,44 @@ def flags(san: str, include: Path) -> list[str]:
 
 
 _common: dict[tuple[str, str], list[Path]] = {}
-_common_lock = threading.Lock()
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _once(key, build):
+    """``build()``'s result for ``key``, built by the first thread to ask;
+    other keys build in parallel."""
+    with _locks_lock:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        if key not in _common:
+            _common[key] = build()
+        return _common[key]
+
+
+def _compile(work: Path, san: str, files: list[Path]) -> list[Path]:
+    headers, _ = sources(work)
+    objs = []
+    for i, f in enumerate(files):
+        obj = work / f"{i}-{f.stem}.o"
+        subprocess.run(["g++", *flags(san, headers.parent), "-c", str(f), "-o", str(obj)], check=True)
+        objs.append(obj)
+    return objs
 
 
 def common_objects(tmp: Path, san: str, test: str) -> list[Path]:
-    """The objects no mutation changes (the harness, the C++ test, the CPU kernels), built once per
-    (sanitizer, test): mutations touch only kernel headers and launchers."""
-    with _common_lock:
-        if (san, test) not in _common:
-            work = tmp / f"common-{san}-{test}"
-            headers, _ = sources(work)
-            src = work / "src"
-            rewrite_cuda.main([str(src), str(ROOT / "csrc" / "tests" / f"test_{test}_cuda.cu")])
-            files = [EMU / "cuda_emu.cpp", src / f"test_{test}_cuda.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
-            objs = []
-            for i, f in enumerate(files):
-                obj = work / f"{i}-{f.stem}.o"
-                subprocess.run(["g++", *flags(san, headers.parent), "-c", str(f), "-o", str(obj)], check=True)
-                objs.append(obj)
-            _common[(san, test)] = objs
-        return _common[(san, test)]
+    """The objects no mutation changes, built once: the harness and the CPU
+    kernels per sanitizer, the C++ test per (sanitizer, test). Mutations touch
+    only kernel headers and launchers."""
+    shared = _once((san, ""), lambda: _compile(tmp / f"common-{san}", san, [
+        EMU / "cuda_emu.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]))
+
+    def test_object():
+        work = tmp / f"common-{san}-{test}"
+        rewrite_cuda.main([str(work / "src"), str(ROOT / "csrc" / "tests" / f"test_{test}_cuda.cu")])
+        return _compile(work, san, [work / "src" / f"test_{test}_cuda.cpp"])
+
+    return _once((san, test), test_object) + shared
 
 
 def build(work: Path, headers: Path, launchers: Path, san: str, test: str) -> Path:
@@ -206,7 +231,7 @@ def build(work: Path, headers: Path, launchers: Path, san: str, test: str) -> Pa
     src = work / "src"
     rewrite_cuda.main([str(src), str(launchers / f"{test}.cu")])
     exe = work / f"{test}_{san}"
-    subprocess.run(["g++", *flags(san, headers.parent), str(src / f"{test}.cpp"),
+    subprocess.run(["g++", *flags(san, headers.parent), *LAUNCHER_FLAGS.get(test, []), str(src / f"{test}.cpp"),
                     *map(str, common_objects(work.parent, san, test)), "-o", str(exe), "-pthread"], check=True)
     return exe
 
@@ -220,6 +245,10 @@ def run(exe: Path, test: str) -> subprocess.CompletedProcess:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--only", help="run the mutations whose name contains this")
+    p.add_argument("--tsan-baseline-from-ctest", action="store_true",
+                   help="skip the unmutated TSan runs that ctest's emulated_test_<test>_tsan makes with the same "
+                        "arguments (CI runs ctest first; the longest runs here); the mma kernel's TSan baseline, "
+                        "which ctest does not run, still runs")
     args = p.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or args.only in m[0]]
     failures = 0
@@ -231,14 +260,14 @@ def main(argv=None) -> int:
             work = Path(tmp) / f"clean-{san}-{test}"
             return job, run(build(work, *sources(work), san, test), test)
 
-        for (san, test), r in pool.map(clean, sorted({(m[4], m[5]) for m in chosen})):
-            if r.returncode != 0:
-                print(f"FAIL: the unmutated {test} kernels fail under {san}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-                return 1
-            print(f"ok   unmutated {test} kernels pass under {san}", flush=True)
-
+        cleans = sorted({(m[4], m[5]) for m in chosen})
+        if args.tsan_baseline_from_ctest:
+            for job in [j for j in cleans if j[0] == "tsan" and j[1] in CTEST_TSAN]:
+                print(f"ok   unmutated {job[1]} kernels under tsan: ctest's emulated_test_{job[1]}_tsan ran them")
+                cleans.remove(job)
         def mutate(job):
             i, (name, header, find, repl, san, test) = job
+            began = time.perf_counter()
             work = Path(tmp) / f"m{i}"
             try:
                 paths = sources(work, header, find, repl)
@@ -249,9 +278,23 @@ def main(argv=None) -> int:
             why = "sanitizer report" if "Sanitizer" in r.stderr else ("emulator error" if "[cuda emulator]" in r.stderr
                                                                       else "test failure")
             return (f"{'ok  ' if caught else 'FAIL'} {name} [{san}]: "
-                    f"{'caught (' + why + ', rc ' + str(r.returncode) + ')' if caught else 'NOT caught'}"), caught
+                    f"{'caught (' + why + ', rc ' + str(r.returncode) + ')' if caught else 'NOT caught'}"
+                    f" ({time.perf_counter() - began:.0f} s)"), caught
 
-        for line, caught in pool.map(mutate, enumerate(chosen)):
+        # Baselines first in the queue, mutations behind them: a long baseline
+        # shares the cores with mutations instead of holding one core idle.
+        clean_runs = [pool.submit(clean, job) for job in cleans]
+        mutant_runs = [pool.submit(mutate, job) for job in enumerate(chosen)]
+        for future in clean_runs:
+            (san, test), r = future.result()
+            if r.returncode != 0:
+                print(f"FAIL: the unmutated {test} kernels fail under {san}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+                for f in mutant_runs:
+                    f.cancel()
+                return 1
+            print(f"ok   unmutated {test} kernels pass under {san}", flush=True)
+        for future in mutant_runs:
+            line, caught = future.result()
             print(line, flush=True)
             failures += not caught
     return 1 if failures else 0
