@@ -138,7 +138,7 @@ cudaError_t dispatch_dim(int64_t head_dim, F& f) {
   // The CPU harness's mutation builds (csrc/tests/emu/mutation_test.py) run the
   // test's --subset, all at one head dim: instantiating only it cuts each
   // build's compile to about a third.
-  if (head_dim != SPECDEC_ONLY_HEAD_DIM) return cudaErrorNotSupported;
+  if (head_dim != SPECDEC_ONLY_HEAD_DIM) return cudaErrorInvalidValue;
   return f(Tag<T, SPECDEC_ONLY_HEAD_DIM>{});
 #else
   switch (head_dim) {
